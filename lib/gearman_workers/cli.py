@@ -1,0 +1,130 @@
+"""Command-line entry points: gearman-workers (the pool) and gm-cleanup.
+
+Exit statuses of gearman-workers carry meaning, for systemd and scripts:
+0 stopped on request, 1 unexpected error, 2 bad configuration or flags,
+3 task code cannot be loaded, 4 another master holds the PID file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__, cleanup
+from . import config as configuration
+from . import log as logsetup
+from .arbiter import Arbiter
+from .notify import Notifier
+from .pidfile import PidFile, PidFileLocked
+from .tasks import TaskLoadError, load_tasks, run_preload
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
+log = logging.getLogger("gearman_workers")
+
+
+def _fail(prog: str, message: str, status: int) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return status
+
+
+def pool_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gearman-workers", description="Run a supervised pre-fork pool of Gearman workers.")
+    configuration.add_arguments(parser)
+    parser.add_argument("--daemon", action="store_true", help="detach and run in the background")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, load the tasks, and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "gearman-workers"
+    args = pool_parser().parse_args(argv)
+    try:
+        config = configuration.load(args)
+        control = _build_control(config)
+    except configuration.ConfigError as err:
+        return _fail(prog, f"config error: {err}", EXIT_CONFIG)
+    logsetup.setup(config.log_level)
+    try:
+        tasks = load_tasks(config)
+    except TaskLoadError as err:
+        return _fail(prog, str(err), EXIT_TASKS)
+    if args.check_config:
+        print(f"configuration OK: pool {config.name}, {config.processes} processes, "
+              f"tasks {', '.join(tasks)}, servers {', '.join(map(str, config.servers))}")
+        return EXIT_OK
+    pidfile = PidFile(config.pidfile)
+    try:
+        pidfile.acquire()
+    except PidFileLocked as err:
+        return _fail(prog, str(err), EXIT_LOCKED)
+    except OSError as err:
+        return _fail(prog, f"cannot lock {config.pidfile}: {err.strerror}", EXIT_CONFIG)
+    try:
+        cleanup.clean_state_file(config.state_file, config.graceful_timeout, we_hold_the_lock=True)
+        if args.daemon:
+            _daemonize(config, pidfile)
+        else:
+            pidfile.write()
+        run_preload(config)
+        return Arbiter(config, tasks, pidfile, Notifier(), control).run()
+    except TaskLoadError as err:
+        log.error("%s", err)
+        return EXIT_TASKS
+    finally:
+        pidfile.release()
+
+
+def _build_control(config: configuration.Config):  # type: ignore[no-untyped-def]
+    if config.redis_url is None:
+        return None
+    from .control.listener import ControlListener
+
+    return ControlListener.from_config(config)
+
+
+def _daemonize(config: configuration.Config, pidfile: PidFile) -> None:
+    import daemon  # python-daemon: fork twice, setsid, close fds, umask, cwd
+
+    log_file = config.log_file or config.state_dir / f"{config.name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    stream = log_file.open("a", buffering=1)
+    context = daemon.DaemonContext(
+        working_directory="/", umask=0o022, pidfile=pidfile, detach_process=True,
+        files_preserve=[pidfile.fileno], stdout=stream, stderr=stream)
+    context.open()
+    logsetup.setup(config.log_level, log_file)
+
+
+def cleanup_main(argv: list[str] | None = None) -> int:
+    prog = "gm-cleanup"
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Stop what a dead gearman-workers master left behind, "
+        "only where the recorded identity still matches, and remove stale files.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--state-dir", type=Path, help="state directory (every pool in it)")
+    where.add_argument("--config", type=Path, help="the pool's configuration file")
+    parser.add_argument("--pool", help="only this pool (default: every pool in the state directory)")
+    parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                        help="how long leftovers may take to stop before SIGKILL (default 10)")
+    args = parser.parse_args(argv)
+    logsetup.setup("info", timestamps=False)
+    state_dir, pool = args.state_dir, args.pool
+    if args.config is not None:
+        try:
+            config = configuration.load(path=args.config, require_tasks=False)
+        except configuration.ConfigError as err:
+            return _fail(prog, f"config error: {err}", EXIT_CONFIG)
+        state_dir, pool = config.state_dir, pool or config.name
+    state_dir = state_dir or Path("/run/gearman-workers")
+    try:
+        stopped = cleanup.clean(state_dir, pool, args.grace)
+    except OSError as err:
+        return _fail(prog, f"{err.filename or state_dir}: {err.strerror}", EXIT_ERROR)
+    logging.getLogger("gearman_workers.cleanup").info(
+        "cleanup of %s done: %d leftover process(es) stopped", state_dir, stopped)
+    return EXIT_OK

@@ -1,0 +1,330 @@
+"""Configuration: a TOML file, every key overridable by a command-line flag.
+
+One table (OPTIONS) describes every key once; the TOML reader, the validator
+and the argparse flags are all derived from it, so a key cannot exist in one
+place and be missing in another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PROCESSES = 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SPEC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass
+class Config:
+    servers: list[Server]
+    connect_timeout: float
+    poll_timeout: float
+    name: str
+    hostname: str
+    processes: int
+    state_dir: Path
+    pidfile: Path
+    graceful_timeout: float
+    log_level: str
+    log_file: Path | None
+    python_path: list[str]
+    preload: str | None
+    tasks: dict[str, str]
+    redis_url: str | None
+    channel: str
+    secret_file: Path | None
+    max_message_age: float
+    key_prefix: str
+    source: Path | None = None
+    args: argparse.Namespace | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / f"{self.name}.state.json"
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.state_dir / f"{self.name}.runtime.json"
+
+
+# --- value parsers: each takes the raw value and returns the typed one, or
+# raises ValueError with a short description of what was expected.
+
+
+def _server(text: str) -> Server:
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port with a port from 1 to 65535, got {text!r}")
+    return Server(host.strip("[]"), int(port))
+
+
+def _servers(value: Any) -> list[Server]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("expected a non-empty list of host:port")
+    servers = [_server(item) for item in items if str(item).strip()]
+    if not servers:
+        raise ValueError("expected at least one host:port")
+    return servers
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not re.fullmatch(r"-?\d+", str(value).strip()):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"expected a number from {low} to {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _seconds(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not 0 < number <= 86400:
+        raise ValueError(f"expected seconds greater than 0 (at most 86400), got {value!r}")
+    return number
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"expected 1-64 letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def wrapper(value: Any) -> Any:
+        return None if value in ("", None) else parse(value)
+
+    return wrapper
+
+
+def _path(value: Any) -> Path:
+    return Path(_text(value))
+
+
+def _paths(value: Any) -> list[str]:
+    items = value.split(os.pathsep) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError("expected a list of directories")
+    return [_text(item) for item in items]
+
+
+def _log_level(value: Any) -> str:
+    level = str(value).lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def callable_spec(value: Any) -> str:
+    """'package.module:function' (the form of --task and --preload)."""
+    if not isinstance(value, str) or not _SPEC_RE.match(value.strip()):
+        raise ValueError(f"expected module:callable, got {value!r}")
+    return value.strip()
+
+
+def _tasks(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of NAME = \"module:callable\"")
+    tasks = {}
+    for name, spec in value.items():
+        if not name or any(c.isspace() or c == "\0" for c in name):
+            raise ValueError(f"task name {name!r} is empty or has white space")
+        try:
+            tasks[name] = callable_spec(spec)
+        except ValueError as err:
+            raise ValueError(f"task {name!r}: {err}") from None
+    return tasks
+
+
+def _redis_url(value: Any) -> str:
+    url = _text(value)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+    return url
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    section: str
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    field: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.field or self.key
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("gearman", "servers", _servers, "127.0.0.1:4730", "gearmand servers, host:port[,host:port...]"),
+    Option("gearman", "connect_timeout", _seconds, 5.0, "seconds to wait for a gearmand connection"),
+    Option("gearman", "poll_timeout", _seconds, 5.0, "longest idle wait before a child checks on its master"),
+    Option("pool", "name", _name, "default", "pool name (several pools may run on one host)"),
+    Option("pool", "hostname", _name, None, "host name the pool answers to (default: this host's)"),
+    Option("pool", "processes", _int_range(0, MAX_PROCESSES), None, "number of children (default: CPU count)"),
+    Option("pool", "state_dir", _path, "/run/gearman-workers", "directory for PID and state files"),
+    Option("pool", "pidfile", _path, None, "PID file (default: STATE_DIR/NAME.pid)"),
+    Option("pool", "graceful_timeout", _seconds, 30.0, "seconds a stopping child may finish its job"),
+    Option("pool", "log_level", _log_level, "info", "debug, info, warning or error"),
+    Option("pool", "log_file", _optional(_path), None, "log file (with --daemon; default: STATE_DIR/NAME.log)"),
+    Option("pool", "python_path", _paths, [], "directories added to sys.path before tasks load"),
+    Option("pool", "preload", _optional(callable_spec), None, "module:callable run once before forking"),
+    Option("tasks", "", _tasks, {}, "", field="tasks"),
+    Option("control", "redis_url", _optional(_redis_url), None, "Redis URL for fleet control (empty: off)"),
+    Option("control", "channel", _name, "gearman-workers", "Redis pub/sub channel for commands"),
+    Option("control", "secret_file", _optional(_path), None, "file with the shared secret for signed commands"),
+    Option("control", "max_message_age", _seconds, 60.0, "signed commands older than this are rejected"),
+    Option("control", "key_prefix", _name, "gearman-workers", "prefix of every Redis key the pools use"),
+)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+
+
+def _file_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Flatten the TOML tables to {dest: raw value}, refusing unknown keys."""
+    known = {(o.section, o.key): o for o in OPTIONS}
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section == "tasks":
+            values["tasks"] = table
+            continue
+        if not isinstance(table, dict) or section not in {o.section for o in OPTIONS}:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, value in table.items():
+            option = known.get((section, key))
+            if option is None:
+                raise ConfigError(f"{path}: unknown key [{section}] {key}")
+            values[option.dest] = value
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per key; --task and --python-path may repeat."""
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    for option in OPTIONS:
+        if option.dest == "tasks":
+            parser.add_argument("--task", action="append", metavar="NAME=module:callable",
+                                help="register a task (repeatable)")
+        elif option.dest == "python_path":
+            parser.add_argument(option.flag, action="append", metavar="DIR", help=option.help)
+        else:
+            parser.add_argument(option.flag, metavar=option.dest.upper(), help=option.help)
+
+
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    values = {o.dest: getattr(args, o.dest) for o in OPTIONS
+              if o.dest != "tasks" and getattr(args, o.dest, None) is not None}
+    for item in getattr(args, "task", None) or ():
+        name, sep, spec = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--task {item!r}: expected NAME=module:callable")
+        values.setdefault("tasks", {})[name.strip()] = spec
+    return values
+
+
+def _section_label(option: Option) -> str:
+    return f"[{option.section}]" + (f" {option.key}" if option.key else "")
+
+
+def load(args: argparse.Namespace | None = None, path: Path | None = None,
+         require_tasks: bool = True) -> Config:
+    """Build the Config from an optional file and optional parsed flags."""
+    path = path or (getattr(args, "config", None) if args else None)
+    raw: dict[str, Any] = _file_values(_read_toml(path), path) if path else {}
+    cli = _cli_values(args) if args is not None else {}
+    if "tasks" in cli:
+        cli["tasks"] = {**raw.get("tasks", {}), **cli["tasks"]}
+    raw.update(cli)
+    parsed: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = raw.get(option.dest, option.default)
+        if value is None:
+            parsed[option.dest] = None
+            continue
+        try:
+            parsed[option.dest] = option.parse(value)
+        except ValueError as err:
+            if option.dest in cli:
+                where = "--task" if option.dest == "tasks" else option.flag
+            else:
+                where = f"{path}: {_section_label(option)}" if path else _section_label(option)
+            raise ConfigError(f"{where}: {err}") from None
+    config = _complete(parsed, path, require_tasks)
+    config.args = args
+    return config
+
+
+def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) -> Config:
+    if values["processes"] is None:
+        values["processes"] = os.cpu_count() or 1
+    if values["hostname"] is None:
+        values["hostname"] = socket.gethostname().split(".")[0] or "localhost"
+    if values["pidfile"] is None:
+        values["pidfile"] = values["state_dir"] / f"{values['name']}.pid"
+    if require_tasks and not values["tasks"]:
+        raise ConfigError("[tasks]: no task configured (add a [tasks] table or --task NAME=module:callable)")
+    if source is not None:
+        # Relative python_path entries are relative to the config file.
+        base = source.resolve().parent
+        values["python_path"] = [str(base / p) for p in values["python_path"]]
+    return Config(**values, source=source)
+
+
+def reload(config: Config) -> Config:
+    """Re-read the file a running pool was started with (for SIGHUP); the
+    flags given at start still override it."""
+    fresh = load(config.args, config.source)
+    # What identifies the running pool cannot change under it.
+    for field in ("name", "state_dir", "pidfile"):
+        setattr(fresh, field, getattr(config, field))
+    return fresh
+
+

@@ -1,0 +1,77 @@
+"""The worker side of the Gearman binary protocol.
+
+Packets are a 12-byte header (magic, type, body size; big-endian) and a body
+of NUL-separated arguments. The reader parses with struct straight out of
+what recv() returned, copying only when a packet spans two reads.
+"""
+
+from __future__ import annotations
+
+import struct
+
+REQ = b"\0REQ"
+RES = b"\0RES"
+HEADER = struct.Struct(">4sII")
+HEADER_SIZE = HEADER.size
+MAX_BODY = 1 << 30
+
+CAN_DO = 1
+PRE_SLEEP = 4
+NOOP = 6
+NO_JOB = 10
+WORK_STATUS = 12
+WORK_COMPLETE = 13
+WORK_FAIL = 14
+ECHO_REQ = 16
+ECHO_RES = 17
+ERROR = 19
+SET_CLIENT_ID = 22
+WORK_DATA = 28
+WORK_WARNING = 29
+GRAB_JOB_UNIQ = 30
+JOB_ASSIGN_UNIQ = 31
+
+
+class ProtocolError(Exception):
+    """gearmand sent something that is not a Gearman response."""
+
+
+def request(kind: int, *args: bytes) -> bytes:
+    body = b"\0".join(args)
+    return HEADER.pack(REQ, kind, len(body)) + body
+
+
+class PacketReader:
+    """Turns the bytes of one connection into (type, body) packets."""
+
+    __slots__ = ("_need", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._need = HEADER_SIZE
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if self._pending:
+            self._pending += data
+            if len(self._pending) < self._need:
+                return []
+            data = bytes(self._pending)
+            self._pending = bytearray()
+        packets = []
+        unpack = HEADER.unpack_from
+        pos, end = 0, len(data)
+        need = HEADER_SIZE
+        while end - pos >= HEADER_SIZE:
+            magic, kind, size = unpack(data, pos)
+            if magic != RES or size > MAX_BODY:
+                raise ProtocolError(f"bad packet header {data[pos:pos + HEADER_SIZE]!r}")
+            stop = pos + HEADER_SIZE + size
+            if stop > end:
+                need = stop - pos
+                break
+            packets.append((kind, data[pos + HEADER_SIZE:stop]))
+            pos = stop
+        if pos < end:
+            self._pending = bytearray(data[pos:])
+            self._need = need
+        return packets

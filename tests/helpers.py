@@ -1,0 +1,225 @@
+"""What the integration tests share: real servers on free loopback ports,
+pools run as real processes, and waiting on what a user would observe."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gearman
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+EXAMPLES = ROOT / "examples"
+WAIT = 10.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
+    """Poll PREDICATE until it returns something true; fail after TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie or a vanished PID is dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def children_of(parent: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == parent and fields[0] not in "ZX":
+                found.add(int(entry.name))
+    return found
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Gearmand:
+    """A gearmand of our own on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["gearmand", "--listen=127.0.0.1", f"--port={self.port}", "--threads=0",
+             f"--log-file={self.workdir / 'gearmand.log'}", "--verbose=WARNING"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, what="gearmand to listen")
+        assert self.proc.poll() is None, "gearmand did not start"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def admin(self, command: str) -> list[str]:
+        """A text admin command (what gearadmin --workers/--status shows)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(command.encode() + b"\n")
+            data = b""
+            while not data.endswith(b".\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return [line for line in data.decode().splitlines() if line and line != "."]
+
+    def workers(self, pool: str = "") -> list[tuple[str, int, list[str]]]:
+        """(client id, pid, functions) of every registered worker of POOL."""
+        found = []
+        for line in self.admin("workers"):
+            head, _, functions = line.partition(" : ")
+            client_id = head.split()[-1]
+            parts = client_id.split(":")
+            if functions.strip() and len(parts) == 3 and (not pool or parts[1] == pool):
+                found.append((client_id, int(parts[2]), functions.split()))
+        return found
+
+    def worker_pids(self, pool: str = "") -> set[int]:
+        return {pid for _, pid, _ in self.workers(pool)}
+
+    def status(self) -> dict[str, tuple[int, int, int]]:
+        """function -> (queued, running, available workers)."""
+        table = {}
+        for line in self.admin("status"):
+            name, total, running, workers = line.split("\t")
+            table[name] = (int(total), int(running), int(workers))
+        return table
+
+    def client(self) -> gearman.GearmanClient:
+        return gearman.GearmanClient([self.address])
+
+
+def submit(server: Gearmand, task: str, data: bytes | str, timeout: float = WAIT) -> Any:
+    """Submit one job and wait for its end (pygearman needs a poll_timeout)."""
+    request = server.client().submit_job(task, data, poll_timeout=timeout)
+    assert not request.timed_out, f"job {task} timed out"
+    return request
+
+
+class Pool:
+    """bin/gearman-workers run as a real process, the way an operator runs it."""
+
+    def __init__(self, gearmand: Gearmand, workdir: Path, *extra: str, name: str = "test",
+                 processes: int = 2, config: Path | None = None) -> None:
+        self.gearmand = gearmand
+        self.name = name
+        self.processes = processes
+        self.state_dir = workdir / f"state-{name}"
+        self.log_path = workdir / f"{name}.log"
+        self.argv = [str(BIN / "gearman-workers"), "--config", str(config or EXAMPLES / "gearman-workers.toml"),
+                     "--servers", gearmand.address, "--name", name, "--processes", str(processes),
+                     "--state-dir", str(self.state_dir), "--graceful-timeout", "10", *extra]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / f"{self.name}.pid"
+
+    def start(self, wait: bool = True) -> Pool:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, close_fds=True)
+        if wait:
+            self.wait_registered(self.processes)
+        return self
+
+    def wait_registered(self, count: int, exclude: set[int] = frozenset(), timeout: float = WAIT) -> set[int]:
+        def ready() -> set[int] | None:
+            assert self.proc is None or self.proc.poll() is None, f"pool exited: {self.log()}"
+            pids = self.gearmand.worker_pids(self.name)
+            return pids if len(pids) == count and not pids & exclude and self.children() == pids else None
+        return wait_for(ready, timeout, f"{count} registered workers of pool {self.name}")
+
+    def children(self) -> set[int]:
+        """PIDs of the master's live children, from /proc."""
+        return children_of(self.proc.pid) if self.proc is not None else set()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            children = self.children()
+            stop_process(self.proc)
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    if pid_alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def running(pool: Pool) -> Iterator[Pool]:
+    pool.start()
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def run_cli(name: str, *args: str, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kwargs)
+
+
+PYTHON = sys.executable
