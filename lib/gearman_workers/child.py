@@ -34,6 +34,7 @@ log = logging.getLogger("gearman_workers.child")
 GRAB = p.request(p.GRAB_JOB_UNIQ)
 PRE_SLEEP = p.request(p.PRE_SLEEP)
 MAX_RECONNECT_DELAY = 5.0
+RECV_BUFFER = 256 * 1024
 EXIT_OK = 0
 EXIT_ERROR = 1
 
@@ -86,6 +87,10 @@ class Worker:
         self.data_version = board.data_version
         self.hello = b"".join(p.request(p.CAN_DO, name) for name in self.tasks) + p.request(
             p.SET_CLIENT_ID, f"{config.hostname}:{config.name}:{os.getpid()}".encode())
+        # One receive buffer for the child's life: recv() of a fresh large
+        # buffer costs an mmap/mremap/munmap per job.
+        self._buffer = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buffer)
         self.poller = select.poll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -121,6 +126,7 @@ class Worker:
         poll = self.poller.poll
         by_fd = self.by_fd
         stop_deadline = None
+        single = self.links[0] if len(self.links) == 1 else None
         while True:
             if self.stopping:
                 if stop_deadline is None:
@@ -130,6 +136,12 @@ class Worker:
                     return
             else:
                 self._connect_due()
+                if single is not None and single.awaiting_grab and single.status == UP:
+                    # gearmand answers a GRAB at once: skip the poll and wait
+                    # in recv (bounded by SO_RCVTIMEO); a signal still stops us
+                    # right after the answer.
+                    self._on_readable(single)
+                    continue
             events = poll(self._poll_timeout_ms())
             if not events:
                 self._on_idle_tick()
@@ -209,11 +221,13 @@ class Worker:
         sock = link.sock
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Blocking sends, but never forever: a gearmand that stops reading
-        # for connect_timeout counts as gone.
+        # Blocking sends and receives, but never forever: a gearmand that
+        # stays silent for connect_timeout while it owes us an answer is gone.
         seconds = int(self.config.connect_timeout)
         micros = int((self.config.connect_timeout - seconds) * 1e6)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
+        timeout = struct.pack("ll", seconds, micros)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         self.poller.modify(sock, select.POLLIN)
         link.status = UP
         link.reader = p.PacketReader()
@@ -270,15 +284,15 @@ class Worker:
 
     def _on_readable(self, link: Link) -> None:
         try:
-            data = link.sock.recv(262144)  # type: ignore[union-attr]
+            size = link.sock.recv_into(self._buffer)  # type: ignore[union-attr]
         except OSError as err:
             self._lost(link, err.strerror or str(err))
             return
-        if not data:
+        if not size:
             self._lost(link, "connection closed by gearmand")
             return
         try:
-            packets = link.reader.feed(data)
+            packets = link.reader.feed(self._view[:size].tobytes())
         except p.ProtocolError as err:
             self._lost(link, str(err))
             return
