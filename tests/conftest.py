@@ -8,12 +8,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import Gearmand
+from helpers import Gearmand, RedisServer
 
 
 @pytest.fixture
 def gearmand(tmp_path: Path) -> Iterator[Gearmand]:
     server = Gearmand(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
     server.start()
     yield server
     server.stop()

@@ -15,6 +15,7 @@ import queue
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -88,6 +89,10 @@ class Arbiter:
         self.ready = False
         self.pid = os.getpid()
         self.started_at = time.time()
+        # Held around fork(), and by the control thread whenever it is not
+        # just waiting: a child must never inherit a lock (an import's, a
+        # stream's) that thread held at the moment of the fork.
+        self.fork_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._events_r, self._events_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -228,6 +233,8 @@ class Arbiter:
 
     def publish_data(self, values: dict[str, Any]) -> None:
         """New runtime data: children pick it up before their next job."""
+        if values == runtime.snapshot() and self.config.runtime_file.exists():
+            return
         state.atomic_write(self.config.runtime_file, json.dumps(values, sort_keys=True))
         runtime.replace(values)  # children forked from now on start with it
         self.board.data_version += 1
@@ -271,7 +278,8 @@ class Arbiter:
         self.board.clear(slot)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        with self.fork_lock:
+            pid = os.fork()
         if pid == 0:
             code = self._become_child(slot)
             logging.shutdown()
@@ -284,7 +292,9 @@ class Arbiter:
 
     def _become_child(self, slot: int) -> int:
         try:
-            set_parent_death_signal(signal.SIGTERM)
+            # SIGKILL, not TERM: even a wedged child must not outlive its
+            # master; gearmand hands a dead worker's job to another worker.
+            set_parent_death_signal(signal.SIGKILL)
             if os.getppid() != self.pid:
                 return 0  # the master died before the death signal was armed
             logsetup.set_role(f"child {slot}")
@@ -365,7 +375,8 @@ class Arbiter:
         return info.links_up > 0 and info.state in (State.IDLE, State.BUSY)
 
     def registered_count(self) -> int:
-        return sum(1 for c in self.children.values() if c.stop_deadline is None and self._registered(c))
+        # list() copies atomically: the control thread calls this too.
+        return sum(1 for c in list(self.children.values()) if c.stop_deadline is None and self._registered(c))
 
     def _report(self) -> None:
         registered = self.registered_count()

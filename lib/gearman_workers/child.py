@@ -10,6 +10,10 @@ taken is always finished and answered first.
 from __future__ import annotations
 
 import contextlib
+
+# getaddrinfo() imports the idna codec on first use; import it before any
+# fork so a child never takes an import lock another thread might hold.
+import encodings.idna  # noqa: F401
 import errno
 import logging
 import os

@@ -1,0 +1,219 @@
+"""gm-exit and gm-ctl: the operator's side of the control channel."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .. import config as configuration
+from . import store
+from .listener import connect, read_secret
+from .messages import Command, encode
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclasses.dataclass
+class Settings:
+    url: str
+    channel: str
+    prefix: str
+    secret: bytes | None
+
+
+def connection_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection (default: from --config, else local Redis)")
+    group.add_argument("--config", type=Path, help="a pool's configuration file ([control] table)")
+    group.add_argument("--redis-url", help="redis://[user:password@]host:port/db, rediss:// for TLS")
+    group.add_argument("--channel", help="control channel (default gearman-workers)")
+    group.add_argument("--secret-file", type=Path, help="shared secret to sign commands with")
+    group.add_argument("--key-prefix", help="prefix of the Redis keys (default gearman-workers)")
+    return parent
+
+
+def target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", action="append", default=[], metavar="HOST",
+                        help="only pools on this host (repeatable; default: every host)")
+    parser.add_argument("--pool", help="only pools with this name (default: every pool)")
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """Flags, else the config file's [control] table, else the defaults."""
+    base = configuration.load(path=args.config, require_tasks=False) if args.config else None
+    url = args.redis_url or (base.redis_url if base else None) or "redis://127.0.0.1:6379/0"
+    secret_file = args.secret_file or (base.secret_file if base else None)
+    return Settings(
+        url=url,
+        channel=args.channel or (base.channel if base else "gearman-workers"),
+        prefix=args.key_prefix or (base.key_prefix if base else "gearman-workers"),
+        secret=read_secret(secret_file) if secret_file else None,
+    )
+
+
+def _fail(prog: str, message: str, status: int) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return status
+
+
+def _redis_time(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
+def publish(client: redis.Redis, conf: Settings, command: Command) -> int:
+    """Stamp, sign, record (for exit and set) and publish COMMAND."""
+    command = dataclasses.replace(command, ts=_redis_time(client))
+    message = encode(command, conf.secret)
+    keys = store.Keys(conf.prefix)
+    with client.pipeline() as pipe:
+        for scope in store.command_scopes(command.hosts, command.pool):
+            if command.cmd == "exit":
+                pipe.set(keys.exit(scope), message)
+            elif command.cmd == "set":
+                pipe.hset(keys.data(scope), command.key, message)
+            elif command.cmd == "del":
+                pipe.hdel(keys.data(scope), command.key)
+        pipe.publish(conf.channel, message)
+        return int(pipe.execute()[-1])
+
+
+def _pool_id(info: dict[str, Any]) -> str:
+    return f"{info.get('host')}/{info.get('name')}"
+
+
+def _targeted(pools: list[dict[str, Any]], hosts: list[str], pool: str | None) -> dict[str, dict[str, Any]]:
+    probe = Command("exit", hosts=tuple(hosts), pool=pool)
+    return {_pool_id(p): p for p in pools if probe.targets(str(p.get("host")), str(p.get("name")))}
+
+
+def _wait_stopped(client: redis.Redis, keys: store.Keys, before: dict[str, dict[str, Any]],
+                  timeout: float) -> int:
+    if not before:
+        print("no live pool matched the targets; nothing to wait for")
+        return EXIT_OK
+    print(f"waiting for {len(before)} pool(s): {', '.join(sorted(before))}")
+    started = time.monotonic()
+    remaining = dict(before)
+    while remaining:
+        now_live = {_pool_id(p): p for p in store.live_pools(client, keys)}
+        for pool_id, old in list(remaining.items()):
+            new = now_live.get(pool_id)
+            if new is None or (new.get("pid"), new.get("started")) != (old.get("pid"), old.get("started")):
+                del remaining[pool_id]
+                print(f"  {pool_id} stopped after {time.monotonic() - started:.1f} s "
+                      f"({len(before) - len(remaining)}/{len(before)})", flush=True)
+        if remaining and time.monotonic() - started > timeout:
+            print(f"timed out after {timeout:.0f} s; still running: {', '.join(sorted(remaining))}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        if remaining:
+            time.sleep(0.2)
+    return EXIT_OK
+
+
+def exit_main(argv: list[str] | None = None) -> int:
+    prog = "gm-exit"
+    parser = argparse.ArgumentParser(
+        prog=prog, parents=[connection_options()],
+        description="Tell gearman-workers pools to finish the jobs in hand and exit "
+        "(under systemd they come back with fresh code).")
+    target_options(parser)
+    parser.add_argument("--wait", action="store_true", help="wait until every targeted pool has stopped")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
+    args = parser.parse_args(argv)
+    try:
+        conf = settings(args)
+        client = connect(conf.url)
+        keys = store.Keys(conf.prefix)
+        before = _targeted(store.live_pools(client, keys), args.host, args.pool) if args.wait else {}
+        receivers = publish(client, conf, Command("exit", hosts=tuple(args.host), pool=args.pool))
+    except configuration.ConfigError as err:
+        return _fail(prog, f"config error: {err}", EXIT_USAGE)
+    except (redis.RedisError, OSError) as err:
+        return _fail(prog, f"cannot reach redis: {err}", EXIT_FAILED)
+    print(f"exit published on {conf.channel}: received by {receivers} listener(s)")
+    if not args.wait:
+        return EXIT_OK
+    try:
+        return _wait_stopped(client, keys, before, args.timeout)
+    except (redis.RedisError, OSError) as err:
+        return _fail(prog, f"lost redis while waiting: {err}", EXIT_FAILED)
+
+
+def ctl_main(argv: list[str] | None = None) -> int:
+    prog = "gm-ctl"
+    common = connection_options()
+    parser = argparse.ArgumentParser(prog=prog, description="Control gearman-workers pools through Redis.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("set", "set runtime data KEY to a JSON VALUE"), ("del", "remove runtime data KEY"),
+                       ("get", "show the stored runtime data"), ("scale", "change the number of children"),
+                       ("pools", "list live pools from their heartbeats")):
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        if name in ("set", "del", "get"):
+            sub.add_argument("key", nargs="?" if name == "get" else None)
+        if name == "set":
+            sub.add_argument("value", help='a JSON value: 42, true, "text", {"a": 1}')
+        if name == "scale":
+            sub.add_argument("n", type=int)
+        if name != "pools":
+            target_options(sub)
+    args = parser.parse_args(argv)
+    try:
+        conf = settings(args)
+        client = connect(conf.url)
+        return _ctl(prog, args, conf, client)
+    except configuration.ConfigError as err:
+        return _fail(prog, f"config error: {err}", EXIT_USAGE)
+    except (redis.RedisError, OSError) as err:
+        return _fail(prog, f"cannot reach redis: {err}", EXIT_FAILED)
+
+
+def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    keys = store.Keys(conf.prefix)
+    targets = {"hosts": tuple(getattr(args, "host", ())), "pool": getattr(args, "pool", None)}
+    if args.command == "set":
+        try:
+            value = json.loads(args.value)
+        except ValueError:
+            return _fail(prog, f"VALUE {args.value!r} is not JSON (quote text: '\"{args.value}\"')", EXIT_USAGE)
+        receivers = publish(client, conf, Command("set", key=args.key, value=value, **targets))
+        print(f"set {args.key}; {receivers} listener(s) notified")
+    elif args.command == "del":
+        receivers = publish(client, conf, Command("del", key=args.key, **targets))
+        print(f"deleted {args.key}; {receivers} listener(s) notified")
+    elif args.command == "scale":
+        if not 0 <= args.n <= configuration.MAX_PROCESSES:
+            return _fail(prog, f"N must be from 0 to {configuration.MAX_PROCESSES}", EXIT_USAGE)
+        receivers = publish(client, conf, Command("scale", n=args.n, **targets))
+        print(f"scale {args.n} published; received by {receivers} listener(s)")
+    elif args.command == "get":
+        _print_data(client, keys, args.key)
+    else:
+        _print_pools(store.live_pools(client, keys))
+    return EXIT_OK
+
+
+def _print_data(client: redis.Redis, keys: store.Keys, only: str | None) -> None:
+    for name in sorted(client.scan_iter(match=keys.data("*"))):
+        scope = name.decode().removeprefix(keys.data(""))
+        for field, raw in sorted(client.hgetall(name).items()):
+            if only is None or field.decode() == only:
+                value = json.loads(raw).get("value")
+                print(f"{scope:24s} {field.decode()} = {json.dumps(value)}")
+
+
+def _print_pools(pools: list[dict[str, Any]]) -> None:
+    print(f"{'HOST':20s} {'POOL':16s} {'PID':>7s} {'CHILDREN':>9s} {'REGISTERED':>10s} {'UP':>8s}")
+    for info in sorted(pools, key=_pool_id):
+        up = time.time() - float(info.get("started", time.time()))
+        print(f"{info.get('host', '?'):20s} {info.get('name', '?'):16s} {info.get('pid', 0):>7} "
+              f"{info.get('children', 0):>4}/{info.get('desired', 0):<4} {info.get('registered', 0):>10} "
+              f"{up:>7.0f}s")

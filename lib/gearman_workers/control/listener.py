@@ -1,0 +1,204 @@
+"""The pool's end of the control channel: one thread in the master.
+
+Why the master and not every child: one Redis connection per pool instead
+of one per child, the child's job loop stays single-threaded and free of
+Redis entirely, and exit/scale are the master's business anyway. Data
+updates reach the children through the master's scoreboard and a runtime
+file, applied between jobs.
+
+The thread only talks to Redis and hands commands to the master's queue.
+It reconnects with backoff and logs once per outage; a pool whose Redis is
+down still starts and serves jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from ..config import Config, ConfigError
+from . import store
+from .messages import BadMessage, Command, Verifier, decode
+
+if TYPE_CHECKING:
+    from ..arbiter import Arbiter
+
+log = logging.getLogger("gearman_workers.control")
+
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_TTL = 15
+MAX_RETRY_DELAY = 5.0
+
+
+def read_secret(path: Path) -> bytes:
+    """The shared secret; refused when group or others may read the file."""
+    try:
+        info = path.stat()
+        secret = path.read_bytes().strip()
+    except OSError as err:
+        raise ConfigError(f"[control] secret_file: {path}: {err.strerror}") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"[control] secret_file: {path} is accessible by group or others "
+                          f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 600 it")
+    if len(secret) < 16:
+        raise ConfigError(f"[control] secret_file: {path} holds fewer than 16 bytes")
+    return secret
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                health_check_interval=30, client_name=f"gearman-workers@{socket.gethostname()}")
+
+
+class ControlListener:
+    def __init__(self, url: str, channel: str, prefix: str, hostname: str, pool: str,
+                 secret: bytes | None, max_age: float) -> None:
+        self.url, self.channel, self.hostname, self.pool = url, channel, hostname, pool
+        self.keys = store.Keys(prefix)
+        self.secret = secret
+        self.verifier = Verifier(max_age)
+        self.arbiter: Arbiter | None = None
+        self._stop = threading.Event()
+        self._resync = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._outage_since: float | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> ControlListener:
+        assert config.redis_url is not None
+        secret = read_secret(config.secret_file) if config.secret_file else None
+        return cls(config.redis_url, config.channel, config.key_prefix, config.hostname, config.name,
+                   secret, config.max_message_age)
+
+    # --- what the master calls ----------------------------------------
+
+    def start(self, arbiter: Arbiter) -> None:
+        self.arbiter = arbiter
+        self._guard = arbiter.fork_lock
+        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        client = self._client
+        if client is not None and self.arbiter is not None:
+            try:
+                store.clear_heartbeat(client, self.keys, self.hostname, self.pool, self.arbiter.pid)
+            except (redis.RedisError, OSError, ValueError):
+                pass  # the heartbeat expires by itself
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+    def forget_in_child(self) -> None:
+        """After fork: the thread does not exist here; drop its objects."""
+        self._client = None
+        self._thread = None
+
+    # --- the thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = 0.0
+            except (redis.RedisError, OSError) as err:
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    with self._guard:
+                            log.warning("redis %s unreachable (%s); fleet control waits until it is back; "
+                                    "jobs are not affected", self._safe_url(), err)
+                delay = min(MAX_RETRY_DELAY, max(0.1, delay * 2))
+                self._stop.wait(delay)
+            except Exception:
+                with self._guard:
+                    log.exception("control listener failed; restarting it")
+                self._stop.wait(1.0)
+
+    def _session(self) -> None:
+        client = self._client = connect(self.url)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)  # subscribe first: nothing falls between it and the catch-up
+            pubsub.connection.register_connect_callback(self._on_reconnect)
+            with self._guard:
+                if self._outage_since is not None:
+                    log.info("redis reachable again after %.1f s", time.monotonic() - self._outage_since)
+                    self._outage_since = None
+                self._catch_up(client)
+            next_beat = 0.0
+            while not self._stop.is_set():
+                with self._guard:
+                    if self._resync.is_set():  # redis-py reconnected the subscription by itself
+                        self._resync.clear()
+                        self._catch_up(client)
+                    if time.monotonic() >= next_beat:
+                        self._beat(client)
+                        next_beat = time.monotonic() + HEARTBEAT_INTERVAL
+                message = pubsub.get_message(timeout=1.0)  # the only wait, outside the guard
+                if message is not None and message.get("type") == "message":
+                    with self._guard:
+                        self._on_message(client, message["data"])
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _on_reconnect(self, connection: object) -> None:
+        self._resync.set()
+
+    def _catch_up(self, client: redis.Redis) -> None:
+        """Apply what happened while we were not listening."""
+        assert self.arbiter is not None
+        last_exit = store.latest_exit(client, self.keys, self.hostname, self.pool, self.secret)
+        if last_exit is not None and (last_exit.ts or 0.0) > self.arbiter.started_at:
+            self.arbiter.submit("exit", "exit command recorded while redis was out of reach")
+        self._reload_data(client)
+
+    def _reload_data(self, client: redis.Redis) -> None:
+        assert self.arbiter is not None
+        self.arbiter.submit("data", store.load_data(client, self.keys, self.hostname, self.pool, self.secret))
+
+    def _beat(self, client: redis.Redis) -> None:
+        assert self.arbiter is not None
+        info: dict[str, Any] = self.arbiter.summary()
+        store.write_heartbeat(client, self.keys, self.hostname, self.pool, info, HEARTBEAT_TTL)
+
+    def _on_message(self, client: redis.Redis, data: bytes) -> None:
+        try:
+            command = decode(data, self.secret)
+            if self.secret is not None:
+                self.verifier.check(command)
+        except BadMessage as err:
+            log.warning("rejected control message on %s: %s", self.channel, err)
+            return
+        if command.targets(self.hostname, self.pool):
+            self._apply(client, command)
+
+    def _apply(self, client: redis.Redis, command: Command) -> None:
+        assert self.arbiter is not None
+        log.info("control command: %s", _describe(command))
+        if command.cmd == "exit":
+            self.arbiter.submit("exit", "exit command")
+        elif command.cmd == "scale":
+            self.arbiter.submit("scale", command.n)
+        else:  # set/del: the message is the nudge, the hashes are the truth
+            self._reload_data(client)
+
+    def _safe_url(self) -> str:
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def _describe(command: Command) -> str:
+    detail = {"set": f" {command.key}", "del": f" {command.key}", "scale": f" {command.n}"}.get(command.cmd, "")
+    return f"{command.cmd}{detail} (pid {os.getpid()})"

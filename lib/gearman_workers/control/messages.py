@@ -1,0 +1,169 @@
+"""Control messages: what travels on the Redis channel, and their checks.
+
+A message is a JSON object:
+
+    {"cmd": "exit" | "set" | "del" | "scale",
+     "key": str, "value": JSON,          (set; del takes only key)
+     "n": int,                           (scale)
+     "hosts": [str, ...], "pool": str,   (optional targets; absent = every)
+     "ts": float, "nonce": str, "sig": hex}
+
+With a shared secret, ``sig`` is HMAC-SHA256 over the canonical JSON of
+every other field, and ts and nonce guard against stale and replayed
+messages. Without one, the plain string ``exit`` is accepted too (as sent by
+``redis-cli PUBLISH channel exit``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import time
+from typing import Any
+
+from ..config import MAX_PROCESSES
+
+MAX_MESSAGE = 64 * 1024
+MAX_KEY = 256
+COMMANDS = ("exit", "set", "del", "scale")
+
+
+class BadMessage(ValueError):
+    """The message is rejected; the text says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    cmd: str
+    key: str | None = None
+    value: Any = None
+    n: int | None = None
+    hosts: tuple[str, ...] = ()
+    pool: str | None = None
+    ts: float | None = None
+    nonce: str | None = None
+
+    def targets(self, hostname: str, pool: str) -> bool:
+        return (not self.hosts or hostname in self.hosts) and (self.pool is None or self.pool == pool)
+
+    def body(self) -> dict[str, Any]:
+        fields = {"cmd": self.cmd, "key": self.key, "value": self.value, "n": self.n,
+                  "hosts": list(self.hosts) or None, "pool": self.pool, "ts": self.ts, "nonce": self.nonce}
+        if self.cmd == "set":
+            return {k: v for k, v in fields.items() if v is not None or k == "value"}
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def signature(body: dict[str, Any], secret: bytes) -> str:
+    return hmac.new(secret, _canonical(body), hashlib.sha256).hexdigest()
+
+
+def encode(command: Command, secret: bytes | None, now: float | None = None) -> bytes:
+    """Serialise COMMAND, stamping and signing it when there is a secret."""
+    if secret is not None:
+        stamp = command.ts if command.ts is not None else (now if now is not None else time.time())
+        command = dataclasses.replace(command, ts=stamp, nonce=secrets.token_hex(16))
+    body = command.body()
+    if secret is not None:
+        body["sig"] = signature(body, secret)
+    return _canonical(body)
+
+
+def _expect(raw: dict[str, Any], field: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BadMessage(f"field {field!r} must be {what}, not {type(value).__name__}")
+    return value
+
+
+def decode(data: bytes, secret: bytes | None) -> Command:
+    """Parse and check one message; raises BadMessage naming the problem.
+
+    Freshness and replay (which need a clock and memory) are checked by
+    ``Verifier``; this function is pure.
+    """
+    if len(data) > MAX_MESSAGE:
+        raise BadMessage(f"message of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessage("message is not UTF-8") from None
+    if text.strip() == "exit":
+        if secret is not None:
+            raise BadMessage("unsigned message (a secret is configured): plain 'exit' ignored")
+        return Command("exit")
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise BadMessage("message is not JSON (nor the plain word exit)") from None
+    if not isinstance(raw, dict):
+        raise BadMessage(f"message must be a JSON object, not {type(raw).__name__}")
+    unknown = set(raw) - {"cmd", "key", "value", "n", "hosts", "pool", "ts", "nonce", "sig"}
+    if unknown:
+        raise BadMessage(f"unknown field(s) {', '.join(sorted(unknown))}")
+    if secret is not None:
+        _check_signature(raw, secret)
+    return _command(raw)
+
+
+def _check_signature(raw: dict[str, Any], secret: bytes) -> None:
+    sig = raw.get("sig")
+    if not isinstance(sig, str):
+        raise BadMessage("unsigned message (a secret is configured)")
+    body = {k: v for k, v in raw.items() if k != "sig"}
+    if not hmac.compare_digest(sig, signature(body, secret)):
+        raise BadMessage("bad signature")
+    if not isinstance(raw.get("ts"), (int, float)) or not isinstance(raw.get("nonce"), str):
+        raise BadMessage("signed message without ts and nonce")
+
+
+def _command(raw: dict[str, Any]) -> Command:
+    cmd = _expect(raw, "cmd", str, "a string")
+    if cmd not in COMMANDS:
+        raise BadMessage(f"unknown command {cmd!r} (expected one of {', '.join(COMMANDS)})")
+    key = _expect(raw, "key", str, "a string")
+    n = _expect(raw, "n", int, "a whole number")
+    hosts = _expect(raw, "hosts", list, "a list of host names") or []
+    if not all(isinstance(h, str) and h for h in hosts):
+        raise BadMessage("field 'hosts' must list non-empty strings")
+    pool = _expect(raw, "pool", str, "a string")
+    ts = _expect(raw, "ts", (int, float), "a number")
+    if ts is not None and not math.isfinite(ts):
+        raise BadMessage("field 'ts' must be a finite number")
+    nonce = _expect(raw, "nonce", str, "a string")
+    if cmd in ("set", "del") and (not key or len(key) > MAX_KEY):
+        raise BadMessage(f"{cmd} needs a key of 1 to {MAX_KEY} characters")
+    if cmd == "set" and "value" not in raw:
+        raise BadMessage("set needs a value")
+    if cmd == "scale" and (n is None or not 0 <= n <= MAX_PROCESSES):
+        raise BadMessage(f"scale needs n from 0 to {MAX_PROCESSES}")
+    return Command(cmd, key, raw.get("value"), n, tuple(hosts), pool, ts, nonce)
+
+
+class Verifier:
+    """Freshness and replay checks for signed messages, per pool."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._seen: dict[str, float] = {}
+
+    def check(self, command: Command, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if command.ts is None or command.nonce is None:
+            return
+        if abs(now - command.ts) > self.max_age:
+            raise BadMessage(f"stale message ({now - command.ts:.0f} s old, limit {self.max_age:.0f} s)")
+        self._seen = {n: t for n, t in self._seen.items() if now - t <= self.max_age}
+        if command.nonce in self._seen:
+            raise BadMessage("replayed message (nonce already seen)")
+        self._seen[command.nonce] = command.ts
