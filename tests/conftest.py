@@ -25,3 +25,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the test item (the deploy test prints
+    the test host's journal when a check fails)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

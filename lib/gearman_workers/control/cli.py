@@ -45,9 +45,14 @@ def target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", help="only pools with this name (default: every pool)")
 
 
+OPERATOR_CONFIG = Path("/etc/gearman-workers/control.toml")
+
+
 def settings(args: argparse.Namespace) -> Settings:
-    """Flags, else the config file's [control] table, else the defaults."""
-    base = configuration.load(path=args.config, require_tasks=False) if args.config else None
+    """Flags, else the config file's [control] table (by default the one the
+    deployment writes for operators, if present), else the defaults."""
+    path = args.config or (OPERATOR_CONFIG if OPERATOR_CONFIG.exists() else None)
+    base = configuration.load(path=path, require_tasks=False) if path else None
     url = args.redis_url or (base.redis_url if base else None) or "redis://127.0.0.1:6379/0"
     secret_file = args.secret_file or (base.secret_file if base else None)
     return Settings(
@@ -73,7 +78,7 @@ def publish(client: redis.Redis, conf: Settings, command: Command) -> int:
     command = dataclasses.replace(command, ts=_redis_time(client))
     message = encode(command, conf.secret)
     keys = store.Keys(conf.prefix)
-    with client.pipeline() as pipe:
+    with client.pipeline(transaction=False) as pipe:  # no MULTI: operators need no such right
         for scope in store.command_scopes(command.hosts, command.pool):
             if command.cmd == "exit":
                 pipe.set(keys.exit(scope), message)
@@ -138,7 +143,7 @@ def exit_main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_USAGE)
     except (redis.RedisError, OSError) as err:
-        return _fail(prog, f"cannot reach redis: {err}", EXIT_FAILED)
+        return _fail(prog, _redis_problem(err), EXIT_FAILED)
     print(f"exit published on {conf.channel}: received by {receivers} listener(s)")
     if not args.wait:
         return EXIT_OK
@@ -173,7 +178,13 @@ def ctl_main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_USAGE)
     except (redis.RedisError, OSError) as err:
-        return _fail(prog, f"cannot reach redis: {err}", EXIT_FAILED)
+        return _fail(prog, _redis_problem(err), EXIT_FAILED)
+
+
+def _redis_problem(err: Exception) -> str:
+    if isinstance(err, redis.ResponseError):
+        return f"redis refused: {err}"
+    return f"cannot reach redis: {err}"
 
 
 def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
