@@ -200,7 +200,8 @@ def test_daemon_mode_detaches_and_stops_cleanly(gearmand: Gearmand, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--processes", "-1"], "--processes: expected a number from 0 to 1024, got -1"),
+    (["--processes", "-1"], "--processes: expected a number from 1 to 1024, got -1"),
+    (["--processes", "0"], "--processes: expected a number from 1 to 1024, got 0"),
     (["--servers", "localhost"], "--servers: expected host:port"),
     (["--graceful-timeout", "soon"], "--graceful-timeout: expected a number of seconds"),
     (["--task", "echo"], "--task 'echo': expected NAME=module:callable"),

@@ -103,10 +103,10 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
                     '[tasks]\necho = "m:f"\n')
     config = configuration.load(path=path)
     assert [str(s) for s in config.servers] == ["a:1", "b:2"]
-    assert config.processes == 3 and config.tasks == {"echo": "m:f"}
+    assert config.processes == 3 and config.tasks == {"echo": configuration.TaskSpec("m:f")}
     assert config.python_path == [str(tmp_path / "lib")]
     assert config.pidfile == Path("/run/gearman-workers/default.pid")
-    with pytest.raises(configuration.ConfigError, match=r"\[pool\] processes: expected a number from 0 to 1024"):
+    with pytest.raises(configuration.ConfigError, match=r"\[pool\] processes: expected a number from 1 to 1024"):
         path.write_text("[pool]\nprocesses = 5000\n[tasks]\necho = 'm:f'\n")
         configuration.load(path=path)
     with pytest.raises(configuration.ConfigError, match="not valid TOML"):

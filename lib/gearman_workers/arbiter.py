@@ -1,6 +1,15 @@
 """The master: forks the children, keeps the wanted number alive and
 registered, and stops them. Signal handlers and the control listener only
-enqueue; every decision is taken in the main loop."""
+enqueue commands (commands.py); every decision is taken in the main loop,
+in short methods that tests drive with a fake process table
+(tests/test_arbiter.py): spawn, retire, recycle, kill, reap, back off.
+
+Task code cannot take the pool down: a child that runs past its time
+limit or whose heartbeat stops is killed and replaced; a job that keeps
+killing children is failed (poison.py); a child due for recycling leaves
+only after its successor registered; whatever a task forked dies with its
+child (each child leads a process group, and the master is a subreaper).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import random
 import select
 import signal
 import sys
@@ -22,18 +32,28 @@ from typing import Any, Protocol
 
 from . import config as configuration
 from . import log as logsetup
-from . import runtime, state
-from .child import Worker, run_child
+from . import procfs, runtime, state
+from .backoff import Backoff
+from .child import Limits, Worker, run_child
+from .commands import FROM_SIGNAL, Command, PublishData, Reload, Scale, Stop
 from .notify import Notifier
 from .pidfile import PidFile
-from .scoreboard import Scoreboard, State
+from .poison import PoisonLedger
+from .scoreboard import Recycle, Scoreboard, SlotInfo, State
 from .tasks import TaskLoadError, load_tasks
 
 log = logging.getLogger("gearman_workers.master")
 
-MIN_UPTIME = 2.0  # a child that dies younger than this counts as a crash
-MAX_BACKOFF = 30.0
+CRASH_BACKOFF_FIRST, CRASH_BACKOFF_MAX = 0.25, 30.0
+JITTER = 0.1  # recycling limits vary by up to 10 % per child, so children do not leave together
+MIB = 1024 * 1024
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+# Why the master killed a child (logged, and recorded against its job).
+KILLED_TIMEOUT = "time limit exceeded"
+KILLED_HUNG = "no heartbeat"
+KILLED_STOP = "did not stop in time"
 
 
 class Control(Protocol):
@@ -51,8 +71,12 @@ class Child:
     generation: int
     started: float
     identity: state.ProcessIdentity | None
+    limits: Limits
+    recycle_at: float | None = None   # max_age reached (monotonic), with jitter
+    replacing_because: str | None = None  # due for replacement, and why
     stop_deadline: float | None = None
-    killed: bool = False
+    killed_because: str | None = None
+    poison_recorded: bool = False
 
 
 def describe_exit(status: int) -> str:
@@ -62,10 +86,14 @@ def describe_exit(status: int) -> str:
     return f"exited with status {code}"
 
 
-def set_parent_death_signal(sig: int) -> None:
+def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _jittered(limit: float) -> float:
+    return limit * (1 + random.uniform(0, JITTER))
 
 
 class Arbiter:
@@ -80,12 +108,12 @@ class Arbiter:
         self.children: dict[int, Child] = {}
         self.desired = config.processes
         self.generation = 0
-        self.signals: list[int] = []
-        self.commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.stopping = False
         self.exit_status = 0
-        self.crashes = 0
-        self.next_spawn_at = 0.0
+        self.slot_backoff: dict[int, Backoff] = {}
+        self.slot_not_before: dict[int, float] = {}
+        self.ledger = PoisonLedger()
         self.ready = False
         self.pid = os.getpid()
         self.started_at = time.time()
@@ -95,11 +123,12 @@ class Arbiter:
         self.fork_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._events_r, self._events_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._orphans_possible = False
 
     # --- what other threads may call ------------------------------------
 
-    def submit(self, *command: Any) -> None:
-        """Queue a command (('exit', why), ('scale', n), ('data', values))."""
+    def submit(self, command: Command) -> None:
+        """Queue a command; the main loop acts on it."""
         self.commands.put(command)
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"c")
@@ -112,6 +141,9 @@ class Arbiter:
 
     def run(self) -> int:
         self._install_signals()
+        # Orphans of a child's task (a forked grandchild) come to us, not to
+        # PID 1, so that they can be stopped with their child.
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         gc.freeze()  # keep the collector off preloaded objects: pages stay shared
         self.notifier.send(mainpid=self.pid, status="starting children")
         self._write_state()
@@ -121,31 +153,29 @@ class Arbiter:
                  ", ".join(self.tasks), ", ".join(map(str, self.config.servers)))
         try:
             while not (self.stopping and not self.children):
-                self._handle_signals()
-                self._handle_commands()
-                self._reap()
-                if not self.stopping:
-                    self._maintain()
-                self._murder_overdue()
-                self._report()
+                self.step()
                 self._sleep()
         finally:
             self._shutdown()
         log.info("master %d exits with status %d", self.pid, self.exit_status)
         return self.exit_status
 
+    def step(self) -> None:
+        """One turn of the main loop, without the wait."""
+        self._handle_commands()
+        self._reap()
+        if not self.stopping:
+            self._maintain()
+        self._watch()
+        if self._orphans_possible:
+            self._stop_orphans()
+        self._report()
+
     def _sleep(self) -> None:
-        timeout = 1.0
-        now = time.monotonic()
-        if self.next_spawn_at > now:
-            timeout = min(timeout, self.next_spawn_at - now)
-        for child in self.children.values():
-            if child.stop_deadline is not None and not child.killed:
-                timeout = min(timeout, child.stop_deadline - now)
-        if self.signals or not self.commands.empty():
-            timeout = 0
+        if not self.commands.empty():
+            return
         try:
-            readable, _, _ = select.select([self._wake_r, self._events_r], [], [], max(0.0, timeout))
+            readable, _, _ = select.select([self._wake_r, self._events_r], [], [], self._next_check_in())
         except InterruptedError:
             return
         for fd in readable:
@@ -155,49 +185,61 @@ class Arbiter:
             except BlockingIOError:
                 pass
 
+    def _next_check_in(self) -> float:
+        """Seconds until something is due: a respawn, a stop or time-limit
+        deadline, a heartbeat check."""
+        now = time.monotonic()
+        due = [now + 1.0, *self.slot_not_before.values()]
+        if self.config.heartbeat_timeout:
+            due.append(now + self.config.heartbeat_timeout / 4)
+        for child in self.children.values():
+            if child.killed_because is not None:
+                continue
+            if child.stop_deadline is not None:
+                due.append(child.stop_deadline)
+            if child.recycle_at is not None and child.replacing_because is None:
+                due.append(child.recycle_at)
+            deadline = self.board.read(child.slot).deadline
+            if deadline:
+                due.append(deadline + self.config.kill_grace)
+        return max(0.0, min(due) - now)
+
     def _shutdown(self) -> None:
         if self.control is not None:
             self.control.stop()
         for child in list(self.children.values()):
-            self._signal(child, signal.SIGKILL)
+            self._kill_group(child.pid)
         self._reap(block=True)
+        self._stop_orphans()
         self.config.state_file.unlink(missing_ok=True)
         self.notifier.send(status="stopped")
 
     # --- signals and commands ---------------------------------------------
 
     def _install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+        for sig in FROM_SIGNAL:
             signal.signal(sig, self._enqueue_signal)
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
     def _enqueue_signal(self, signum: int, frame: object) -> None:
-        self.signals.append(signum)
+        self.commands.put(FROM_SIGNAL[signum])  # SimpleQueue.put is safe in a signal handler
 
-    def _handle_signals(self) -> None:
-        while self.signals:
-            sig = self.signals.pop(0)
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                self.stop(graceful=not (self.stopping and sig == signal.SIGINT), why=signal.Signals(sig).name)
-            elif sig == signal.SIGQUIT:
-                self.stop(graceful=False, why="SIGQUIT")
-            elif sig == signal.SIGHUP:
-                self.reload()
-            elif sig == signal.SIGTTIN:
-                self.scale(self.desired + 1)
-            elif sig == signal.SIGTTOU:
-                self.scale(max(0, self.desired - 1))
+    def _on_sigchld(self, signum: int, frame: object) -> None:
+        """Nothing to do here: the wake-up fd ends the wait and the loop reaps."""
 
     def _handle_commands(self) -> None:
         while not self.commands.empty():
-            command, *args = self.commands.get_nowait()
-            if command == "exit":
-                self.stop(graceful=True, why=args[0] if args else "exit command")
-            elif command == "scale":
-                self.scale(int(args[0]))
-            elif command == "data":
-                self.publish_data(args[0])
+            command = self.commands.get_nowait()
+            if isinstance(command, Stop):
+                hurry = command.hurry_if_stopping and self.stopping
+                self.stop(graceful=command.graceful and not hurry, why=command.why)
+            elif isinstance(command, Reload):
+                self.reload()
+            elif isinstance(command, Scale):
+                self.scale(command.to if command.to is not None else self.desired + command.by)
+            elif isinstance(command, PublishData):
+                self.publish_data(command.values)
 
     # --- actions ------------------------------------------------------------
 
@@ -208,8 +250,7 @@ class Arbiter:
         self.stopping = True
         for child in self.children.values():
             if not graceful:
-                self._signal(child, signal.SIGKILL)
-                child.killed = True
+                self._kill(child, KILLED_STOP)
             elif child.stop_deadline is None:
                 self._retire(child)
 
@@ -237,29 +278,51 @@ class Arbiter:
             return
         state.atomic_write(self.config.runtime_file, json.dumps(values, sort_keys=True))
         runtime.replace(values)  # children forked from now on start with it
-        self.board.data_version += 1
+        self.board.bump_data_version()
 
-    # --- children -------------------------------------------------------------
+    # --- keeping the pool whole -------------------------------------------------
+
+    def _live(self) -> list[Child]:
+        return [c for c in self.children.values() if c.stop_deadline is None and c.killed_because is None]
 
     def _maintain(self) -> None:
-        live = [c for c in self.children.values() if c.stop_deadline is None]
-        current = [c for c in live if c.generation == self.generation]
-        stale = [c for c in live if c.generation != self.generation]
-        if stale:
-            # Rolling replacement: one new child, registered, before each old one goes.
-            if all(self._registered(c) for c in current):
-                if len(live) > self.desired:
-                    self._retire(self._pick_retiree(stale))
-                else:
-                    self._spawn_if_due()
+        live = self._live()
+        outgoing = [c for c in live if self._due_for_replacement(c)]
+        if outgoing:
+            # Replace one at a time, and let an old child go only while
+            # enough others are registered: recycling never leaves gearmand
+            # with fewer than `desired` registered workers.
+            staying = [c for c in live if c not in outgoing]
+            if sum(self._registered(c) for c in live) > self.desired:
+                self._retire(self._pick_retiree(outgoing))
+            elif len(staying) < self.desired and all(self._registered(c) for c in staying):
+                self._spawn_missing(1)
             return
         missing = self.desired - len(live)
-        for _ in range(missing):
-            if not self._spawn_if_due():
-                break
+        if missing > 0:
+            self._spawn_missing(missing)
         for _ in range(-missing):
-            self._retire(self._pick_retiree(live))
-            live = [c for c in self.children.values() if c.stop_deadline is None]
+            self._retire(self._pick_retiree(self._live()))
+
+    def _due_for_replacement(self, child: Child) -> bool:
+        if child.replacing_because is None:
+            reason = self._replacement_reason(child, self.board.read(child.slot))
+            if reason is None:
+                return False
+            child.replacing_because = reason
+            log.info("child %d is due for replacement (%s); starting its successor", child.pid, reason)
+        return True
+
+    def _replacement_reason(self, child: Child, info: SlotInfo) -> str | None:
+        if child.generation != self.generation:
+            return "configuration reloaded"
+        if info.recycle == Recycle.MAX_JOBS:
+            return f"{info.jobs_done + info.jobs_failed} jobs done, max_jobs {self.config.max_jobs}"
+        if info.recycle == Recycle.MAX_MEMORY:
+            return f"resident memory above max_memory {self.config.max_memory} MiB"
+        if child.recycle_at is not None and time.monotonic() >= child.recycle_at:
+            return f"{time.monotonic() - child.started:.0f} s old, max_age {self.config.max_age:g} s"
+        return None
 
     def _pick_retiree(self, candidates: list[Child]) -> Child:
         """Prefer an idle child, then the youngest."""
@@ -267,36 +330,156 @@ class Arbiter:
             return self.board.read(child.slot).state == State.BUSY
         return min(candidates, key=lambda c: (busy(c), -c.started))
 
-    def _spawn_if_due(self) -> bool:
-        if time.monotonic() < self.next_spawn_at:
-            return False
-        self.spawn()
-        return True
+    def _spawn_missing(self, count: int) -> None:
+        """Fill the COUNT lowest free slots whose crash back-off is over.
+        A slot backing off waits; its crashes never delay another slot."""
+        used = {child.slot for child in self.children.values()}
+        free = [slot for slot in range(self.board.slots) if slot not in used][:count]
+        now = time.monotonic()
+        for slot in free:
+            if now >= self.slot_not_before.get(slot, 0.0):
+                self.slot_not_before.pop(slot, None)
+                self.spawn(slot)
 
-    def spawn(self) -> Child:
-        slot = self._free_slot()
-        self.board.clear(slot)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with self.fork_lock:
-            pid = os.fork()
-        if pid == 0:
-            code = self._become_child(slot)
-            logging.shutdown()
-            os._exit(code)
-        child = Child(pid, slot, self.generation, time.monotonic(), state.ProcessIdentity.of(pid))
+    def _limits(self) -> Limits:
+        config = self.config
+        return Limits(max_jobs=int(_jittered(config.max_jobs)), max_memory=config.max_memory * MIB,
+                      heartbeat_interval=config.heartbeat_timeout / 5, poison_kills=config.poison_kills)
+
+    def spawn(self, slot: int) -> Child:
+        limits = self._limits()
+        self.board.reset(slot)  # before the fork: the master must never read the last owner's heartbeat
+        self.board.set_slots_in_use(max(self.board.header()[2], slot + 1))
+        pid = self._fork(slot, limits)
+        started = time.monotonic()
+        recycle_at = started + _jittered(self.config.max_age) if self.config.max_age else None
+        child = Child(pid, slot, self.generation, started, state.ProcessIdentity.of(pid), limits, recycle_at)
         self.children[pid] = child
         log.debug("spawned child %d in slot %d", pid, slot)
         self._write_state()
         return child
 
-    def _become_child(self, slot: int) -> int:
+    def _retire(self, child: Child) -> None:
+        """Ask CHILD to finish its job and leave (graceful_timeout, then KILL)."""
+        child.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        self._signal(child.pid, signal.SIGTERM)
+
+    def _kill(self, child: Child, because: str) -> None:
+        if child.killed_because is not None:
+            return
+        child.killed_because = because
+        info = self.board.read(child.slot)
+        if because != KILLED_STOP and info.state == State.BUSY and info.pid == child.pid:
+            # Recorded before the kill: whoever gets the job next learns why.
+            self._record_poison(child, info, f"killed ({because})")
+        self._kill_group(child.pid)
+
+    # --- watching the children ------------------------------------------------
+
+    def _watch(self) -> None:
+        """Kill children that are hung, past their time limit, or too slow to stop."""
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.killed_because is not None:
+                continue
+            info = self.board.read(child.slot)
+            doing = f"busy with task {info.task} job {info.job_handle}" if info.state == State.BUSY else "idle"
+            if child.stop_deadline is not None and now >= child.stop_deadline:
+                log.warning("child %d did not stop within graceful_timeout %g s (%s); killing it",
+                            child.pid, self.config.graceful_timeout, doing)
+                self._kill(child, KILLED_STOP)
+            elif self.config.heartbeat_timeout and now - info.heartbeat > self.config.heartbeat_timeout:
+                log.error("child %d is hung: no heartbeat for %.1f s (%s); killing it",
+                          child.pid, now - info.heartbeat, doing)
+                self._kill(child, KILLED_HUNG)
+            elif info.state == State.BUSY and info.deadline and now > info.deadline + self.config.kill_grace:
+                log.error("child %d ran task %s job %s past its time limit of %g s and did not give up "
+                          "within kill_grace %g s; killing it", child.pid, info.task, info.job_handle,
+                          info.deadline - info.busy_since, self.config.kill_grace)
+                self._kill(child, KILLED_TIMEOUT)
+
+    # --- reaping ------------------------------------------------------------
+
+    def _reap(self, block: bool = False) -> None:
+        changed = False
+        while self.children:
+            reaped = self._wait(block)
+            if reaped is None:
+                break
+            pid, status = reaped
+            child = self.children.pop(pid, None)
+            if child is None:  # an adopted orphan of a task: its own children come to us now
+                self._orphans_possible = True
+                continue
+            self._on_child_exit(child, status)
+            changed = True
+        if changed:
+            self._write_state()
+
+    def _on_child_exit(self, child: Child, status: int) -> None:
+        info = self.board.read(child.slot)
+        self._orphans_possible = True  # its group is gone (see _wait), but not what left the group
+        how = f"killed ({child.killed_because})" if child.killed_because else describe_exit(status)
+        if not self.stopping and child.stop_deadline is None and not child.poison_recorded \
+                and info.state == State.BUSY and info.pid == child.pid:
+            self._record_poison(child, info, how)
+        # After the poison record, never before: see poison.py.
+        self.board.clear(child.slot)
+        if child.stop_deadline is not None or self.stopping:
+            log.info("child %d stopped (%s)", child.pid, how)
+            return
+        lived = time.monotonic() - child.started
+        if info.registered_once:
+            self.slot_backoff.pop(child.slot, None)
+            log.warning("child %d %s after %.1f s; replacing it", child.pid, how, lived)
+            return
+        backoff = self.slot_backoff.setdefault(child.slot, Backoff(CRASH_BACKOFF_FIRST, CRASH_BACKOFF_MAX,
+                                                                   immediate_first=True))
+        delay = backoff.next()
+        self.slot_not_before[child.slot] = time.monotonic() + delay
+        log.error("child %d %s after %.1f s before it ever registered (crash %d in a row in slot %d); "
+                  "replacing it in %.2f s", child.pid, how, lived, backoff.failures, child.slot, delay)
+
+    def _record_poison(self, child: Child, info: SlotInfo, how: str) -> None:
+        child.poison_recorded = True
+        entry = self.ledger.record(info.server, info.job_handle.encode(), child.pid, how)
+        self.board.publish_poisoned(self.ledger.entries())
+        log.error("child %d %s while running task %s job %s; that job has now killed %d child(ren) "
+                  "(poison_kills %d)", child.pid, how, info.task, info.job_handle, entry.kills,
+                  self.config.poison_kills)
+
+    def _stop_orphans(self) -> None:
+        """Kill processes our children's tasks left behind (adopted by us,
+        the subreaper) that escaped their child's process group."""
+        self._orphans_possible = False
+        for pid in self._adopted():
+            log.warning("killing process %d, left behind by a task", pid)
+            self._signal(pid, signal.SIGKILL)
+
+    # --- the process table (what tests replace with fakes) ----------------------
+
+    def _fork(self, slot: int, limits: Limits) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with self.fork_lock:
+            pid = os.fork()
+        if pid == 0:
+            code = self._become_child(slot, limits)
+            logging.shutdown()
+            os._exit(code)
+        # Both sides set the process group, so it exists before either uses it.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        return pid
+
+    def _become_child(self, slot: int, limits: Limits) -> int:
         try:
             # SIGKILL, not TERM: even a wedged child must not outlive its
             # master; gearmand hands a dead worker's job to another worker.
-            set_parent_death_signal(signal.SIGKILL)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self.pid:
                 return 0  # the master died before the death signal was armed
+            os.setpgid(0, 0)  # our own group: the task's processes die with us
             logsetup.set_role(f"child {slot}")
             signal.set_wakeup_fd(-1)
             for fd in (self._wake_r, self._wake_w, self._events_r):
@@ -304,69 +487,40 @@ class Arbiter:
             self.pidfile.close_inherited()
             if self.control is not None:
                 self.control.forget_in_child()
-            self.board.reset(slot, os.getpid())
-            worker = Worker(self.config, self.tasks, self.board, self.board.writer(slot),
-                            self.pid, self._events_w)
+            worker = Worker(self.config, self.tasks, self.board, self.board.writer(slot, os.getpid()),
+                            self.pid, self._events_w, limits)
             return run_child(worker)
         except BaseException:
             log.exception("child failed to start")
             return 1
 
-    def _free_slot(self) -> int:
-        used = {child.slot for child in self.children.values()}
-        return next(i for i in range(self.board.slots) if i not in used)
+    def _signal(self, pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)  # a dead, unreaped child is still our zombie: its PID is not reused
 
-    def _retire(self, child: Child) -> None:
-        child.stop_deadline = time.monotonic() + self.config.graceful_timeout
-        self._signal(child, signal.SIGTERM)
+    def _kill_group(self, pid: int) -> None:
+        """SIGKILL child PID (not yet reaped) and every process in its group."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        self._signal(pid, signal.SIGKILL)  # in case it died before its group existed
 
-    def _signal(self, child: Child, sig: int) -> None:
+    def _wait(self, block: bool) -> tuple[int, int] | None:
+        """Reap one exited process. A child's process group is killed while
+        the child is still a zombie: until it is reaped, its PID, and so its
+        group's ID, cannot belong to anyone else."""
+        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
         try:
-            os.kill(child.pid, sig)
-        except ProcessLookupError:
-            pass  # already dead, not yet reaped: it is still our zombie, PID not reused
+            exited = os.waitid(os.P_ALL, 0, flags)
+        except ChildProcessError:
+            return None
+        if exited is None:
+            return None
+        if exited.si_pid in self.children:
+            self._kill_group(exited.si_pid)
+        return os.waitpid(exited.si_pid, 0)
 
-    def _murder_overdue(self) -> None:
-        now = time.monotonic()
-        for child in self.children.values():
-            if child.stop_deadline is not None and not child.killed and now >= child.stop_deadline:
-                log.warning("child %d did not stop within %.0f s; killing it", child.pid,
-                            self.config.graceful_timeout)
-                self._signal(child, signal.SIGKILL)
-                child.killed = True
-
-    def _reap(self, block: bool = False) -> None:
-        changed = False
-        while self.children:
-            try:
-                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            child = self.children.pop(pid, None)
-            if child is not None:
-                self._on_child_exit(child, status)
-                changed = True
-        if changed:
-            self._write_state()
-
-    def _on_child_exit(self, child: Child, status: int) -> None:
-        self.board.clear(child.slot)
-        how = describe_exit(status)
-        if child.stop_deadline is not None or self.stopping:
-            log.info("child %d stopped (%s)", child.pid, how)
-            return
-        lived = time.monotonic() - child.started
-        if lived < MIN_UPTIME:
-            self.crashes += 1
-            delay = 0.0 if self.crashes == 1 else min(MAX_BACKOFF, 0.25 * 2 ** (self.crashes - 2))
-            self.next_spawn_at = time.monotonic() + delay
-            log.error("child %d %s after %.1f s (crash %d in a row); replacing it in %.1f s",
-                      child.pid, how, lived, self.crashes, delay)
-        else:
-            self.crashes = 0
-            log.warning("child %d %s after %.0f s; replacing it", child.pid, how, lived)
+    def _adopted(self) -> set[int]:
+        return procfs.children_of(self.pid) - set(self.children)
 
     # --- reporting ----------------------------------------------------------------
 
@@ -376,7 +530,8 @@ class Arbiter:
 
     def registered_count(self) -> int:
         # list() copies atomically: the control thread calls this too.
-        return sum(1 for c in list(self.children.values()) if c.stop_deadline is None and self._registered(c))
+        return sum(1 for c in list(self.children.values())
+                   if c.stop_deadline is None and c.killed_because is None and self._registered(c))
 
     def _report(self) -> None:
         registered = self.registered_count()

@@ -1,27 +1,21 @@
-"""A child process: one complete Gearman worker, connected to every server.
+"""A child: one complete Gearman worker with a connection to every gearmand.
 
-The loop asks for the next job in the same write that returns the last
-result, and sends PRE_SLEEP only when gearmand says there is none; so a busy
-child costs gearmand one round trip per job. A stop (SIGTERM, the master's
-death) wakes the loop at once through the signal wake-up fd; a job already
-taken is always finished and answered first.
+Its loop registers the tasks, grabs jobs and runs them. Around running a
+job sit the protections against task code: the soft time limit
+(timelimit.py), the poison check (poison.py) and the recycling checks (too
+many jobs, too much memory). A heartbeat thread tells the master that the
+process still runs; the master kills a child whose heartbeat stops.
 """
 
 from __future__ import annotations
 
-import contextlib
-
-# getaddrinfo() imports the idna codec on first use; import it before any
-# fork so a child never takes an import lock another thread might hold.
-import encodings.idna  # noqa: F401
-import errno
+import dataclasses
 import logging
 import os
 import select
 import signal
-import socket
-import struct
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,66 +23,51 @@ from typing import Any
 
 from . import protocol as p
 from . import runtime
-from .config import Config, Server
+from .config import Config
+from .connection import CONNECTING, DOWN, UP, ConnectionLost, GearmandConnection
 from .job import Job, encode_result
-from .scoreboard import Scoreboard, SlotWriter, State
+from .poison import PoisonCheck
+from .scoreboard import Recycle, Scoreboard, SlotWriter, State
+from .timelimit import JobTimeout, JobTimer
 
 log = logging.getLogger("gearman_workers.child")
 
 GRAB = p.request(p.GRAB_JOB_UNIQ)
 PRE_SLEEP = p.request(p.PRE_SLEEP)
-MAX_RECONNECT_DELAY = 5.0
 RECV_BUFFER = 256 * 1024
 EXIT_OK = 0
 EXIT_ERROR = 1
 
-DOWN, CONNECTING, UP = 0, 1, 2
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What the master decided for this one child (jitter included)."""
 
-class Link:
-    """This child's connection to one gearmand."""
-
-    __slots__ = (
-        "awaiting_grab",
-        "connect_deadline",
-        "delay",
-        "down_since",
-        "reader",
-        "registered",
-        "retry_at",
-        "server",
-        "sock",
-        "status",
-    )
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.sock: socket.socket | None = None
-        self.reader = p.PacketReader()
-        self.status = DOWN
-        self.retry_at = 0.0
-        self.delay = 0.0
-        self.down_since: float | None = None
-        self.awaiting_grab = False
-        self.registered = False
-        self.connect_deadline = 0.0
+    max_jobs: int = 0                # recycle after this many jobs; 0: never
+    max_memory: int = 0              # recycle when RSS exceeds this many bytes after a job; 0: never
+    heartbeat_interval: float = 0.0  # seconds between heartbeats; 0: no heartbeat
+    poison_kills: int = 2            # fail, not run, a job that killed this many children
 
 
 class Worker:
     """The work loop of one child. ``run()`` returns the exit status."""
 
-    def __init__(self, config: Config, tasks: dict[str, Callable[..., Any]],
-                 board: Scoreboard, slot: SlotWriter, master_pid: int, events_fd: int) -> None:
+    def __init__(self, config: Config, tasks: dict[str, Callable[..., Any]], board: Scoreboard,
+                 slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits) -> None:
         self.config = config
         self.tasks = {name.encode(): func for name, func in tasks.items()}
+        self.time_limits = {name.encode(): config.time_limit(name) for name in tasks}
         self.board = board
         self.slot = slot
         self.master_pid = master_pid
         self.events_fd = events_fd
-        self.links = [Link(server) for server in config.servers]
-        self.by_fd: dict[int, Link] = {}
+        self.limits = limits
+        self.links = [GearmandConnection(server, i, config.connect_timeout) for i, server in enumerate(config.servers)]
+        self.by_fd: dict[int, GearmandConnection] = {}
         self.stopping = False
         self.data_version = board.data_version
+        self.timer = JobTimer()
+        self.poison = PoisonCheck(board)
         self.hello = b"".join(p.request(p.CAN_DO, name) for name in self.tasks) + p.request(
             p.SET_CLIENT_ID, f"{config.hostname}:{config.name}:{os.getpid()}".encode())
         # One receive buffer for the child's life: recv() of a fresh large
@@ -107,22 +86,47 @@ class Worker:
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        self.timer.install()
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.poller.register(self._wake_r, select.POLLIN)
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
 
+    def _start_heartbeat(self) -> None:
+        interval = self.limits.heartbeat_interval
+        if not interval:
+            return
+        # The thread starts with every signal blocked, so that the kernel
+        # delivers SIGALRM and SIGTERM to the main thread: a task asleep in
+        # a system call must be interrupted, not the heartbeat.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            threading.Thread(target=self._beat, args=(interval,), name="heartbeat", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _beat(self, interval: float) -> None:
+        beat = self.slot.beat
+        while True:
+            beat()
+            time.sleep(interval)
+
     def run(self) -> int:
         self._install_signals()
         self.slot.publish(State.STARTING)
+        self._start_heartbeat()
         try:
             self._loop()
         finally:
             self.slot.publish(State.STOPPING)
             for link in self.links:
-                self._close(link)
+                self._drop(link)
         return EXIT_OK
+
+    def _accepting(self) -> bool:
+        """Taking new jobs: not stopping, and not waiting to be recycled."""
+        return not self.stopping and self.slot.recycle == Recycle.NO
 
     # --- the loop ---------------------------------------------------------
 
@@ -150,14 +154,14 @@ class Worker:
             if not events:
                 self._on_idle_tick()
                 continue
-            for fd, mask in events:
+            for fd, _mask in events:
                 link = by_fd.get(fd)
                 if link is None:
                     self._drain_wakeups()
                 elif link.status == UP:
                     self._on_readable(link)
                 else:
-                    self._on_connected(link, mask)
+                    self._on_connected(link)
 
     def _poll_timeout_ms(self) -> int:
         timeout = self.config.poll_timeout
@@ -176,10 +180,10 @@ class Worker:
             log.warning("master %d is gone; stopping", self.master_pid)
             self.stopping = True
         self._apply_runtime_data()
-        self.slot.publish(State.IDLE if self._any_registered() else State.STARTING)
+        self.slot.publish(State.IDLE if self.slot.links_up else State.STARTING)
         now = time.monotonic()
         for link in self.links:
-            if link.status == CONNECTING and now > link.connect_deadline:
+            if link.connect_overdue(now):
                 self._lost(link, "connect timed out")
 
     def _drain_wakeups(self) -> None:
@@ -195,90 +199,55 @@ class Worker:
         now = time.monotonic()
         for link in self.links:
             if link.status == DOWN and now >= link.retry_at:
-                self._start_connect(link)
+                try:
+                    sock = link.start_connect()
+                except (OSError, ConnectionLost) as err:
+                    self._lost(link, str(err))
+                    continue
+                self.by_fd[sock.fileno()] = link
+                self.poller.register(sock, select.POLLOUT)
 
-    def _start_connect(self, link: Link) -> None:
+    def _on_connected(self, link: GearmandConnection) -> None:
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                link.server.host, link.server.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
-        except OSError as err:
+            link.finish_connect()
+        except ConnectionLost as err:
             self._lost(link, str(err))
             return
-        sock.setblocking(False)
-        code = sock.connect_ex(address)
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
-            self._lost(link, os.strerror(code))
-            return
-        link.sock, link.status = sock, CONNECTING
-        link.connect_deadline = time.monotonic() + self.config.connect_timeout
-        self.by_fd[sock.fileno()] = link
-        self.poller.register(sock, select.POLLOUT)
+        self.poller.modify(link.sock, select.POLLIN)  # type: ignore[arg-type]
+        if self._send(link, self.hello + GRAB):
+            link.awaiting_grab = True
 
-    def _on_connected(self, link: Link, mask: int) -> None:
-        assert link.sock is not None
-        code = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self._lost(link, os.strerror(code))
-            return
-        sock = link.sock
-        sock.setblocking(True)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Blocking sends and receives, but never forever: a gearmand that
-        # stays silent for connect_timeout while it owes us an answer is gone.
-        seconds = int(self.config.connect_timeout)
-        micros = int((self.config.connect_timeout - seconds) * 1e6)
-        timeout = struct.pack("ll", seconds, micros)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-        self.poller.modify(sock, select.POLLIN)
-        link.status = UP
-        link.reader = p.PacketReader()
-        if link.down_since is not None:
-            log.info("reconnected to gearmand %s after %.1f s", link.server, time.monotonic() - link.down_since)
-        link.down_since, link.delay = None, 0.0
-        self._send(link, self.hello + GRAB)
-        link.awaiting_grab = True
+    def _lost(self, link: GearmandConnection, reason: str) -> None:
+        """Drop a connection and schedule a reconnect with back-off."""
+        self._drop(link)
+        link.schedule_retry(reason)
 
-    def _lost(self, link: Link, reason: str) -> None:
-        """Drop a connection and schedule a reconnect with backoff."""
-        was_registered = link.registered
-        self._close(link)
-        now = time.monotonic()
-        if link.down_since is None:
-            link.down_since = now
-            log.warning("gearmand %s unreachable (%s); reconnecting in the background", link.server, reason)
-        link.delay = min(MAX_RECONNECT_DELAY, max(0.1, link.delay * 2))
-        link.retry_at = now + link.delay
-        if was_registered:
-            self._registration_changed()
-
-    def _close(self, link: Link) -> None:
+    def _drop(self, link: GearmandConnection) -> None:
         if link.sock is not None:
             self.by_fd.pop(link.sock.fileno(), None)
-            with contextlib.suppress(KeyError):
+            try:
                 self.poller.unregister(link.sock)
-            link.sock.close()
-        link.sock, link.status = None, DOWN
-        link.awaiting_grab = False
-        if link.registered:
-            link.registered = False
+            except KeyError:
+                pass
+        was_registered = link.registered
+        link.close()
+        if was_registered:
             self.slot.links_up -= 1
+            self._registration_changed()
 
-    def _send(self, link: Link, data: bytes) -> bool:
+    def _send(self, link: GearmandConnection, data: bytes) -> bool:
         try:
-            link.sock.sendall(data)  # type: ignore[union-attr]
+            link.send(data)
             return True
-        except OSError as err:
-            self._lost(link, f"send failed: {err.strerror or err}")
+        except ConnectionLost as err:
+            self._lost(link, str(err))
             return False
 
-    def _any_registered(self) -> bool:
-        return self.slot.links_up > 0
-
     def _registration_changed(self) -> None:
-        self.slot.publish(State.IDLE if self._any_registered() else State.STARTING)
+        self.slot.publish(State.IDLE if self.slot.links_up else State.STARTING)
+        self._tell_master()
+
+    def _tell_master(self) -> None:
         try:
             os.write(self.events_fd, b"r")
         except OSError:
@@ -286,18 +255,10 @@ class Worker:
 
     # --- packets ----------------------------------------------------------
 
-    def _on_readable(self, link: Link) -> None:
+    def _on_readable(self, link: GearmandConnection) -> None:
         try:
-            size = link.sock.recv_into(self._buffer)  # type: ignore[union-attr]
-        except OSError as err:
-            self._lost(link, err.strerror or str(err))
-            return
-        if not size:
-            self._lost(link, "connection closed by gearmand")
-            return
-        try:
-            packets = link.reader.feed(self._view[:size].tobytes())
-        except p.ProtocolError as err:
+            packets = link.receive(self._buffer, self._view)
+        except ConnectionLost as err:
             self._lost(link, str(err))
             return
         for kind, body in packets:
@@ -309,7 +270,7 @@ class Worker:
                 link.awaiting_grab = False
                 self._send(link, PRE_SLEEP)
             elif kind == p.NOOP:
-                if not self.stopping and not link.awaiting_grab:
+                if self._accepting() and not link.awaiting_grab:
                     link.awaiting_grab = self._send(link, GRAB)
             elif kind == p.ERROR:
                 code, _, text = body.partition(b"\0")
@@ -318,12 +279,13 @@ class Worker:
             if link.status != UP:
                 return
 
-    def _confirm_registration(self, link: Link) -> None:
+    def _confirm_registration(self, link: GearmandConnection) -> None:
         # gearmand answers in order: an answer to our GRAB means every
         # CAN_DO sent before it has been processed.
         if not link.registered:
             link.registered = True
             self.slot.links_up += 1
+            self.slot.registered_once = True
             self._registration_changed()
 
     def _apply_runtime_data(self) -> None:
@@ -335,23 +297,22 @@ class Worker:
             except (OSError, ValueError) as err:
                 log.error("cannot load runtime data: %s", err)
 
-    def _run_job(self, link: Link, body: bytes) -> None:
+    # --- one job ------------------------------------------------------------
+
+    def _run_job(self, link: GearmandConnection, body: bytes) -> None:
         link.awaiting_grab = False
         handle, task, unique, data = body.split(b"\0", 3)
         if self.board.data_version != self.data_version:
             self._apply_runtime_data()
-        slot = self.slot
-        slot.publish(State.BUSY, time.time(), handle)
         job = Job(handle.decode(), task.decode(), unique.decode("utf-8", "replace"), data, link)
+        kills, why = self.poison.kills(link.index, handle)
         fatal: BaseException | None = None
-        try:
-            reply = p.request(p.WORK_COMPLETE, handle, encode_result(self.tasks[task](self, job)))
-            slot.jobs_done += 1
-        except Exception as err:
-            reply = self._failure(job, err)
-        except BaseException as err:  # SystemExit, KeyboardInterrupt: answer, then leave
-            reply, fatal = self._failure(job, err), err
-        if not self.stopping and fatal is None:
+        if kills >= self.limits.poison_kills:
+            reply = self._refuse_poison(job, kills, why)
+        else:
+            reply, fatal = self._execute(link, job, task, handle)
+        self._check_recycling()
+        if fatal is None and self._accepting():
             reply += GRAB
             link.awaiting_grab = True
         if link.status == UP:
@@ -359,21 +320,69 @@ class Worker:
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
-        slot.publish(State.IDLE)
+        self.slot.publish(State.IDLE)
         if fatal is not None:
             raise fatal
+
+    def _execute(self, link: GearmandConnection, job: Job, task: bytes,
+                 handle: bytes) -> tuple[bytes, BaseException | None]:
+        """Run the task under its time limit; (reply, exception to re-raise)."""
+        limit = self.time_limits[task]
+        started = time.monotonic()
+        self.slot.publish(State.BUSY, started, started + limit if limit else 0.0, link.index, task, handle)
+        timer = self.timer
+        try:
+            try:
+                timer.arm(limit, job.task)
+                result = self.tasks[task](self, job)
+            finally:
+                timer.disarm()
+            timer.check()  # the task caught JobTimeout and returned anyway
+            reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
+            self.slot.jobs_done += 1
+            return reply, None
+        except Exception as err:
+            return self._failure(job, err), None
+        except JobTimeout as err:  # the traceback shows where the task was when time ran out
+            return self._failure(job, err), None
+        except BaseException as err:  # SystemExit, KeyboardInterrupt: answer, then leave
+            return self._failure(job, err), err
+
+    def _refuse_poison(self, job: Job, kills: int, why: str) -> bytes:
+        message = (f"job {job.handle} not run again: its runs killed {kills} children (last: {why}); "
+                   f"poison_kills = {self.limits.poison_kills}")
+        log.error("task %s: %s", job.task, message)
+        self.slot.jobs_failed += 1
+        return self._fail_reply(job, f"PoisonJob: {message}")
 
     def _failure(self, job: Job, err: BaseException) -> bytes:
         self.slot.jobs_failed += 1
         message = f"{type(err).__name__}: {err}"
         log.error("task %s failed on job %s: %s\n%s", job.task, job.handle, message,
                   "".join(traceback.format_exception(err)).rstrip())
+        return self._fail_reply(job, message)
+
+    def _fail_reply(self, job: Job, message: str) -> bytes:
         # The error travels as WORK_WARNING, then WORK_FAIL ends the job.
         # Not WORK_EXCEPTION: gearmand 1.1 ends the job on it but forwards
         # it only to clients that asked for exceptions; the others hang.
         handle = job.handle.encode()
         return p.request(p.WORK_WARNING, handle, message.encode("utf-8", "replace")) + p.request(
             p.WORK_FAIL, handle)
+
+    def _check_recycling(self) -> None:
+        """After a job: due for replacement? Then stop taking jobs and tell
+        the master, which lets this child go once its successor registered."""
+        slot, limits = self.slot, self.limits
+        if slot.recycle != Recycle.NO:
+            return
+        if limits.max_jobs and slot.jobs_done + slot.jobs_failed >= limits.max_jobs:
+            slot.recycle = Recycle.MAX_JOBS
+        elif limits.max_memory and resident_bytes() > limits.max_memory:
+            slot.recycle = Recycle.MAX_MEMORY
+        else:
+            return
+        self._tell_master()
 
     # --- what tasks may call (python-gearman's worker API) --------------
 
@@ -388,8 +397,17 @@ class Worker:
 
     def _update(self, job: Job, kind: int, *args: bytes) -> None:
         link = job.connection
-        if isinstance(link, Link) and link.status == UP:
+        if isinstance(link, GearmandConnection) and link.status == UP:
             self._send(link, p.request(kind, job.handle.encode(), *args))
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE
 
 
 def run_child(worker: Worker) -> int:

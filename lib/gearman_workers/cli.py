@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration OK: pool {config.name}, {config.processes} processes, "
               f"tasks {', '.join(tasks)}, servers {', '.join(map(str, config.servers))}")
         return EXIT_OK
+    try:
+        configuration.check_paths(config)
+    except configuration.ConfigError as err:
+        return _fail(prog, f"config error: {err}", EXIT_CONFIG)
     pidfile = PidFile(config.pidfile)
     try:
         pidfile.acquire()

@@ -36,6 +36,15 @@ class Server:
         return f"{self.host}:{self.port}"
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One entry of [tasks]: what to call, and its own time limit (None:
+    the pool's job_timeout; 0: none)."""
+
+    call: str
+    timeout: float | None = None
+
+
 @dataclasses.dataclass
 class Config:
     servers: list[Server]
@@ -47,11 +56,18 @@ class Config:
     state_dir: Path
     pidfile: Path
     graceful_timeout: float
+    job_timeout: float
+    kill_grace: float
+    max_jobs: int
+    max_age: float
+    max_memory: int
+    heartbeat_timeout: float
+    poison_kills: int
     log_level: str
     log_file: Path | None
     python_path: list[str]
     preload: str | None
-    tasks: dict[str, str]
+    tasks: dict[str, TaskSpec]
     redis_url: str | None
     channel: str
     secret_file: Path | None
@@ -67,6 +83,11 @@ class Config:
     @property
     def runtime_file(self) -> Path:
         return self.state_dir / f"{self.name}.runtime.json"
+
+    def time_limit(self, task: str) -> float:
+        """Seconds TASK may run (0: no limit)."""
+        own = self.tasks[task].timeout
+        return self.job_timeout if own is None else own
 
 
 # --- value parsers: each takes the raw value and returns the typed one, or
@@ -102,14 +123,26 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _seconds(value: Any) -> float:
+def _number_of_seconds(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"expected a number of seconds, got {value!r}") from None
-    if isinstance(value, bool) or not 0 < number <= 86400:
+    if isinstance(value, bool) or not 0 <= number <= 86400:
+        raise ValueError(f"expected seconds from 0 to 86400, got {value!r}")
+    return number
+
+
+def _seconds(value: Any) -> float:
+    number = _number_of_seconds(value)
+    if number == 0:
         raise ValueError(f"expected seconds greater than 0 (at most 86400), got {value!r}")
     return number
+
+
+def _seconds_or_off(value: Any) -> float:
+    """Seconds, where 0 means 'off'."""
+    return _number_of_seconds(value)
 
 
 def _text(value: Any) -> str:
@@ -156,15 +189,30 @@ def callable_spec(value: Any) -> str:
     return value.strip()
 
 
-def _tasks(value: Any) -> dict[str, str]:
+TASK_KEYS = ("call", "timeout")
+
+
+def _task(value: Any) -> TaskSpec:
     if not isinstance(value, dict):
-        raise ValueError("expected a table of NAME = \"module:callable\"")
+        return TaskSpec(callable_spec(value))
+    unknown = sorted(set(value) - set(TASK_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} (expected {', '.join(TASK_KEYS)})")
+    if "call" not in value:
+        raise ValueError('a table needs call = "module:callable"')
+    timeout = _seconds_or_off(value["timeout"]) if "timeout" in value else None
+    return TaskSpec(callable_spec(value["call"]), timeout)
+
+
+def _tasks(value: Any) -> dict[str, TaskSpec]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of NAME = \"module:callable\" or NAME = { call = ..., timeout = ... }")
     tasks = {}
     for name, spec in value.items():
         if not name or any(c.isspace() or c == "\0" for c in name):
             raise ValueError(f"task name {name!r} is empty or has white space")
         try:
-            tasks[name] = callable_spec(spec)
+            tasks[name] = _task(spec)
         except ValueError as err:
             raise ValueError(f"task {name!r}: {err}") from None
     return tasks
@@ -201,10 +249,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("gearman", "poll_timeout", _seconds, 5.0, "longest idle wait before a child checks on its master"),
     Option("pool", "name", _name, "default", "pool name (several pools may run on one host)"),
     Option("pool", "hostname", _name, None, "host name the pool answers to (default: this host's)"),
-    Option("pool", "processes", _int_range(0, MAX_PROCESSES), None, "number of children (default: CPU count)"),
+    Option("pool", "processes", _int_range(1, MAX_PROCESSES), None, "number of children (default: CPU count)"),
     Option("pool", "state_dir", _path, "/run/gearman-workers", "directory for PID and state files"),
     Option("pool", "pidfile", _path, None, "PID file (default: STATE_DIR/NAME.pid)"),
     Option("pool", "graceful_timeout", _seconds, 30.0, "seconds a stopping child may finish its job"),
+    Option("pool", "job_timeout", _seconds_or_off, 0.0,
+           "time limit of one job in seconds (0: none; a task's own timeout wins)"),
+    Option("pool", "kill_grace", _seconds, 5.0,
+           "seconds after the time limit before a child that did not give up is killed"),
+    Option("pool", "max_jobs", _int_range(0, 10**9), 0, "recycle a child after about this many jobs (0: never)"),
+    Option("pool", "max_age", _seconds_or_off, 0.0, "recycle a child after about this many seconds (0: never)"),
+    Option("pool", "max_memory", _int_range(0, 10**7), 0,
+           "recycle a child whose RSS is above this many MiB after a job (0: never)"),
+    Option("pool", "heartbeat_timeout", _seconds_or_off, 30.0,
+           "kill and replace a child silent for this many seconds (0: never; must exceed poll_timeout)"),
+    Option("pool", "poison_kills", _int_range(1, 1000), 2,
+           "fail a job instead of running it again once its runs killed this many children"),
     Option("pool", "log_level", _log_level, "info", "debug, info, warning or error"),
     Option("pool", "log_file", _optional(_path), None, "log file (with --daemon; default: STATE_DIR/NAME.log)"),
     Option("pool", "python_path", _paths, [], "directories added to sys.path before tasks load"),
@@ -270,6 +330,28 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _writable_dir(path: Path, where: str) -> None:
+    """PATH is a directory we may write in, or one we can create."""
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise ConfigError(f"{where}: {probe} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{where}: {path} cannot be a directory: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
+        raise ConfigError(f"{where}: {path} {verb}")
+
+
+def check_paths(config: Config) -> None:
+    """Before anything is created: can the pool write where it must?"""
+    _writable_dir(config.state_dir, "[pool] state_dir")
+    _writable_dir(config.pidfile.parent, "[pool] pidfile")
+    if config.pidfile.is_dir():
+        raise ConfigError(f"[pool] pidfile: {config.pidfile} is a directory")
+
+
 def _section_label(option: Option) -> str:
     return f"[{option.section}]" + (f" {option.key}" if option.key else "")
 
@@ -311,6 +393,9 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
         values["pidfile"] = values["state_dir"] / f"{values['name']}.pid"
     if require_tasks and not values["tasks"]:
         raise ConfigError("[tasks]: no task configured (add a [tasks] table or --task NAME=module:callable)")
+    if values["heartbeat_timeout"] and values["heartbeat_timeout"] <= values["poll_timeout"]:
+        raise ConfigError(f"[pool] heartbeat_timeout: must be longer than [gearman] poll_timeout "
+                          f"({values['poll_timeout']:g} s), got {values['heartbeat_timeout']:g}")
     if source is not None:
         # Relative python_path entries are relative to the config file.
         base = source.resolve().parent

@@ -1,9 +1,13 @@
 """Shared memory in which every child publishes its state to the master.
 
-An anonymous shared mapping made before the first fork: each child owns one
+An anonymous shared mapping made before the first fork. Each child owns one
 slot and writes it without locks (a torn read costs the master one stale
-figure, never a wrong decision for long); the master only reads slots, and
-owns the header, where it publishes the runtime-data version.
+figure, never a wrong decision for long); the master only reads slots. The
+master owns the header (runtime-data version, poison-table version, how many
+slots are in use) and the poison table: the jobs whose runs killed children.
+
+Times are CLOCK_MONOTONIC seconds, which every process on the host shares
+and which wall-clock jumps do not move.
 """
 
 from __future__ import annotations
@@ -14,9 +18,18 @@ import mmap
 import struct
 import time
 
-_HEADER = struct.Struct("<Q")
-# pid, state, links up, started, busy since, heartbeat, jobs done, jobs failed, job handle
-_SLOT = struct.Struct("<iBBxxdddQQ64s")
+# data version, poison version, slots in use
+_HEADER = struct.Struct("<QQI4x")
+# pid, state, links up, registered once, recycle, server of the job,
+# started, busy since, deadline, heartbeat, jobs done, jobs failed, task, job handle
+_SLOT = struct.Struct("<iBBBBB3xddddQQ64s64s")
+_BEAT = struct.Struct("<d")
+_BEAT_OFFSET = struct.calcsize("<iBBBBB3xddd")
+_STATE_OFFSET = 4
+_HANDLE_OFFSET = _SLOT.size - 64
+# server, kills, pid of the last child it killed, job handle, why
+_POISON = struct.Struct("<B3xIi64s48s")
+POISON_ENTRIES = 64
 
 
 class State(enum.IntEnum):
@@ -27,65 +40,153 @@ class State(enum.IntEnum):
     STOPPING = 4
 
 
+class Recycle(enum.IntEnum):
+    """Why a child asked to be replaced (it stops taking jobs meanwhile)."""
+
+    NO = 0
+    MAX_JOBS = 1
+    MAX_MEMORY = 2
+
+
 @dataclasses.dataclass
 class SlotInfo:
     pid: int
     state: State
     links_up: int
+    registered_once: bool
+    recycle: Recycle
+    server: int
     started: float
     busy_since: float
+    deadline: float
     heartbeat: float
     jobs_done: int
     jobs_failed: int
+    task: str
     job_handle: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Poisoned:
+    """A job whose runs killed children: KILLS of them, the last one LAST_PID."""
+
+    server: int
+    handle: bytes
+    kills: int
+    last_pid: int
+    why: str
+
+
+def _text(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
 
 
 class Scoreboard:
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._mem = mmap.mmap(-1, _HEADER.size + slots * _SLOT.size)
+        self._slots_at = _HEADER.size + POISON_ENTRIES * _POISON.size
+        self._mem = mmap.mmap(-1, self._slots_at + slots * _SLOT.size)
 
     def _offset(self, slot: int) -> int:
-        return _HEADER.size + slot * _SLOT.size
+        return self._slots_at + slot * _SLOT.size
+
+    # --- the header (master writes, children read) ---------------------
+
+    def header(self) -> tuple[int, int, int]:
+        """(data version, poison version, slots in use)."""
+        return _HEADER.unpack_from(self._mem, 0)
 
     @property
     def data_version(self) -> int:
-        return _HEADER.unpack_from(self._mem, 0)[0]
+        return self.header()[0]
 
-    @data_version.setter
-    def data_version(self, version: int) -> None:
-        _HEADER.pack_into(self._mem, 0, version)
+    def bump_data_version(self) -> None:
+        data, poison, used = self.header()
+        _HEADER.pack_into(self._mem, 0, data + 1, poison, used)
+
+    def set_slots_in_use(self, used: int) -> None:
+        data, poison, _ = self.header()
+        _HEADER.pack_into(self._mem, 0, data, poison, used)
+
+    # --- the poison table (master writes, children read) ------------------
+
+    def publish_poisoned(self, entries: list[Poisoned]) -> None:
+        for index in range(POISON_ENTRIES):
+            if index < len(entries):
+                e = entries[index]
+                row = (e.server, e.kills, e.last_pid, e.handle[:64], e.why.encode()[:48])
+            else:
+                row = (0, 0, 0, b"", b"")
+            _POISON.pack_into(self._mem, _HEADER.size + index * _POISON.size, *row)
+        data, poison, used = self.header()
+        _HEADER.pack_into(self._mem, 0, data, poison + 1, used)
+
+    def poisoned(self) -> dict[tuple[int, bytes], Poisoned]:
+        table = {}
+        for index in range(POISON_ENTRIES):
+            server, kills, last_pid, handle, why = _POISON.unpack_from(self._mem, _HEADER.size + index * _POISON.size)
+            if kills:
+                handle = handle.rstrip(b"\0")
+                table[server, handle] = Poisoned(server, handle, kills, last_pid, _text(why))
+        return table
+
+    def busy_with(self, server: int, handle: bytes, used: int) -> list[int]:
+        """PIDs of the slots that say they run job HANDLE of SERVER.
+
+        A child that just received HANDLE finds here a child that died
+        holding it and that the master has not yet reaped."""
+        mem, found = self._mem, []
+        padded = handle[:64].ljust(64, b"\0")
+        for slot in range(used):
+            at = self._offset(slot)
+            if mem[at + _STATE_OFFSET] == State.BUSY and mem[at + _HANDLE_OFFSET:at + _SLOT.size] == padded:
+                info = self.read(slot)
+                if info.server == server:
+                    found.append(info.pid)
+        return found
+
+    # --- slots -------------------------------------------------------------
 
     def read(self, slot: int) -> SlotInfo:
-        pid, state, links, started, busy, beat, done, failed, handle = _SLOT.unpack_from(
-            self._mem, self._offset(slot))
-        return SlotInfo(pid, State(state), links, started, busy, beat, done, failed,
-                        handle.rstrip(b"\0").decode("ascii", "replace"))
+        (pid, state, links, once, recycle, server, started, busy, deadline, beat, done, failed,
+         task, handle) = _SLOT.unpack_from(self._mem, self._offset(slot))
+        return SlotInfo(pid, State(state), links, bool(once), Recycle(recycle), server, started, busy,
+                        deadline, beat, done, failed, _text(task), _text(handle))
 
-    def reset(self, slot: int, pid: int) -> None:
-        """Master, at spawn: the slot now belongs to a new child."""
-        now = time.time()
-        _SLOT.pack_into(self._mem, self._offset(slot), pid, State.STARTING, 0, now, 0.0, now, 0, 0, b"")
+    def reset(self, slot: int) -> None:
+        """Master, before a fork: the slot now belongs to a child being born."""
+        now = time.monotonic()
+        _SLOT.pack_into(self._mem, self._offset(slot), 0, State.STARTING, 0, 0, 0, 0,
+                        now, 0.0, 0.0, now, 0, 0, b"", b"")
 
     def clear(self, slot: int) -> None:
-        _SLOT.pack_into(self._mem, self._offset(slot), 0, State.EMPTY, 0, 0.0, 0.0, 0.0, 0, 0, b"")
+        _SLOT.pack_into(self._mem, self._offset(slot), 0, State.EMPTY, 0, 0, 0, 0,
+                        0.0, 0.0, 0.0, 0.0, 0, 0, b"", b"")
 
-    def writer(self, slot: int) -> SlotWriter:
-        return SlotWriter(self._mem, self._offset(slot))
+    def writer(self, slot: int, pid: int) -> SlotWriter:
+        return SlotWriter(self._mem, self._offset(slot), pid)
 
 
 class SlotWriter:
     """The child's side: cheap writes on the job path."""
 
-    __slots__ = ("_mem", "_offset", "jobs_done", "jobs_failed", "links_up", "pid", "started")
+    __slots__ = ("_mem", "_offset", "jobs_done", "jobs_failed", "links_up", "pid", "recycle",
+                 "registered_once", "started")
 
-    def __init__(self, mem: mmap.mmap, offset: int) -> None:
+    def __init__(self, mem: mmap.mmap, offset: int, pid: int) -> None:
         self._mem = mem
         self._offset = offset
-        info = _SLOT.unpack_from(mem, offset)
-        self.pid, self.started = info[0], info[3]
+        self.pid, self.started = pid, _SLOT.unpack_from(mem, offset)[6]
         self.links_up = self.jobs_done = self.jobs_failed = 0
+        self.registered_once = False
+        self.recycle = Recycle.NO
 
-    def publish(self, state: State, busy_since: float = 0.0, handle: bytes = b"") -> None:
-        _SLOT.pack_into(self._mem, self._offset, self.pid, state, self.links_up, self.started,
-                        busy_since, time.time(), self.jobs_done, self.jobs_failed, handle[:64])
+    def publish(self, state: State, busy_since: float = 0.0, deadline: float = 0.0, server: int = 0,
+                task: bytes = b"", handle: bytes = b"") -> None:
+        _SLOT.pack_into(self._mem, self._offset, self.pid, state, self.links_up, self.registered_once,
+                        self.recycle, server, self.started, busy_since, deadline, time.monotonic(),
+                        self.jobs_done, self.jobs_failed, task[:64], handle[:64])
+
+    def beat(self) -> None:
+        """The heartbeat alone (from the child's heartbeat thread)."""
+        _BEAT.pack_into(self._mem, self._offset + _BEAT_OFFSET, time.monotonic())

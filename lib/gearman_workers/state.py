@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .procfs import start_time
+
 STATE_VERSION = 1
 
 
@@ -36,17 +38,6 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name may hold spaces and parentheses: fields follow the last ')'.
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[19])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,7 @@ def load_tasks(config: Config) -> dict[str, Task]:
     loaded = {}
     for name, spec in config.tasks.items():
         try:
-            loaded[name] = resolve(spec)
+            loaded[name] = resolve(spec.call)
         except TaskLoadError as err:
             raise TaskLoadError(f"cannot load task {name!r}: {err}") from err
     return loaded

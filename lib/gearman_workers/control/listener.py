@@ -20,16 +20,27 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 
+from ..backoff import Backoff
+from ..commands import Command as MasterCommand
+from ..commands import PublishData, Scale, Stop
 from ..config import Config, ConfigError
 from . import store
 from .messages import BadMessage, Command, Verifier, decode
 
-if TYPE_CHECKING:
-    from ..arbiter import Arbiter
+
+class Master(Protocol):
+    """What the listener needs of the master (arbiter.py)."""
+
+    pid: int
+    started_at: float
+    fork_lock: threading.Lock
+
+    def submit(self, command: MasterCommand) -> None: ...
+    def summary(self) -> dict[str, Any]: ...
 
 log = logging.getLogger("gearman_workers.control")
 
@@ -65,10 +76,9 @@ class ControlListener:
         self.keys = store.Keys(prefix)
         self.secret = secret
         self.verifier = Verifier(max_age)
-        self.arbiter: Arbiter | None = None
+        self.arbiter: Master | None = None
         self._stop = threading.Event()
         self._resync = threading.Event()
-        self._thread: threading.Thread | None = None
         self._guard = threading.Lock()
         self._client: redis.Redis | None = None
         self._outage_since: float | None = None
@@ -82,44 +92,42 @@ class ControlListener:
 
     # --- what the master calls ----------------------------------------
 
-    def start(self, arbiter: Arbiter) -> None:
+    def start(self, arbiter: Master) -> None:
         self.arbiter = arbiter
         self._guard = arbiter.fork_lock
-        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name="control", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
         client = self._client
-        if client is not None and self.arbiter is not None:
+        if client is not None and self.arbiter is not None and self._outage_since is None:
             try:
                 store.clear_heartbeat(client, self.keys, self.hostname, self.pool, self.arbiter.pid)
             except (redis.RedisError, OSError, ValueError):
                 pass  # the heartbeat expires by itself
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        # No join: the thread is a daemon that holds nothing the master needs
+        # at exit, and it may sit up to a second in its wait; the master must
+        # not linger after its last child.
 
     def forget_in_child(self) -> None:
         """After fork: the thread does not exist here; drop its objects."""
         self._client = None
-        self._thread = None
 
     # --- the thread -----------------------------------------------------
 
     def _run(self) -> None:
-        delay = 0.0
+        backoff = Backoff(0.1, MAX_RETRY_DELAY)
         while not self._stop.is_set():
             try:
                 self._session()
-                delay = 0.0
+                backoff.reset()
             except (redis.RedisError, OSError) as err:
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
                     with self._guard:
                             log.warning("redis %s unreachable (%s); fleet control waits until it is back; "
                                     "jobs are not affected", self._safe_url(), err)
-                delay = min(MAX_RETRY_DELAY, max(0.1, delay * 2))
-                self._stop.wait(delay)
+                self._stop.wait(backoff.next())
             except Exception:
                 with self._guard:
                     log.exception("control listener failed; restarting it")
@@ -161,12 +169,13 @@ class ControlListener:
         assert self.arbiter is not None
         last_exit = store.latest_exit(client, self.keys, self.hostname, self.pool, self.secret)
         if last_exit is not None and (last_exit.ts or 0.0) > self.arbiter.started_at:
-            self.arbiter.submit("exit", "exit command recorded while redis was out of reach")
+            self.arbiter.submit(Stop("exit command recorded while redis was out of reach"))
         self._reload_data(client)
 
     def _reload_data(self, client: redis.Redis) -> None:
         assert self.arbiter is not None
-        self.arbiter.submit("data", store.load_data(client, self.keys, self.hostname, self.pool, self.secret))
+        self.arbiter.submit(PublishData(store.load_data(client, self.keys, self.hostname, self.pool,
+                                                       self.secret)))
 
     def _beat(self, client: redis.Redis) -> None:
         assert self.arbiter is not None
@@ -188,9 +197,9 @@ class ControlListener:
         assert self.arbiter is not None
         log.info("control command: %s", _describe(command))
         if command.cmd == "exit":
-            self.arbiter.submit("exit", "exit command")
+            self.arbiter.submit(Stop("exit command"))
         elif command.cmd == "scale":
-            self.arbiter.submit("scale", command.n)
+            self.arbiter.submit(Scale(to=command.n))
         else:  # set/del: the message is the nudge, the hashes are the truth
             self._reload_data(client)
 

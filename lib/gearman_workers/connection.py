@@ -1,0 +1,135 @@
+"""A child's connection to one gearmand: a non-blocking connect, reconnects
+with back-off, blocking sends and receives bounded by a timeout, and the
+packet reader. What the connection is *for* (registering, grabbing jobs)
+is the child's business (child.py)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+
+from . import protocol as p
+from .backoff import Backoff
+from .config import Server
+
+log = logging.getLogger("gearman_workers.child")
+
+# Short: a gearmand that comes back is used again within about a second,
+# whatever the outage's length. Refused connects cost next to nothing.
+RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5
+
+DOWN, CONNECTING, UP = 0, 1, 2
+
+
+class ConnectionLost(Exception):
+    """The connection is gone; the text says why."""
+
+
+class GearmandConnection:
+    __slots__ = (
+        "awaiting_grab",
+        "backoff",
+        "connect_deadline",
+        "connect_timeout",
+        "down_since",
+        "index",
+        "reader",
+        "registered",
+        "retry_at",
+        "server",
+        "sock",
+        "status",
+    )
+
+    def __init__(self, server: Server, index: int, connect_timeout: float) -> None:
+        self.server = server
+        self.index = index  # position in the pool's server list (names the server in the scoreboard)
+        self.connect_timeout = connect_timeout
+        self.sock: socket.socket | None = None
+        self.reader = p.PacketReader()
+        self.status = DOWN
+        self.backoff = Backoff(RECONNECT_FIRST, RECONNECT_MAX)
+        self.retry_at = 0.0
+        self.connect_deadline = 0.0
+        self.down_since: float | None = None
+        self.awaiting_grab = False
+        self.registered = False
+
+    def start_connect(self) -> socket.socket:
+        """Begin a non-blocking connect; the socket becomes writable when done."""
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.server.host, self.server.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
+        sock.setblocking(False)
+        code = sock.connect_ex(address)
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise ConnectionLost(os.strerror(code))
+        self.sock, self.status = sock, CONNECTING
+        self.connect_deadline = time.monotonic() + self.connect_timeout
+        return sock
+
+    def finish_connect(self) -> None:
+        """The connect completed (or failed): make the socket ready for use."""
+        assert self.sock is not None
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise ConnectionLost(os.strerror(code))
+        sock = self.sock
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Blocking sends and receives, but never forever: a gearmand that
+        # stays silent for connect_timeout while it owes us an answer is gone.
+        seconds = int(self.connect_timeout)
+        timeout = struct.pack("ll", seconds, int((self.connect_timeout - seconds) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+        self.status = UP
+        self.reader = p.PacketReader()
+        if self.down_since is not None:
+            log.info("reconnected to gearmand %s after %.1f s", self.server, time.monotonic() - self.down_since)
+        self.down_since = None
+        self.backoff.reset()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)  # type: ignore[union-attr]
+        except OSError as err:
+            raise ConnectionLost(f"send failed: {err.strerror or err}") from None
+
+    def receive(self, buffer: bytearray, view: memoryview) -> list[tuple[int, bytes]]:
+        try:
+            size = self.sock.recv_into(buffer)  # type: ignore[union-attr]
+        except OSError as err:
+            raise ConnectionLost(err.strerror or str(err)) from None
+        if not size:
+            raise ConnectionLost("connection closed by gearmand")
+        try:
+            return self.reader.feed(view[:size].tobytes())
+        except p.ProtocolError as err:
+            raise ConnectionLost(str(err)) from None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock, self.status = None, DOWN
+        self.awaiting_grab = False
+        self.registered = False
+
+    def schedule_retry(self, reason: str) -> None:
+        """After close(): when to try again; logs once per outage."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("gearmand %s unreachable (%s); reconnecting in the background", self.server, reason)
+        self.retry_at = now + self.backoff.next()
+
+    def connect_overdue(self, now: float) -> bool:
+        return self.status == CONNECTING and now > self.connect_deadline
+
+    def __str__(self) -> str:
+        return str(self.server)
