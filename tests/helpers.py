@@ -210,8 +210,8 @@ class Pool:
 
 @contextlib.contextmanager
 def running(pool: Pool) -> Iterator[Pool]:
-    pool.start()
     try:
+        pool.start()  # inside: a pool that fails to come up is stopped too
         yield pool
     finally:
         pool.stop()

@@ -13,6 +13,7 @@ child (each child leads a process group, and the master is a subreaper).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
 import dataclasses
@@ -24,6 +25,7 @@ import queue
 import random
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -92,6 +94,17 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
+def _warm_up_before_threads() -> None:
+    """Load, before the control thread exists, what it would otherwise load
+    lazily on its first connect: the idna codec that getaddrinfo() looks up
+    (an import, under a module lock) and the resolver's NSS modules. A child
+    forked while that thread held such a lock would wait on it forever the
+    first time it resolves a gearmand address (a test caught one)."""
+    codecs.lookup("idna")
+    with contextlib.suppress(OSError):
+        socket.getaddrinfo("localhost", None)
+
+
 def _jittered(limit: float) -> float:
     return limit * (1 + random.uniform(0, JITTER))
 
@@ -144,6 +157,7 @@ class Arbiter:
         # Orphans of a child's task (a forked grandchild) come to us, not to
         # PID 1, so that they can be stopped with their child.
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _warm_up_before_threads()
         gc.freeze()  # keep the collector off preloaded objects: pages stay shared
         self.notifier.send(mainpid=self.pid, status="starting children")
         self._write_state()
@@ -152,8 +166,10 @@ class Arbiter:
         log.info("master %d starting %d children for tasks %s on %s", self.pid, self.desired,
                  ", ".join(self.tasks), ", ".join(map(str, self.config.servers)))
         try:
-            while not (self.stopping and not self.children):
+            while True:
                 self.step()
+                if self.stopping and not self.children:
+                    break  # at once: no wait after the last child
                 self._sleep()
         finally:
             self._shutdown()

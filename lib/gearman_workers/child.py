@@ -65,6 +65,7 @@ class Worker:
         self.links = [GearmandConnection(server, i, config.connect_timeout) for i, server in enumerate(config.servers)]
         self.by_fd: dict[int, GearmandConnection] = {}
         self.stopping = False
+        self.in_task = False
         self.data_version = board.data_version
         self.timer = JobTimer()
         self.poison = PoisonCheck(board)
@@ -94,6 +95,9 @@ class Worker:
         self.stopping = True
 
     def _start_heartbeat(self) -> None:
+        """While a task runs, a thread vouches that the process still runs
+        (a long task is not a hung child). Otherwise the loop itself beats,
+        at least every poll_timeout: a child whose loop is stuck goes silent."""
         interval = self.limits.heartbeat_interval
         if not interval:
             return
@@ -109,7 +113,8 @@ class Worker:
     def _beat(self, interval: float) -> None:
         beat = self.slot.beat
         while True:
-            beat()
+            if self.in_task:
+                beat()
             time.sleep(interval)
 
     def run(self) -> int:
@@ -333,10 +338,12 @@ class Worker:
         timer = self.timer
         try:
             try:
+                self.in_task = True
                 timer.arm(limit, job.task)
                 result = self.tasks[task](self, job)
             finally:
                 timer.disarm()
+                self.in_task = False
             timer.check()  # the task caught JobTimeout and returned anyway
             reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
             self.slot.jobs_done += 1

@@ -393,14 +393,22 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
         values["pidfile"] = values["state_dir"] / f"{values['name']}.pid"
     if require_tasks and not values["tasks"]:
         raise ConfigError("[tasks]: no task configured (add a [tasks] table or --task NAME=module:callable)")
-    if values["heartbeat_timeout"] and values["heartbeat_timeout"] <= values["poll_timeout"]:
-        raise ConfigError(f"[pool] heartbeat_timeout: must be longer than [gearman] poll_timeout "
-                          f"({values['poll_timeout']:g} s), got {values['heartbeat_timeout']:g}")
+    _check_heartbeat_timeout(values)
     if source is not None:
         # Relative python_path entries are relative to the config file.
         base = source.resolve().parent
         values["python_path"] = [str(base / p) for p in values["python_path"]]
     return Config(**values, source=source)
+
+
+def _check_heartbeat_timeout(values: dict[str, Any]) -> None:
+    """An idle child beats once per poll_timeout, and may wait up to
+    connect_timeout on gearmand: a shorter heartbeat_timeout kills healthy children."""
+    timeout = values["heartbeat_timeout"]
+    for key in ("poll_timeout", "connect_timeout"):
+        if timeout and timeout <= values[key]:
+            raise ConfigError(f"[pool] heartbeat_timeout: must be longer than [gearman] {key} "
+                              f"({values[key]:g} s), got {timeout:g}")
 
 
 def reload(config: Config) -> Config:

@@ -46,15 +46,20 @@ class PoisonCheck:
     def __init__(self, board: Scoreboard) -> None:
         self.board = board
         self._version = -1
+        self._used = 0  # slots in use when last read; the count only grows
         self._table: dict[tuple[int, bytes], Poisoned] = {}
 
     def kills(self, server: int, handle: bytes) -> tuple[int, str]:
         """(children killed, why the last one died) for job HANDLE."""
         # Slots first, then the table: the master records a death before it
         # clears the dead child's slot, so one of the two reads sees it.
-        used = self.board.header()[2]
-        unreaped = self.board.busy_with(server, handle, used)
-        version = self.board.header()[1]
+        # Slots opened since the last look are scanned, then looked again.
+        unreaped = self.board.busy_with(server, handle, 0, self._used)
+        _, version, used = self.board.header()
+        while used != self._used:  # rare: slots opened since the last look
+            unreaped += self.board.busy_with(server, handle, self._used, used)
+            self._used = used
+            _, version, used = self.board.header()
         if version != self._version:
             self._table, self._version = self.board.poisoned(), version
         entry = self._table.get((server, handle))

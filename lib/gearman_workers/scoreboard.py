@@ -130,19 +130,26 @@ class Scoreboard:
                 table[server, handle] = Poisoned(server, handle, kills, last_pid, _text(why))
         return table
 
-    def busy_with(self, server: int, handle: bytes, used: int) -> list[int]:
-        """PIDs of the slots that say they run job HANDLE of SERVER.
+    def busy_with(self, server: int, handle: bytes, first: int, end: int) -> list[int]:
+        """PIDs of the slots from FIRST to END that say they run job HANDLE
+        of SERVER. On every job's path, so one search in C over the slots;
+        Python runs only on a match.
 
         A child that just received HANDLE finds here a child that died
         holding it and that the master has not yet reaped."""
-        mem, found = self._mem, []
-        padded = handle[:64].ljust(64, b"\0")
-        for slot in range(used):
-            at = self._offset(slot)
-            if mem[at + _STATE_OFFSET] == State.BUSY and mem[at + _HANDLE_OFFSET:at + _SLOT.size] == padded:
+        # The handle and the NUL after it, found at the start of a handle
+        # field, is an exact match (a needle of NULs would crawl the zeros).
+        needle = handle[:64] + b"\0" if len(handle) < 64 else handle[:64]
+        start, stop = self._offset(first), self._offset(end)
+        found = []
+        at = self._mem.find(needle, start, stop)
+        while at >= 0:
+            slot, where = divmod(at - self._slots_at, _SLOT.size)
+            if where == _HANDLE_OFFSET:
                 info = self.read(slot)
-                if info.server == server:
+                if info.state == State.BUSY and info.server == server:
                     found.append(info.pid)
+            at = self._mem.find(needle, at + 1, stop)
         return found
 
     # --- slots -------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""Task code that misbehaves in every way production task code does: the
+protections tests and bench/faults run the pool with these."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+from gearman_workers.child import resident_bytes
+
+TASKS = ("pid", "sleep", "spin", "stubborn", "gil_hog", "leak", "segfault", "grandchild", "daemon", "ledger")
+LEAKED: list[bytearray] = []
+
+
+def pid(worker, job):
+    return str(os.getpid())
+
+
+def sleep(worker, job):
+    """Sleeps job.data seconds, then answers with its PID."""
+    time.sleep(float(job.data))
+    return str(os.getpid())
+
+
+def spin(worker, job):
+    """Busy forever in Python code (interruptible by the time limit)."""
+    while True:
+        pass
+
+
+def stubborn(worker, job):
+    """Ignores its time limit: swallows every exception and sleeps on."""
+    while True:
+        try:
+            time.sleep(3600)
+        except BaseException:  # swallowing everything is the point of this task
+            pass
+
+
+def gil_hog(worker, job):
+    """Stuck in C code that holds the GIL (catastrophic regex backtracking):
+    no signal handler and no other thread runs until it ends."""
+    re.match(r"(a+)+$", "a" * 64 + "b")
+    return "unreachable in practice"
+
+
+def leak(worker, job):
+    """Keeps 10 MiB per job; answers with the RSS in MiB after it."""
+    block = bytearray(10 * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    LEAKED.append(block)
+    return f"{os.getpid()} {resident_bytes() // (1024 * 1024)}"
+
+
+def segfault(worker, job):
+    """Dies as native code does on a bad pointer."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def grandchild(worker, job):
+    """Forks a process that keeps running (and holds the child's sockets)."""
+    forked = os.fork()
+    if forked == 0:
+        time.sleep(3600)
+        os._exit(0)
+    return str(forked)
+
+
+def daemon(worker, job):
+    """Double-forks a daemon in a session of its own (out of the child's
+    process group); answers with the daemon's PID."""
+    read, write = os.pipe()
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        second = os.fork()
+        if second == 0:
+            time.sleep(3600)
+            os._exit(0)
+        os.write(write, str(second).encode())
+        os._exit(0)
+    os.waitpid(first, 0)
+    os.close(write)
+    answer = os.read(read, 32)
+    os.close(read)
+    return answer
+
+
+def ledger(worker, job):
+    """Echoes job.data after appending it to the file named by
+    $GEARMAN_WORKERS_LEDGER, one line per run (bench/faults counts runs per job)."""
+    with open(os.environ["GEARMAN_WORKERS_LEDGER"], "ab") as out:
+        out.write(job.data + b"\n")
+    return job.data

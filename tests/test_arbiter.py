@@ -1,0 +1,290 @@
+"""The master's decisions, driven with a fake process table and a fake
+clock: no fork, no signal, no gearmand; each test runs in milliseconds.
+A 'child' here is a slot of the real scoreboard written the way a real
+child writes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from gearman_workers import arbiter as arbiter_module
+from gearman_workers import config as configuration
+from gearman_workers import scoreboard as scoreboard_module
+from gearman_workers.arbiter import Arbiter
+from gearman_workers.child import Limits
+from gearman_workers.commands import Scale, Stop
+from gearman_workers.poison import PoisonCheck
+from gearman_workers.scoreboard import Recycle, State
+
+SEGV = signal.SIGSEGV  # a wait status of 11: killed by SIGSEGV
+KILLED = signal.SIGKILL
+EXITED_0 = 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeArbiter(Arbiter):
+    """Arbiter with the process table replaced: forks hand out fake PIDs,
+    signals are recorded, exits are queued by the test."""
+
+    def __init__(self, config: configuration.Config) -> None:
+        super().__init__(config, {}, pidfile=None)  # type: ignore[arg-type]
+        self.next_pid = 100
+        self.sent: list[tuple[int, str]] = []
+        self.exits: list[tuple[int, int]] = []
+
+    def _fork(self, slot: int, limits: Limits) -> int:
+        self.next_pid += 1
+        return self.next_pid
+
+    def _signal(self, pid: int, sig: int) -> None:
+        self.sent.append((pid, signal.Signals(sig).name))
+
+    def _kill_group(self, pid: int) -> None:
+        self.sent.append((pid, "KILL group"))
+
+    def _wait(self, block: bool) -> tuple[int, int] | None:
+        return self.exits.pop(0) if self.exits else None
+
+    def _adopted(self) -> set[int]:
+        return set()
+
+    def _write_state(self) -> None:
+        pass
+
+    # --- what a child would do ---------------------------------------------
+
+    def slot_of(self, pid: int) -> int:
+        return self.children[pid].slot
+
+    def registers(self, pid: int) -> None:
+        writer = self.board.writer(self.slot_of(pid), pid)
+        writer.links_up, writer.registered_once = 1, True
+        writer.publish(State.IDLE)
+
+    def runs(self, pid: int, handle: bytes, deadline: float = 0.0) -> None:
+        writer = self.board.writer(self.slot_of(pid), pid)
+        writer.links_up, writer.registered_once = 1, True
+        now = arbiter_module.time.monotonic()
+        writer.publish(State.BUSY, now, deadline, 0, b"resize", handle)
+
+    def asks_recycling(self, pid: int) -> None:
+        writer = self.board.writer(self.slot_of(pid), pid)
+        writer.links_up, writer.registered_once, writer.recycle = 1, True, Recycle.MAX_JOBS
+        writer.publish(State.IDLE)
+
+    def dies(self, pid: int, signum: int = KILLED) -> None:
+        self.exits.append((pid, signum))  # a wait status: the low bits are the signal
+
+    # --- what the test looks at ---------------------------------------------
+
+    def pids(self) -> set[int]:
+        return set(self.children)
+
+    def retiring(self) -> set[int]:
+        return {pid for pid, c in self.children.items() if c.stop_deadline is not None}
+
+    def registered_staying(self) -> int:
+        return sum(1 for c in self._live() if self._registered(c))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(arbiter_module, "time", fake)
+    monkeypatch.setattr(scoreboard_module, "time", fake)
+    return fake
+
+
+def make(tmp_path: Path, **pool: object) -> FakeArbiter:
+    settings = {"processes": 2, "state_dir": str(tmp_path), **pool}
+    lines = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in settings.items())
+    path = tmp_path / "pool.toml"
+    path.write_text(f"[pool]\n{lines}[tasks]\nresize = \"m:f\"\n")
+    return FakeArbiter(configuration.load(path=path))
+
+
+def test_spawns_the_wanted_children_in_the_lowest_slots(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, processes=3)
+    master.step()
+    assert sorted(c.slot for c in master.children.values()) == [0, 1, 2]
+    master.step()
+    assert len(master.children) == 3  # no extra spawn while they start
+
+
+def test_a_registered_child_that_dies_is_replaced_at_once(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path)
+    master.step()
+    first = min(master.pids())
+    master.registers(first)
+    master.dies(first)
+    master.step()
+    assert first not in master.pids() and len(master.children) == 2
+    assert master.slot_not_before == {}
+
+
+def test_crash_backoff_is_per_slot(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path)
+    master.step()
+    healthy, crashing = sorted(master.pids())
+    master.registers(healthy)
+    master.dies(crashing, SEGV)  # never registered: a crash
+    master.step()
+    (crashing,) = master.pids() - {healthy}
+    assert master.slot_of(crashing) == 1  # first crash: retried at once, same slot
+    master.dies(crashing, SEGV)
+    master.step()
+    assert master.pids() == {healthy}  # second crash in a row: slot 1 waits 0.25 s
+    master.dies(healthy)  # slot 0's registered child dies meanwhile
+    master.step()
+    assert len(master.children) == 1 and master.slot_of(max(master.pids())) == 0  # not held back
+    clock.advance(0.25)
+    master.step()
+    assert sorted(c.slot for c in master.children.values()) == [0, 1]
+
+
+def test_a_slot_whose_child_registers_forgets_its_crashes(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, processes=1)
+    master.step()
+    for _ in range(3):
+        (pid,) = master.pids()
+        master.dies(pid, SEGV)
+        master.step()
+        clock.advance(1)
+        master.step()
+    (pid,) = master.pids()
+    master.registers(pid)
+    master.dies(pid, SEGV)
+    master.step()
+    assert len(master.children) == 1  # replaced at once: it had registered
+
+
+def test_recycling_lets_the_old_child_go_only_after_its_successor_registered(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, max_jobs=100)
+    master.step()
+    old, other = sorted(master.pids())
+    master.registers(old)
+    master.registers(other)
+    master.asks_recycling(old)
+    master.step()
+    (successor,) = master.pids() - {old, other}
+    assert master.retiring() == set() and master.registered_staying() == 2
+    master.step()
+    assert master.retiring() == set()  # the successor has not registered yet
+    master.registers(successor)
+    master.step()
+    assert master.retiring() == {old} and (old, "SIGTERM") in master.sent
+    assert master.registered_staying() == 2
+    master.dies(old, EXITED_0)
+    master.step()
+    assert master.pids() == {other, successor}
+
+
+def test_max_age_recycles_each_child_with_jitter(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, max_age=100)
+    master.step()
+    for pid in master.pids():
+        master.registers(pid)
+    ages = sorted(c.recycle_at - c.started for c in master.children.values())
+    assert all(100 <= age <= 110 for age in ages)
+    clock.advance(ages[0] + 0.001)
+    master.step()
+    assert len(master.children) == 3  # a successor for the older one only
+
+
+def test_a_child_without_heartbeat_is_killed(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, heartbeat_timeout=10)
+    master.step()
+    quiet, beating = sorted(master.pids())
+    master.registers(quiet)
+    clock.advance(10.5)
+    master.registers(beating)  # publishing is a heartbeat too
+    master.step()
+    assert (quiet, "KILL group") in master.sent and (beating, "KILL group") not in master.sent
+    master.dies(quiet)
+    master.step()
+    assert len(master.children) == 2  # a registered child: replaced at once
+
+
+def test_a_busy_child_past_its_time_limit_and_grace_is_killed_and_its_job_recorded(
+        tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, job_timeout=5, kill_grace=2, heartbeat_timeout=0)
+    master.step()
+    busy, _ = sorted(master.pids())
+    master.runs(busy, b"H:gm:7", deadline=clock.now + 5)
+    clock.advance(6.9)
+    master.step()
+    assert (busy, "KILL group") not in master.sent
+    clock.advance(0.2)
+    master.step()
+    assert (busy, "KILL group") in master.sent
+    check = PoisonCheck(master.board)
+    assert check.kills(0, b"H:gm:7") == (1, "killed (time limit exceeded)")  # recorded before the kill
+    master.dies(busy)
+    master.step()
+    assert check.kills(0, b"H:gm:7")[0] == 1  # and not twice
+
+
+def test_poison_accounting_counts_each_death_once(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, heartbeat_timeout=0)
+    master.step()
+    check = PoisonCheck(master.board)
+    first, second = sorted(master.pids())
+    master.runs(first, b"H:gm:9")
+    master.dies(first, SEGV)
+    # Dead but not yet reaped: a child that receives the job sees it already.
+    assert check.kills(0, b"H:gm:9") == (1, "died while running it")
+    master.step()
+    assert check.kills(0, b"H:gm:9") == (1, "killed by SIGSEGV")
+    master.runs(second, b"H:gm:9")  # gearmand hands it out again
+    master.dies(second, SEGV)
+    assert check.kills(0, b"H:gm:9")[0] == 2  # dead, unreaped, after a recorded death
+    master.step()
+    assert check.kills(0, b"H:gm:9")[0] == 2
+    assert check.kills(1, b"H:gm:9") == (0, "") and check.kills(0, b"H:gm:10") == (0, "")
+
+
+def test_graceful_stop_terms_every_child_then_kills_stragglers(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, graceful_timeout=30, heartbeat_timeout=0)
+    master.step()
+    quick, slow = sorted(master.pids())
+    master.submit(Stop("test"))
+    master.step()
+    assert {(quick, "SIGTERM"), (slow, "SIGTERM")} <= set(master.sent)
+    master.dies(quick, EXITED_0)
+    clock.advance(30)
+    master.step()
+    assert (slow, "KILL group") in master.sent and (quick, "KILL group") not in master.sent
+    assert len(master.children) == 1  # nothing respawned while stopping
+
+
+def test_scaling_down_retires_idle_children_first(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, processes=3)
+    master.step()
+    a, b, c = sorted(master.pids())
+    for pid in (a, b, c):
+        master.registers(pid)
+    master.runs(c, b"H:gm:1")
+    master.submit(Scale(to=1))
+    master.step()
+    assert master.retiring() == {a, b}
+
+
+def test_the_fake_signal_numbers_are_wait_statuses() -> None:
+    assert os.waitstatus_to_exitcode(SEGV) == -signal.SIGSEGV
