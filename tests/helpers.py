@@ -79,29 +79,42 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
             proc.wait()
 
 
-class Gearmand:
-    """A gearmand of our own on a free loopback port."""
+class LoopbackServer:
+    """A server of our own on a free loopback port, started and stopped by PID."""
+
+    name = "server"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, what=f"{self.name} to listen")
+        assert self.proc.poll() is None, f"{self.name} did not start"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig)
+
+
+class Gearmand(LoopbackServer):
+    """A gearmand of our own on a free loopback port."""
+
+    name = "gearmand"
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["gearmand", "--listen=127.0.0.1", f"--port={self.port}", "--threads=0",
-             f"--log-file={self.workdir / 'gearmand.log'}", "--verbose=WARNING"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, what="gearmand to listen")
-        assert self.proc.poll() is None, "gearmand did not start"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+    def command(self) -> list[str]:
+        return ["gearmand", "--listen=127.0.0.1", f"--port={self.port}", "--threads=0",
+                f"--log-file={self.workdir / 'gearmand.log'}", "--verbose=WARNING"]
 
     def admin(self, command: str) -> list[str]:
         """A text admin command (what gearadmin --workers/--status shows)."""
@@ -225,29 +238,18 @@ def run_cli(name: str, *args: str, timeout: float = 30, **kwargs: Any) -> subpro
 PYTHON = sys.executable
 
 
-class RedisServer:
+class RedisServer(LoopbackServer):
     """A redis-server of our own on a free loopback port, without persistence."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+    name = "redis-server"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, what="redis to listen")
-        assert self.proc.poll() is None, "redis-server did not start"
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, sig)
+    def command(self) -> list[str]:
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
 
     def client(self) -> Any:
         import redis
