@@ -262,7 +262,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", "max_memory", _int_range(0, 10**7), 0,
            "recycle a child whose RSS is above this many MiB after a job (0: never)"),
     Option("pool", "heartbeat_timeout", _seconds_or_off, 30.0,
-           "kill and replace a child silent for this many seconds (0: never; must exceed poll_timeout)"),
+           "kill and replace a child silent this many seconds (0: never; above poll and connect timeouts)"),
     Option("pool", "poison_kills", _int_range(1, 1000), 2,
            "fail a job instead of running it again once its runs killed this many children"),
     Option("pool", "log_level", _log_level, "info", "debug, info, warning or error"),
