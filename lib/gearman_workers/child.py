@@ -33,6 +33,7 @@ from .timelimit import JobTimeout, JobTimer
 log = logging.getLogger("gearman_workers.child")
 
 GRAB = p.request(p.GRAB_JOB_UNIQ)
+NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
 PRE_SLEEP = p.request(p.PRE_SLEEP)
 RECV_BUFFER = 256 * 1024
 EXIT_OK = 0
@@ -62,6 +63,7 @@ class Worker:
         self.master_pid = master_pid
         self.events_fd = events_fd
         self.limits = limits
+        self.recycling_limits = bool(limits.max_jobs or limits.max_memory)
         self.links = [GearmandConnection(server, i, config.connect_timeout) for i, server in enumerate(config.servers)]
         self.by_fd: dict[int, GearmandConnection] = {}
         self.stopping = False
@@ -131,7 +133,7 @@ class Worker:
 
     def _accepting(self) -> bool:
         """Taking new jobs: not stopping, and not waiting to be recycled."""
-        return not self.stopping and self.slot.recycle == Recycle.NO
+        return not self.stopping and self.slot.recycle == NOT_RECYCLING
 
     # --- the loop ---------------------------------------------------------
 
@@ -316,8 +318,9 @@ class Worker:
             reply = self._refuse_poison(job, kills, why)
         else:
             reply, fatal = self._execute(link, job, task, handle)
-        self._check_recycling()
-        if fatal is None and self._accepting():
+        if self.recycling_limits:
+            self._check_recycling()
+        if fatal is None and not self.stopping and self.slot.recycle == NOT_RECYCLING:
             reply += GRAB
             link.awaiting_grab = True
         if link.status == UP:
@@ -339,12 +342,15 @@ class Worker:
         try:
             try:
                 self.in_task = True
-                timer.arm(limit, job.task)
+                if limit:
+                    timer.arm(limit, job.task)
                 result = self.tasks[task](self, job)
             finally:
-                timer.disarm()
+                if limit:
+                    timer.disarm()
                 self.in_task = False
-            timer.check()  # the task caught JobTimeout and returned anyway
+            if limit:
+                timer.check()  # the task caught JobTimeout and returned anyway
             reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
             self.slot.jobs_done += 1
             return reply, None
