@@ -27,8 +27,9 @@ def control_pool(gearmand: Gearmand, tmp_path: Path, url: str, *extra: str, name
                  host: str = "host-a", processes: int = 2) -> Pool:
     module = tmp_path / "ctltasks.py"
     module.write_text(TASKS)
+    signing = () if "--secret-file" in extra else ("--allow-unsigned",)
     return Pool(gearmand, tmp_path, "--redis-url", url, "--hostname", host, "--python-path", str(tmp_path),
-                "--python-path", str(EXAMPLES), "--task", "value=ctltasks:setting", *extra,
+                "--python-path", str(EXAMPLES), "--task", "value=ctltasks:setting", *signing, *extra,
                 name=name, processes=processes)
 
 

@@ -245,12 +245,13 @@ def test_check_config_validates_without_starting(tmp_path: Path) -> None:
 
 def _record(state_dir: Path, master: state.ProcessIdentity, children: list[state.ProcessIdentity]) -> Path:
     path = state_dir / "old.state.json"
-    state.write(path, state.PoolState("old", state.boot_id(), str(state_dir / "old.pid"), master, children))
+    state.write(path, state.PoolState("old", state.boot_id(), master, children))
     return path
 
 
-def _sleeper() -> subprocess.Popen:
-    return subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+def _sleeper(name: str = "sleep") -> subprocess.Popen:
+    """A process that sleeps under NAME (argv[0], what /proc/PID/cmdline shows)."""
+    return subprocess.Popen(["bash", "-c", f"exec -a {name} sleep 60"], stdin=subprocess.DEVNULL)
 
 
 def test_cleanup_leaves_an_unrelated_process_with_a_recorded_pid_alive(tmp_path: Path) -> None:
@@ -271,7 +272,7 @@ def test_cleanup_leaves_an_unrelated_process_with_a_recorded_pid_alive(tmp_path:
 
 
 def test_cleanup_stops_a_real_leftover(tmp_path: Path) -> None:
-    leftover = _sleeper()
+    leftover = _sleeper("gearman-workers")
     try:
         identity = state.ProcessIdentity.of(leftover.pid)
         assert identity is not None

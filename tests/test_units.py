@@ -117,7 +117,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
 
 
 def test_state_file_rejects_what_a_master_never_writes() -> None:
-    good = PoolState("p", "boot", "/run/x.pid", ProcessIdentity(10, 5), [ProcessIdentity(11, 6)])
+    good = PoolState("p", "boot", ProcessIdentity(10, 5), [ProcessIdentity(11, 6)])
     assert PoolState.from_json(good.to_json()) == good
     for text in ("", "[]", '{"version": 1}', good.to_json().replace('"pid": 11', '"pid": "11"'),
                  good.to_json().replace('"version": 1', '"version": 9')):

@@ -564,5 +564,4 @@ class Arbiter:
         assert me is not None
         children = [c.identity for c in self.children.values() if c.identity is not None]
         state.write(self.config.state_file, state.PoolState(
-            pool=self.config.name, boot_id=state.boot_id(), pidfile=str(self.pidfile.path),
-            master=me, children=children))
+            pool=self.config.name, boot_id=state.boot_id(), master=me, children=children))

@@ -1,8 +1,15 @@
 """Stopping what a dead master left behind: only processes whose identity
-(PID, start time, boot) still matches what that master recorded.
+(PID, start time, boot) still matches what that master recorded, and that
+are gearman-workers processes.
 
 Signals go through a pidfd opened *before* the identity check, so a PID
 that is recycled between the check and the kill cannot be hit.
+
+gm-cleanup often runs as root (ExecStartPre) over a directory others may
+reach, so it trusts a state file only if neither the file nor its
+directory could have been written by anyone but root or the user running
+it, and it removes only the PID file the pool itself uses: never a path
+read from the file.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -19,12 +27,37 @@ from . import pidfile, state
 log = logging.getLogger("gearman_workers.cleanup")
 
 
+class UntrustedState(Exception):
+    """A state directory or file that someone else could have written."""
+
+
+def check_trusted(path: Path) -> None:
+    """PATH (file or directory) is owned by root or by us, and neither
+    group nor others may write it."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise UntrustedState(f"{path} is a symbolic link")
+    if info.st_uid not in (0, os.geteuid()):
+        raise UntrustedState(f"{path} is owned by uid {info.st_uid}, not by root or uid {os.geteuid()}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UntrustedState(f"{path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})")
+
+
+def is_ours(pid: int) -> bool:
+    """The process runs gearman-workers (its command line or title says so)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"gearman_workers" in cmdline or b"gearman-workers" in cmdline
+
+
 def _open_if_ours(identity: state.ProcessIdentity) -> int | None:
     try:
         fd = os.pidfd_open(identity.pid)
     except ProcessLookupError:
         return None
-    if identity.is_alive():
+    if identity.is_alive() and is_ours(identity.pid):
         return fd
     os.close(fd)
     return None
@@ -62,11 +95,17 @@ def stop_processes(identities: list[state.ProcessIdentity], grace: float) -> int
     return len(ours)
 
 
-def clean_state_file(path: Path, grace: float, we_hold_the_lock: bool = False) -> int:
-    """Clean up after the pool that wrote PATH; returns leftovers stopped.
+def clean_state_file(path: Path, grace: float, pid_path: Path, we_hold_the_lock: bool = False) -> int:
+    """Clean up after the pool that wrote PATH, whose PID file is PID_PATH;
+    returns leftovers stopped.
 
     A master calls this at start, holding the PID-file lock already: then
     the file can only be a dead predecessor's."""
+    try:
+        check_trusted(path.parent)
+        check_trusted(path)
+    except FileNotFoundError:
+        return 0
     try:
         pool = state.read(path)
     except FileNotFoundError:
@@ -75,7 +114,6 @@ def clean_state_file(path: Path, grace: float, we_hold_the_lock: bool = False) -
         log.warning("state file %s is corrupt (%s); removing it", path, err)
         path.unlink(missing_ok=True)
         return 0
-    pid_path = Path(pool.pidfile)
     if not we_hold_the_lock and pidfile.is_locked(pid_path):
         log.info("pool %s is running (master %s); nothing to clean", pool.pool, pidfile.read_pid(pid_path))
         return 0
@@ -90,9 +128,11 @@ def clean_state_file(path: Path, grace: float, we_hold_the_lock: bool = False) -
     return stopped
 
 
-def clean(state_dir: Path, pool: str | None, grace: float) -> int:
-    """Clean one pool's leftovers, or every pool's in STATE_DIR."""
+def clean(state_dir: Path, pool: str | None, grace: float, pid_path: Path | None = None) -> int:
+    """Clean one pool's leftovers, or every pool's in STATE_DIR (each with
+    its PID file at PID_PATH, by default STATE_DIR/NAME.pid)."""
     pattern = f"{pool}.state.json" if pool else "*.state.json"
     if not state_dir.is_dir():
         return 0
-    return sum(clean_state_file(path, grace) for path in sorted(state_dir.glob(pattern)))
+    return sum(clean_state_file(path, grace, pid_path or state_dir / f"{path.name.removesuffix('.state.json')}.pid")
+               for path in sorted(state_dir.glob(pattern)))

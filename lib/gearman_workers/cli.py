@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = pool_parser().parse_args(argv)
     try:
         config = configuration.load(args)
+        configuration.check_control(config)
         control = _build_control(config)
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_CONFIG)
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         return _fail(prog, f"cannot lock {config.pidfile}: {err.strerror}", EXIT_CONFIG)
     try:
-        cleanup.clean_state_file(config.state_file, config.graceful_timeout, we_hold_the_lock=True)
+        cleanup.clean_state_file(config.state_file, config.graceful_timeout, config.pidfile, we_hold_the_lock=True)
+    except cleanup.UntrustedState as err:
+        pidfile.release()
+        return _fail(prog, f"config error: [pool] state_dir: refusing to use it: {err}", EXIT_CONFIG)
+    try:
         if args.daemon:
             _daemonize(config, pidfile)
         else:
@@ -117,16 +122,19 @@ def cleanup_main(argv: list[str] | None = None) -> int:
                         help="how long leftovers may take to stop before SIGKILL (default 10)")
     args = parser.parse_args(argv)
     logsetup.setup("info", timestamps=False)
-    state_dir, pool = args.state_dir, args.pool
+    state_dir, pool, pid_path = args.state_dir, args.pool, None
     if args.config is not None:
         try:
             config = configuration.load(path=args.config, require_tasks=False)
         except configuration.ConfigError as err:
             return _fail(prog, f"config error: {err}", EXIT_CONFIG)
         state_dir, pool = config.state_dir, pool or config.name
+        pid_path = config.pidfile if pool == config.name else None
     state_dir = state_dir or Path("/run/gearman-workers")
     try:
-        stopped = cleanup.clean(state_dir, pool, args.grace)
+        stopped = cleanup.clean(state_dir, pool, args.grace, pid_path)
+    except cleanup.UntrustedState as err:
+        return _fail(prog, f"refusing to act: {err}", EXIT_ERROR)
     except OSError as err:
         return _fail(prog, f"{err.filename or state_dir}: {err.strerror}", EXIT_ERROR)
     logging.getLogger("gearman_workers.cleanup").info(

@@ -73,6 +73,7 @@ class Config:
     secret_file: Path | None
     max_message_age: float
     key_prefix: str
+    allow_unsigned: bool
     source: Path | None = None
     args: argparse.Namespace | None = dataclasses.field(default=None, repr=False)
 
@@ -143,6 +144,16 @@ def _seconds(value: Any) -> float:
 def _seconds_or_off(value: Any) -> float:
     """Seconds, where 0 means 'off'."""
     return _number_of_seconds(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "yes", "1"):
+        return True
+    if str(value).lower() in ("false", "no", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def _text(value: Any) -> str:
@@ -275,6 +286,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", "secret_file", _optional(_path), None, "file with the shared secret for signed commands"),
     Option("control", "max_message_age", _seconds, 60.0, "signed commands older than this are rejected"),
     Option("control", "key_prefix", _name, "gearman-workers", "prefix of every Redis key the pools use"),
+    Option("control", "allow_unsigned", _bool, False,
+           "accept unsigned commands (without secret_file): anyone who can publish controls the pool"),
 )
 
 
@@ -315,6 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help="register a task (repeatable)")
         elif option.dest == "python_path":
             parser.add_argument(option.flag, action="append", metavar="DIR", help=option.help)
+        elif option.parse is _bool:
+            parser.add_argument(option.flag, action="store_const", const=True, help=option.help)
         else:
             parser.add_argument(option.flag, metavar=option.dest.upper(), help=option.help)
 
@@ -342,6 +357,15 @@ def _writable_dir(path: Path, where: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         verb = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
         raise ConfigError(f"{where}: {path} {verb}")
+
+
+def check_control(config: Config) -> None:
+    """A pool that listens for commands takes only signed ones, unless told
+    in so many words to take anyone's."""
+    if config.redis_url and config.secret_file is None and not config.allow_unsigned:
+        raise ConfigError("[control] secret_file: required with redis_url, so that only holders of the "
+                          "secret can stop or change the pool (or set allow_unsigned = true to accept "
+                          "unsigned commands from anyone who can publish on the channel)")
 
 
 def check_paths(config: Config) -> None:

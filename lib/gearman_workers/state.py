@@ -21,15 +21,26 @@ class StateFileError(ValueError):
     """A state file is unreadable or not what a master writes."""
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write to a temporary file beside PATH, then rename it over PATH."""
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a
+    moment, in every thread)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    return 0o022
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file beside PATH, then rename it over PATH. The
+    file gets the mode the umask gives (0640 under the unit's UMask=0027):
+    runtime data may hold tokens."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
-            os.fchmod(handle.fileno(), mode)
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -59,7 +70,6 @@ class ProcessIdentity:
 class PoolState:
     pool: str
     boot_id: str
-    pidfile: str
     master: ProcessIdentity
     children: list[ProcessIdentity]
 
@@ -75,7 +85,6 @@ class PoolState:
             return cls(
                 pool=str(raw["pool"]),
                 boot_id=str(raw["boot_id"]),
-                pidfile=str(raw["pidfile"]),
                 master=_identity(raw["master"]),
                 children=[_identity(child) for child in raw["children"]],
             )

@@ -15,7 +15,7 @@ import redis
 from .. import config as configuration
 from . import store
 from .listener import connect, read_secret
-from .messages import Command, encode
+from .messages import BadMessage, Command, decode, encode
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -28,14 +28,18 @@ class Settings:
     secret: bytes | None
 
 
-def connection_options() -> argparse.ArgumentParser:
+def connection_options(after_subcommand: bool = False) -> argparse.ArgumentParser:
+    """The connection flags; gm-ctl takes them before or after its subcommand.
+    After it, a flag left out must not overwrite one given before it (argparse
+    applies a subparser's defaults last), hence SUPPRESS there."""
+    default = argparse.SUPPRESS if after_subcommand else None
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection (default: from --config, else local Redis)")
-    group.add_argument("--config", type=Path, help="a pool's configuration file ([control] table)")
-    group.add_argument("--redis-url", help="redis://[user:password@]host:port/db, rediss:// for TLS")
-    group.add_argument("--channel", help="control channel (default gearman-workers)")
-    group.add_argument("--secret-file", type=Path, help="shared secret to sign commands with")
-    group.add_argument("--key-prefix", help="prefix of the Redis keys (default gearman-workers)")
+    group.add_argument("--config", type=Path, default=default, help="a pool's configuration file ([control] table)")
+    group.add_argument("--redis-url", default=default, help="redis://[user:password@]host:port/db, rediss:// for TLS")
+    group.add_argument("--channel", default=default, help="control channel (default gearman-workers)")
+    group.add_argument("--secret-file", type=Path, default=default, help="shared secret to sign commands with")
+    group.add_argument("--key-prefix", default=default, help="prefix of the Redis keys (default gearman-workers)")
     return parent
 
 
@@ -82,10 +86,8 @@ def publish(client: redis.Redis, conf: Settings, command: Command) -> int:
         for scope in store.command_scopes(command.hosts, command.pool):
             if command.cmd == "exit":
                 pipe.set(keys.exit(scope), message)
-            elif command.cmd == "set":
+            elif command.cmd in ("set", "del"):  # a del stays as a signed tombstone
                 pipe.hset(keys.data(scope), command.key, message)
-            elif command.cmd == "del":
-                pipe.hdel(keys.data(scope), command.key)
         pipe.publish(conf.channel, message)
         return int(pipe.execute()[-1])
 
@@ -155,8 +157,9 @@ def exit_main(argv: list[str] | None = None) -> int:
 
 def ctl_main(argv: list[str] | None = None) -> int:
     prog = "gm-ctl"
-    common = connection_options()
-    parser = argparse.ArgumentParser(prog=prog, description="Control gearman-workers pools through Redis.")
+    common = connection_options(after_subcommand=True)
+    parser = argparse.ArgumentParser(prog=prog, parents=[connection_options()],
+                                     description="Control gearman-workers pools through Redis.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("set", "set runtime data KEY to a JSON VALUE"), ("del", "remove runtime data KEY"),
                        ("get", "show the stored runtime data"), ("scale", "change the number of children"),
@@ -214,11 +217,18 @@ def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redi
 
 def _print_data(client: redis.Redis, keys: store.Keys, only: str | None) -> None:
     for name in sorted(client.scan_iter(match=keys.data("*"))):
-        scope = name.decode().removeprefix(keys.data(""))
+        scope = name.decode("utf-8", "replace").removeprefix(keys.data(""))
         for field, raw in sorted(client.hgetall(name).items()):
-            if only is None or field.decode() == only:
-                value = json.loads(raw).get("value")
-                print(f"{scope:24s} {field.decode()} = {json.dumps(value)}")
+            key = field.decode("utf-8", "replace")
+            if only is not None and key != only:
+                continue
+            try:
+                command = decode(raw, None)  # shown, not obeyed: the pools check signatures
+            except BadMessage as err:
+                print(f"{scope:24s} {key} (unreadable: {err})")
+                continue
+            if command.cmd == "set":
+                print(f"{scope:24s} {key} = {json.dumps(command.value)}")
 
 
 def _print_pools(pools: list[dict[str, Any]]) -> None:

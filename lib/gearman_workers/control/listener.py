@@ -14,6 +14,7 @@ down still starts and serves jobs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import stat
@@ -29,6 +30,7 @@ from ..commands import Command as MasterCommand
 from ..commands import PublishData, Scale, Stop
 from ..config import Config, ConfigError
 from . import store
+from .data import DataBook
 from .messages import BadMessage, Command, Verifier, decode
 
 
@@ -71,11 +73,12 @@ def connect(url: str) -> redis.Redis:
 
 class ControlListener:
     def __init__(self, url: str, channel: str, prefix: str, hostname: str, pool: str,
-                 secret: bytes | None, max_age: float) -> None:
+                 secret: bytes | None, max_age: float, book: DataBook | None = None) -> None:
         self.url, self.channel, self.hostname, self.pool = url, channel, hostname, pool
         self.keys = store.Keys(prefix)
         self.secret = secret
         self.verifier = Verifier(max_age)
+        self.book = book or DataBook()
         self.arbiter: Master | None = None
         self._stop = threading.Event()
         self._resync = threading.Event()
@@ -88,7 +91,7 @@ class ControlListener:
         assert config.redis_url is not None
         secret = read_secret(config.secret_file) if config.secret_file else None
         return cls(config.redis_url, config.channel, config.key_prefix, config.hostname, config.name,
-                   secret, config.max_message_age)
+                   secret, config.max_message_age, DataBook(config.state_dir / f"{config.name}.control.json"))
 
     # --- what the master calls ----------------------------------------
 
@@ -173,9 +176,14 @@ class ControlListener:
         self._reload_data(client)
 
     def _reload_data(self, client: redis.Redis) -> None:
+        """Read the stored data; what is newer than what we hold goes to the children."""
         assert self.arbiter is not None
-        self.arbiter.submit(PublishData(store.load_data(client, self.keys, self.hostname, self.pool,
-                                                       self.secret)))
+        changed = False
+        for scope, command in store.stored_data(client, self.keys, self.hostname, self.pool, self.secret):
+            changed = self.book.offer(scope, command) or changed
+        if changed:
+            self.book.save()
+        self.arbiter.submit(PublishData(self.book.values(self.hostname, self.pool)))
 
     def _beat(self, client: redis.Redis) -> None:
         assert self.arbiter is not None
@@ -186,12 +194,24 @@ class ControlListener:
         try:
             command = decode(data, self.secret)
             if self.secret is not None:
-                self.verifier.check(command)
+                self.verifier.check(command, remember=lambda nonce: self._remember(client, nonce))
+            self._check_exit_is_new(command)
         except BadMessage as err:
             log.warning("rejected control message on %s: %s", self.channel, err)
             return
         if command.targets(self.hostname, self.pool):
             self._apply(client, command)
+
+    def _remember(self, client: redis.Redis, nonce: str) -> bool:
+        """True the first time this pool sees NONCE (kept in Redis, so a
+        restart does not forget it)."""
+        key = self.keys.nonce(self.hostname, self.pool, nonce)
+        return bool(client.set(key, b"1", nx=True, ex=math.ceil(self.verifier.lifetime)))
+
+    def _check_exit_is_new(self, command: Command) -> None:
+        assert self.arbiter is not None
+        if command.cmd == "exit" and command.ts is not None and command.ts < self.arbiter.started_at:
+            raise BadMessage("exit sent before this pool started")
 
     def _apply(self, client: redis.Redis, command: Command) -> None:
         assert self.arbiter is not None

@@ -20,16 +20,20 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import math
+import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..config import MAX_PROCESSES
 
 MAX_MESSAGE = 64 * 1024
 MAX_KEY = 256
+MAX_FUTURE_SKEW = 5.0  # seconds a signed message may come from the future (clocks drift)
 COMMANDS = ("exit", "set", "del", "scale")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+_LATEST_TS = 1e11  # year 5138: anything later is not a timestamp
 
 
 class BadMessage(ValueError):
@@ -87,11 +91,24 @@ def _expect(raw: dict[str, Any], field: str, kind: type | tuple[type, ...], what
 
 
 def decode(data: bytes, secret: bytes | None) -> Command:
-    """Parse and check one message; raises BadMessage naming the problem.
+    """Parse and check one message; raises BadMessage naming the problem,
+    and nothing else, whatever DATA is (it comes from anyone who can
+    publish or write a key).
 
     Freshness and replay (which need a clock and memory) are checked by
     ``Verifier``; this function is pure.
     """
+    try:
+        return _decode(data, secret)
+    except BadMessage:
+        raise
+    except (ValueError, TypeError, RecursionError, OverflowError, MemoryError) as err:
+        raise BadMessage(f"malformed message ({type(err).__name__})") from None
+
+
+def _decode(data: bytes, secret: bytes | None) -> Command:
+    if not isinstance(data, bytes):
+        raise BadMessage(f"message must be bytes, not {type(data).__name__}")
     if len(data) > MAX_MESSAGE:
         raise BadMessage(f"message of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit")
     try:
@@ -106,6 +123,8 @@ def decode(data: bytes, secret: bytes | None) -> Command:
         raw = json.loads(text)
     except ValueError:
         raise BadMessage("message is not JSON (nor the plain word exit)") from None
+    except RecursionError:
+        raise BadMessage("message is nested too deeply") from None
     if not isinstance(raw, dict):
         raise BadMessage(f"message must be a JSON object, not {type(raw).__name__}")
     unknown = set(raw) - {"cmd", "key", "value", "n", "hosts", "pool", "ts", "nonce", "sig"}
@@ -118,8 +137,10 @@ def decode(data: bytes, secret: bytes | None) -> Command:
 
 def _check_signature(raw: dict[str, Any], secret: bytes) -> None:
     sig = raw.get("sig")
-    if not isinstance(sig, str):
+    if sig is None:
         raise BadMessage("unsigned message (a secret is configured)")
+    if not isinstance(sig, str) or not _SIGNATURE_RE.fullmatch(sig):
+        raise BadMessage("malformed signature (expected 64 hex digits)")
     body = {k: v for k, v in raw.items() if k != "sig"}
     if not hmac.compare_digest(sig, signature(body, secret)):
         raise BadMessage("bad signature")
@@ -138,8 +159,10 @@ def _command(raw: dict[str, Any]) -> Command:
         raise BadMessage("field 'hosts' must list non-empty strings")
     pool = _expect(raw, "pool", str, "a string")
     ts = _expect(raw, "ts", (int, float), "a number")
-    if ts is not None and not math.isfinite(ts):
-        raise BadMessage("field 'ts' must be a finite number")
+    if ts is not None:
+        if not 0 < ts < _LATEST_TS:  # compares ints of any size without converting them
+            raise BadMessage("field 'ts' is not a plausible timestamp")
+        ts = float(ts)
     nonce = _expect(raw, "nonce", str, "a string")
     if cmd in ("set", "del") and (not key or len(key) > MAX_KEY):
         raise BadMessage(f"{cmd} needs a key of 1 to {MAX_KEY} characters")
@@ -151,19 +174,34 @@ def _command(raw: dict[str, Any]) -> Command:
 
 
 class Verifier:
-    """Freshness and replay checks for signed messages, per pool."""
+    """Freshness and replay checks for signed messages, per pool.
+
+    A message is fresh from MAX_FUTURE_SKEW seconds ahead of our clock to
+    MAX_AGE behind it. Its nonce must be new: ``remember`` (the listener
+    gives a Redis SET NX with an expiry) says whether it was, so that a
+    restarted pool does not reopen the replay window; nonces are also kept
+    in memory for the message lifetime."""
 
     def __init__(self, max_age: float) -> None:
         self.max_age = max_age
         self._seen: dict[str, float] = {}
 
-    def check(self, command: Command, now: float | None = None) -> None:
+    @property
+    def lifetime(self) -> float:
+        """How long a nonce must be remembered."""
+        return self.max_age + MAX_FUTURE_SKEW
+
+    def check(self, command: Command, now: float | None = None,
+              remember: Callable[[str], bool] | None = None) -> None:
         now = time.time() if now is None else now
         if command.ts is None or command.nonce is None:
             return
-        if abs(now - command.ts) > self.max_age:
+        if command.ts - now > MAX_FUTURE_SKEW:
+            raise BadMessage(f"message from the future ({command.ts - now:.0f} s ahead, "
+                             f"limit {MAX_FUTURE_SKEW:.0f} s)")
+        if now - command.ts > self.max_age:
             raise BadMessage(f"stale message ({now - command.ts:.0f} s old, limit {self.max_age:.0f} s)")
-        self._seen = {n: t for n, t in self._seen.items() if now - t <= self.max_age}
-        if command.nonce in self._seen:
+        self._seen = {n: t for n, t in self._seen.items() if now - t <= self.lifetime}
+        if command.nonce in self._seen or (remember is not None and not remember(command.nonce)):
             raise BadMessage("replayed message (nonce already seen)")
-        self._seen[command.nonce] = command.ts
+        self._seen[command.nonce] = now
