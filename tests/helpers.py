@@ -4,6 +4,7 @@ pools run as real processes, and waiting on what a user would observe."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -313,3 +314,48 @@ class Relay:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+# --- pools under fleet control ----------------------------------------------
+
+CONTROL_TASKS = """
+import os, time
+from gearman_workers import runtime
+
+def setting(worker, job):
+    time.sleep(0.2)  # long enough that concurrent jobs spread over every child
+    return f"{os.getpid()} {runtime.get(job.data.decode())!r}"
+"""
+
+
+def control_pool(gearmand: Gearmand, tmp_path: Path, url: str, *extra: str, name: str = "alpha",
+                 host: str = "host-a", processes: int = 2) -> Pool:
+    module = tmp_path / "ctltasks.py"
+    module.write_text(CONTROL_TASKS)
+    signing = () if "--secret-file" in extra else ("--allow-unsigned",)
+    return Pool(gearmand, tmp_path, "--redis-url", url, "--hostname", host, "--python-path", str(tmp_path),
+                "--python-path", str(EXAMPLES), "--task", "value=ctltasks:setting", *signing, *extra,
+                name=name, processes=processes)
+
+
+def heartbeat_up(redis_server: RedisServer, pool: Pool) -> bool:
+    return any(p["name"] == pool.name and p["pid"] == pool.proc.pid  # type: ignore[union-attr]
+               for p in pools(redis_server))
+
+
+def pools(redis_server: RedisServer) -> list[dict]:
+    client = redis_server.client()
+    return [json.loads(client.get(k)) for k in client.scan_iter(match="gearman-workers:pool:*")]
+
+
+def values_seen(gearmand: Gearmand, key: str, jobs: int) -> dict[int, str]:
+    """Submit JOBS concurrent 'value' jobs; pid -> the value it saw."""
+    client = gearmand.client()
+    requests = client.submit_multiple_jobs([{"task": "value", "data": key} for _ in range(jobs)],
+                                           poll_timeout=20)
+    seen = {}
+    for request in requests:
+        assert request.complete, request
+        pid, value = request.result.decode().split(" ", 1)
+        seen[int(pid)] = value
+    return seen
