@@ -30,10 +30,30 @@ class SystemdHost:
         self.name = f"gwtest{os.getpid()}"
         self.ssh_port, self.gearmand_port, self.redis_port = free_port(), free_port(), free_port()
         self.key = workdir / "id_ed25519"
+        self.tls = workdir / "tls"
+        self.credentials = workdir / "credentials"
         self.proc: subprocess.Popen | None = None
         self.leader = 0
 
+    def make_tls(self) -> None:
+        """A CA and a certificate for Redis on 127.0.0.1, as an operator makes them."""
+        self.tls.mkdir()
+        openssl = ["openssl", "req", "-newkey", "rsa:2048", "-nodes"]
+        subprocess.run([*openssl, "-x509", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"],
+                       cwd=self.tls, check=True, capture_output=True)
+        subprocess.run([*openssl, "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=redis"],
+                       cwd=self.tls, check=True, capture_output=True)
+        (self.tls / "san").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                        "-CAcreateserial", "-out", "redis.pem", "-days", "2", "-extfile", "san"],
+                       cwd=self.tls, check=True, capture_output=True)
+
+    def secret(self, name: str) -> str:
+        """A password or secret the playbook generated on the controller."""
+        return (self.credentials / name).read_text().strip()
+
     def boot(self) -> None:
+        self.make_tls()
         subprocess.run([str(ROOT / "tests/e2e/build-rootfs"), str(ROOTFS)], check=True)
         self.tree.mkdir()
         subprocess.run(["tar", "-C", str(self.tree), "-I", "zstd", "-xf", str(ROOTFS)], check=True)
@@ -104,16 +124,17 @@ class SystemdHost:
         shutil.rmtree(self.tree, ignore_errors=True)
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
 
-    def playbook(self) -> subprocess.CompletedProcess:
+    def playbook(self, *flags: str) -> subprocess.CompletedProcess:
         control_dir = tempfile.mkdtemp(prefix="gwcp", dir="/tmp")
         env = os.environ | {
             "GW_TEST_SSH_PORT": str(self.ssh_port), "GW_TEST_SSH_KEY": str(self.key),
             "GW_TEST_GEARMAND_PORT": str(self.gearmand_port), "GW_TEST_REDIS_PORT": str(self.redis_port),
+            "GW_TEST_TLS_DIR": str(self.tls), "GW_TEST_CREDENTIALS": str(self.credentials),
             "ANSIBLE_HOME": str(self.workdir / "ansible"), "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
             "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "True",
             "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
         try:
-            return subprocess.run(["ansible-playbook", "-i", "inventory/test", "site.yml"], cwd=ROOT, env=env,
+            return subprocess.run(["ansible-playbook", "-i", "inventory/test", "site.yml", *flags], cwd=ROOT, env=env,
                                   capture_output=True, text=True, timeout=900)
         finally:
             shutil.rmtree(control_dir, ignore_errors=True)
@@ -129,6 +150,12 @@ class SystemdHost:
 
     def job(self, task: str, data: str) -> str:
         return self.out(f"timeout 20 gearman -h 127.0.0.1 -p {self.gearmand_port} -f {task} {data}")
+
+    def redis_cli(self, *args: str, tls: bool = True) -> subprocess.CompletedProcess:
+        """redis-cli on the test host (TLS, checking the server against the CA)."""
+        flags = "--tls --cacert /etc/gearman-workers/redis-ca.pem" if tls else ""
+        quoted = " ".join(f"'{arg}'" for arg in args)
+        return self.run(f"redis-cli -h 127.0.0.1 -p {self.redis_port} {flags} --no-auth-warning {quoted}")
 
 
 def changed_count(result: subprocess.CompletedProcess) -> int:
@@ -221,6 +248,28 @@ def test_units_verify_cleanly_and_security_is_reported(host: SystemdHost) -> Non
     assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
     exposure = host.run("systemd-analyze security --no-pager gearman-workers.service").stdout.strip()
     print("systemd-analyze security:", exposure.splitlines()[-1] if exposure else "n/a")
+    level = re.search(r"Overall exposure level for gearman-workers.service: ([\d.]+)", exposure)
+    assert level and float(level.group(1)) <= 1.2, exposure[-2000:]
+
+
+def test_redis_speaks_tls_only_and_each_user_may_do_only_its_part(host: SystemdHost) -> None:
+    plain = host.redis_cli("ping", tls=False)
+    assert "PONG" not in plain.stdout
+    assert "NOAUTH" in host.redis_cli("ping").stdout + host.redis_cli("ping").stderr  # the default user is off
+    pool = ("--user", "pool-testhost", "--pass", host.secret("redis-pool-testhost"))
+    assert host.redis_cli(*pool, "get", "gearman-workers:pool:testhost:default").stdout.strip()  # its heartbeat
+    other = host.redis_cli(*pool, "set", "gearman-workers:pool:otherhost:default", "{}")
+    assert "NOPERM" in other.stdout + other.stderr
+    assert "NOPERM" in host.redis_cli(*pool, "publish", "gearman-workers", "exit").stdout
+    conf = host.out("cat /etc/redis/redis.conf")
+    assert host.secret("redis-pool-testhost") not in conf and "user default off" in conf
+
+
+def test_check_diff_shows_no_secret(host: SystemdHost) -> None:
+    check = host.playbook("--check", "--diff")
+    assert check.returncode == 0, check.stdout[-3000:]
+    for name in ("control.secret", "redis-pool-testhost", "redis-operator"):
+        assert host.secret(name) not in check.stdout + check.stderr, name
 
 
 def test_second_playbook_run_changes_nothing(host: SystemdHost) -> None:
