@@ -37,6 +37,12 @@ from helpers import (
 )
 
 SECRET = b"a-test-secret-of-enough-bytes"
+
+
+def deep(levels: int) -> bytes:
+    return b'{"cmd": "set", "key": "k", "value": ' + b"[" * levels + b"]" * levels + b"}"
+
+
 hostile_scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=10**300)
                    | st.floats() | st.text() | st.text(alphabet=st.characters(min_codepoint=0x80)))
 hostile_json = st.recursive(hostile_scalars,
@@ -44,12 +50,9 @@ hostile_json = st.recursive(hostile_scalars,
                             max_leaves=12)
 fields = st.sampled_from(["cmd", "key", "value", "n", "hosts", "pool", "ts", "nonce", "sig"])
 hostile_objects = st.dictionaries(fields, hostile_json, max_size=9)
+deeply_nested = st.integers(min_value=1, max_value=30000).map(deep)
 fuzz = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
                 deadline=None, max_examples=300)
-
-
-def deep(levels: int) -> bytes:
-    return b'{"cmd": "set", "key": "k", "value": ' + b"[" * levels + b"]" * levels + b"}"
 
 
 # --- the decoder ---------------------------------------------------------------------
@@ -85,7 +88,7 @@ def test_any_json_object_is_a_command_or_a_rejection(raw: dict[str, Any]) -> Non
 
 
 @fuzz
-@given(st.binary(max_size=512) | hostile_objects.map(lambda o: json.dumps(o).encode()))
+@given(st.binary(max_size=512) | hostile_objects.map(lambda o: json.dumps(o).encode()) | deeply_nested)
 def test_the_published_path_never_falls_over(data: bytes) -> None:
     listener, _ = fake_listener(secret=None)
     listener._on_message(FakeRedis(), data)
@@ -95,8 +98,8 @@ def test_the_published_path_never_falls_over(data: bytes) -> None:
 
 
 @fuzz
-@given(st.lists(st.binary(max_size=256) | hostile_objects.map(lambda o: json.dumps(o).encode()), min_size=1,
-                max_size=4))
+@given(st.lists(st.binary(max_size=256) | hostile_objects.map(lambda o: json.dumps(o).encode()) | deeply_nested,
+                min_size=1, max_size=4))
 def test_the_stored_path_never_falls_over(values: list[bytes]) -> None:
     client = FakeRedis()
     for scope, raw in zip(store.pool_scopes("h", "p"), values, strict=False):
