@@ -27,6 +27,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    """A control secret as operators keep it (mode 0600)."""
+    path = tmp_path / "control.secret"
+    path.write_text("s3cret-shared-by-the-operators\n")
+    path.chmod(0o600)
+    return path
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
     """Keep each phase's report on the test item (the deploy test prints

@@ -9,8 +9,6 @@ import signal
 import threading
 from pathlib import Path
 
-import pytest
-
 from helpers import (
     Gearmand,
     RedisServer,
@@ -169,14 +167,6 @@ def test_bad_messages_are_rejected_and_disturb_nothing(gearmand: Gearmand, redis
         for reason in bad.values():
             assert reason in log
         assert pool.children() == children
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "control.secret"
-    path.write_text("s3cret-shared-by-the-operators\n")
-    path.chmod(0o600)
-    return path
 
 
 def test_with_a_secret_only_signed_fresh_commands_work(gearmand: Gearmand, redis_server: RedisServer,

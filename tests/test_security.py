@@ -163,14 +163,6 @@ def test_the_book_prefers_the_most_specific_scope() -> None:
 # --- against real pools and a real redis-server ------------------------------------------
 
 
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "control.secret"
-    path.write_text("s3cret-shared-by-the-operators\n")
-    path.chmod(0o600)
-    return path
-
-
 def signed_pool(gearmand: Gearmand, tmp_path: Path, redis_server: RedisServer, secret_file: Path,
                 **kwargs: Any) -> Pool:
     return control_pool(gearmand, tmp_path, redis_server.url, "--secret-file", str(secret_file), **kwargs)
