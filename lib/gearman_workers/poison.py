@@ -40,6 +40,9 @@ class PoisonLedger:
         return list(reversed(self._jobs.values()))
 
 
+NO_KILLS = (0, "")
+
+
 class PoisonCheck:
     """A child's view: how many children has this job killed so far?"""
 
@@ -64,7 +67,7 @@ class PoisonCheck:
             self._table, self._version = self.board.poisoned(), version
         entry = self._table.get((server, handle))
         if entry is None:
-            return len(unreaped), "died while running it" if unreaped else ""
+            return (len(unreaped), "died while running it") if unreaped else NO_KILLS
         # The last recorded death may still show in its slot: count it once.
         extra = [pid for pid in unreaped if pid != entry.last_pid]
         return entry.kills + len(extra), entry.why

@@ -139,12 +139,15 @@ class Scoreboard:
         holding it and that the master has not yet reaped."""
         # The handle and the NUL after it, found at the start of a handle
         # field, is an exact match (a needle of NULs would crawl the zeros).
-        needle = handle[:64] + b"\0" if len(handle) < 64 else handle[:64]
-        start, stop = self._offset(first), self._offset(end)
+        needle = handle + b"\0" if len(handle) < 64 else handle[:64]
+        size, base = _SLOT.size, self._slots_at
+        stop = base + end * size
+        at = self._mem.find(needle, base + first * size, stop)
+        if at < 0:
+            return []
         found = []
-        at = self._mem.find(needle, start, stop)
         while at >= 0:
-            slot, where = divmod(at - self._slots_at, _SLOT.size)
+            slot, where = divmod(at - base, size)
             if where == _HANDLE_OFFSET:
                 info = self.read(slot)
                 if info.state == State.BUSY and info.server == server:
