@@ -62,6 +62,7 @@ fuzz = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.functio
     b'{"cmd": "exit", "ts": 1, "nonce": "a", "sig": "\xc3\xa9"}',  # non-ASCII signature: compare_digest's TypeError
     b'{"cmd": "exit", "ts": 1, "nonce": "a", "sig": 7}',
     deep(50000)[:60000],  # deeper than json's recursion limit
+    b'{"cmd": "del", "key": "\\ud800", "ts": 1, "nonce": "\\udfff", "sig": "' + b"0" * 64 + b'"}',  # surrogates
     b'{"cmd": "exit", "ts": 1' + b"0" * 400 + b', "nonce": "a", "sig": "' + b"0" * 64 + b'"}',  # int beyond float
     b'{"cmd": "scale", "n": 1' + b"0" * 4000 + b"}",
     b'{"cmd": "exit", "ts": -1e400}',
@@ -78,13 +79,15 @@ def test_the_reported_crashers_are_plain_rejections(data: bytes) -> None:
 @fuzz
 @given(hostile_objects)
 def test_any_json_object_is_a_command_or_a_rejection(raw: dict[str, Any]) -> None:
-    data = json.dumps(raw, ensure_ascii=False).encode()
+    data = json.dumps(raw).encode()  # ASCII escapes: lone surrogates travel too
     for secret in (None, SECRET):
         try:
             command = decode(data, secret)
         except BadMessage:
             continue
         assert command.cmd in ("exit", "set", "del", "scale")
+        for text in (command.key, command.pool, command.nonce, *command.hosts):
+            assert text is None or text.encode("utf-8")
 
 
 @fuzz

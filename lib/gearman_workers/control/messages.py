@@ -87,7 +87,18 @@ def _expect(raw: dict[str, Any], field: str, kind: type | tuple[type, ...], what
         return None
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise BadMessage(f"field {field!r} must be {what}, not {type(value).__name__}")
+    if isinstance(value, str):
+        _encodable(field, value)
     return value
+
+
+def _encodable(field: str, text: str) -> None:
+    """JSON can carry lone surrogates ("\\ud800"): valid JSON, not encodable
+    text, and these fields become Redis keys and log lines."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadMessage(f"field {field!r} is not valid Unicode text") from None
 
 
 def decode(data: bytes, secret: bytes | None) -> Command:
@@ -157,6 +168,8 @@ def _command(raw: dict[str, Any]) -> Command:
     hosts = _expect(raw, "hosts", list, "a list of host names") or []
     if not all(isinstance(h, str) and h for h in hosts):
         raise BadMessage("field 'hosts' must list non-empty strings")
+    for host in hosts:
+        _encodable("hosts", host)
     pool = _expect(raw, "pool", str, "a string")
     ts = _expect(raw, "ts", (int, float), "a number")
     if ts is not None:
