@@ -222,6 +222,23 @@ def test_a_child_without_heartbeat_is_killed(tmp_path: Path, clock: Clock) -> No
     assert len(master.children) == 2  # a registered child: replaced at once
 
 
+def test_a_busy_child_with_a_time_limit_is_judged_by_its_deadline_not_its_heartbeat(
+        tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, job_timeout=120, heartbeat_timeout=10)
+    master.step()
+    busy, idle = sorted(master.pids())
+    master.runs(busy, b"H:gm:8", deadline=clock.now + 120)
+    master.registers(idle)
+    clock.advance(60)  # a long job: no beats from that child, and it is fine
+    master.registers(idle)
+    master.step()
+    assert (busy, "KILL group") not in master.sent
+    clock.advance(65.1)
+    master.registers(idle)
+    master.step()
+    assert master.sent == [(busy, "KILL group")]  # at 120 s + kill_grace 5 s, and only that child
+
+
 def test_a_busy_child_past_its_time_limit_and_grace_is_killed_and_its_job_recorded(
         tmp_path: Path, clock: Clock) -> None:
     master = make(tmp_path, job_timeout=5, kill_grace=2, heartbeat_timeout=0)

@@ -171,6 +171,17 @@ def _stack_hint(pid: int) -> str:
         return ""
 
 
+def test_a_long_job_within_its_time_limit_is_not_taken_for_a_hung_child(gearmand: Gearmand, tmp_path: Path) -> None:
+    # Every task has a time limit: no heartbeat thread; the deadline watches busy children.
+    with running(faulty_pool(gearmand, tmp_path, *QUICK_HEARTBEAT, "--job-timeout", "10", processes=1)) as pool:
+        (child,) = pool.children()
+        request = submit(gearmand, "sleep", "3", timeout=20)  # twice the heartbeat timeout
+        assert request.state == "COMPLETE" and request.result == str(child).encode()
+        assert "is hung" not in pool.log()
+        threads = len(list(Path(f"/proc/{child}/task").iterdir()))
+        assert threads == 1  # the child stayed single-threaded
+
+
 def test_a_child_stuck_holding_the_gil_is_killed_as_hung(gearmand: Gearmand, tmp_path: Path) -> None:
     pool = faulty_pool(gearmand, tmp_path, *QUICK_HEARTBEAT, "--poison-kills", "1", processes=2)
     with running(pool):

@@ -404,7 +404,7 @@ class Arbiter:
                 log.warning("child %d did not stop within graceful_timeout %g s (%s); killing it",
                             child.pid, self.config.graceful_timeout, doing)
                 self._kill(child, KILLED_STOP)
-            elif self.config.heartbeat_timeout and now - info.heartbeat > self.config.heartbeat_timeout:
+            elif self._silent(info, now):
                 log.error("child %d is hung: no heartbeat for %.1f s (%s); killing it",
                           child.pid, now - info.heartbeat, doing)
                 self._kill(child, KILLED_HUNG)
@@ -413,6 +413,13 @@ class Arbiter:
                           "within kill_grace %g s; killing it", child.pid, info.task, info.job_handle,
                           info.deadline - info.busy_since, self.config.kill_grace)
                 self._kill(child, KILLED_TIMEOUT)
+
+    def _silent(self, info: SlotInfo, now: float) -> bool:
+        """No heartbeat for heartbeat_timeout. A child busy with a task that
+        has a time limit does not beat (see child.py): its deadline watches it."""
+        if not self.config.heartbeat_timeout or (info.state == State.BUSY and info.deadline):
+            return False
+        return now - info.heartbeat > self.config.heartbeat_timeout
 
     # --- reaping ------------------------------------------------------------
 
