@@ -159,6 +159,22 @@ def test_crash_backoff_is_per_slot(tmp_path: Path, clock: Clock) -> None:
     assert sorted(c.slot for c in master.children.values()) == [0, 1]
 
 
+def test_a_back_off_that_ended_unused_does_not_make_the_master_spin(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, heartbeat_timeout=0)
+    master.step()
+    crashing = max(master.pids())
+    for _ in range(2):
+        master.dies(crashing, SEGV)
+        master.step()
+        crashing = max(master.pids(), default=crashing)
+    master.submit(Scale(to=1))  # slot 1 is no longer wanted while it backs off
+    master.step()
+    clock.advance(5)
+    master.step()
+    assert len(master.children) == 1
+    assert master._next_check_in() > 0.5  # a wait, not a busy loop
+
+
 def test_a_slot_whose_child_registers_forgets_its_crashes(tmp_path: Path, clock: Clock) -> None:
     master = make(tmp_path, processes=1)
     master.step()

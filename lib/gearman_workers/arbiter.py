@@ -205,6 +205,9 @@ class Arbiter:
         """Seconds until something is due: a respawn, a stop or time-limit
         deadline, a heartbeat check."""
         now = time.monotonic()
+        # A back-off that ended without a spawn (the slot is no longer
+        # wanted) is forgotten: counted, it would make this wait zero forever.
+        self.slot_not_before = {slot: t for slot, t in self.slot_not_before.items() if t > now}
         due = [now + 1.0, *self.slot_not_before.values()]
         if self.config.heartbeat_timeout:
             due.append(now + self.config.heartbeat_timeout / 4)
