@@ -99,7 +99,7 @@ def _warm_up_before_threads() -> None:
     lazily on its first connect: the idna codec that getaddrinfo() looks up
     (an import, under a module lock) and the resolver's NSS modules. A child
     forked while that thread held such a lock would wait on it forever the
-    first time it resolves a gearmand address (a test caught one)."""
+    first time it resolves a gearmand address."""
     codecs.lookup("idna")
     with contextlib.suppress(OSError):
         socket.getaddrinfo("localhost", None)
@@ -302,7 +302,9 @@ class Arbiter:
     # --- keeping the pool whole -------------------------------------------------
 
     def _live(self) -> list[Child]:
-        return [c for c in self.children.values() if c.stop_deadline is None and c.killed_because is None]
+        """Children neither stopping nor killed. list() copies atomically:
+        the control thread asks too (registered_count)."""
+        return [c for c in list(self.children.values()) if c.stop_deadline is None and c.killed_because is None]
 
     def _maintain(self) -> None:
         live = self._live()
@@ -555,9 +557,7 @@ class Arbiter:
         return info.links_up > 0 and info.state in (State.IDLE, State.BUSY)
 
     def registered_count(self) -> int:
-        # list() copies atomically: the control thread calls this too.
-        return sum(1 for c in list(self.children.values())
-                   if c.stop_deadline is None and c.killed_because is None and self._registered(c))
+        return sum(self._registered(c) for c in self._live())
 
     def _report(self) -> None:
         registered = self.registered_count()

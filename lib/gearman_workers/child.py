@@ -3,8 +3,9 @@
 Its loop registers the tasks, grabs jobs and runs them. Around running a
 job sit the protections against task code: the soft time limit
 (timelimit.py), the poison check (poison.py) and the recycling checks (too
-many jobs, too much memory). A heartbeat thread tells the master that the
-process still runs; the master kills a child whose heartbeat stops.
+many jobs, too much memory). The loop's heartbeat tells the master that the
+child still runs (while a task runs, its time limit or a heartbeat thread
+does: see _start_heartbeat); the master kills a child that falls silent.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ class Worker:
             reply, fatal = self._execute(link, job, task, handle)
         if self.recycling_limits:
             self._check_recycling()
-        if fatal is None and not self.stopping and self.slot.recycle == NOT_RECYCLING:
+        if fatal is None and self._accepting():
             reply += GRAB
             link.awaiting_grab = True
         if link.status == UP:

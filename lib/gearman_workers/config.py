@@ -124,7 +124,8 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _number_of_seconds(value: Any) -> float:
+def _seconds_or_off(value: Any) -> float:
+    """Seconds, where 0 means 'off'."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -135,15 +136,10 @@ def _number_of_seconds(value: Any) -> float:
 
 
 def _seconds(value: Any) -> float:
-    number = _number_of_seconds(value)
+    number = _seconds_or_off(value)
     if number == 0:
         raise ValueError(f"expected seconds greater than 0 (at most 86400), got {value!r}")
     return number
-
-
-def _seconds_or_off(value: Any) -> float:
-    """Seconds, where 0 means 'off'."""
-    return _number_of_seconds(value)
 
 
 def _bool(value: Any) -> bool:
