@@ -349,7 +349,7 @@ class FakeRedis:
 
 class FakeMaster:
     pid = 1
-    started_at = 1.0
+    control_since = 1.0
 
     def __init__(self) -> None:
         import threading

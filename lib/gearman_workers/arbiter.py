@@ -37,9 +37,10 @@ from . import log as logsetup
 from . import procfs, runtime, state
 from .backoff import Backoff
 from .child import Limits, Worker, run_child
-from .commands import FROM_SIGNAL, Command, PublishData, Reload, Scale, Stop
+from .commands import FROM_SIGNAL, Command, PublishData, Reload, Scale, Stop, Upgrade
+from .handover import Handover, Successor, record_outcome
 from .notify import Notifier
-from .pidfile import PidFile
+from .pidfile import PidFile, read_pid
 from .poison import PoisonLedger
 from .scoreboard import Recycle, Scoreboard, SlotInfo, State
 from .tasks import TaskLoadError, load_tasks
@@ -111,7 +112,8 @@ def _jittered(limit: float) -> float:
 
 class Arbiter:
     def __init__(self, config: configuration.Config, tasks: dict[str, Callable[..., Any]],
-                 pidfile: PidFile, notifier: Notifier | None = None, control: Control | None = None) -> None:
+                 pidfile: PidFile, notifier: Notifier | None = None, control: Control | None = None,
+                 handover: Handover | None = None, inherited: list[state.ProcessIdentity] | None = None) -> None:
         self.config = config
         self.tasks = tasks
         self.pidfile = pidfile
@@ -130,6 +132,18 @@ class Arbiter:
         self.ready = False
         self.pid = os.getpid()
         self.started_at = time.time()
+        # Upgrades (handover.py). As a successor: what we inherited, until
+        # our children are registered; our predecessor's processes, recorded
+        # in our state file while they drain. As a predecessor: the master we
+        # started, until it is ready or given up, and every one not yet reaped.
+        self.handover = handover
+        self.inherited = inherited or []
+        self.successor: Successor | None = None
+        self.successor_pids: set[int] = set()
+        self.handed_over = False
+        # Exit commands sent after this moment are for us (a successor takes
+        # over the listening from the moment its predecessor stopped).
+        self.control_since = handover.control_since if handover else self.started_at
         # Held around fork(), and by the control thread whenever it is not
         # just waiting: a child must never inherit a lock (an import's, a
         # stream's) that thread held at the moment of the fork.
@@ -159,6 +173,9 @@ class Arbiter:
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         _warm_up_before_threads()
         gc.freeze()  # keep the collector off preloaded objects: pages stay shared
+        if self.handover is not None:
+            self.notifier.muted = True  # systemd hears from us once our predecessor made us its main process
+            log.info("master %d takes over from master %d", self.pid, self.handover.predecessor)
         self.notifier.send(mainpid=self.pid, status="starting children")
         self._write_state()
         if self.control is not None:
@@ -179,6 +196,7 @@ class Arbiter:
     def step(self) -> None:
         """One turn of the main loop, without the wait."""
         self._handle_commands()
+        self._check_successor()
         self._reap()
         if not self.stopping:
             self._maintain()
@@ -191,10 +209,15 @@ class Arbiter:
         if not self.commands.empty():
             return
         try:
-            readable, _, _ = select.select([self._wake_r, self._events_r], [], [], self._next_check_in())
+            waiting_on = [self._wake_r, self._events_r]
+            if self.successor is not None and self.successor.ready_fd >= 0:
+                waiting_on.append(self.successor.ready_fd)
+            readable, _, _ = select.select(waiting_on, [], [], self._next_check_in())
         except InterruptedError:
             return
         for fd in readable:
+            if self.successor is not None and fd == self.successor.ready_fd:
+                continue  # the successor's word is read by _check_successor
             try:
                 while os.read(fd, 4096):
                     pass
@@ -209,6 +232,8 @@ class Arbiter:
         # wanted) is forgotten: counted, it would make this wait zero forever.
         self.slot_not_before = {slot: t for slot, t in self.slot_not_before.items() if t > now}
         due = [now + 1.0, *self.slot_not_before.values()]
+        if self.successor is not None:
+            due.append(self.successor.deadline)
         if self.config.heartbeat_timeout:
             due.append(now + self.config.heartbeat_timeout / 4)
         for child in self.children.values():
@@ -224,13 +249,14 @@ class Arbiter:
         return max(0.0, min(due) - now)
 
     def _shutdown(self) -> None:
-        if self.control is not None:
+        if self.control is not None and not self.handed_over:
             self.control.stop()
         for child in list(self.children.values()):
             self._kill_group(child.pid)
         self._reap(block=True)
         self._stop_orphans()
-        self.config.state_file.unlink(missing_ok=True)
+        if not self.handed_over:  # else the file is our successor's now
+            self.config.state_file.unlink(missing_ok=True)
         self.notifier.send(status="stopped")
 
     # --- signals and commands ---------------------------------------------
@@ -255,6 +281,8 @@ class Arbiter:
                 self.stop(graceful=command.graceful and not hurry, why=command.why)
             elif isinstance(command, Reload):
                 self.reload()
+            elif isinstance(command, Upgrade):
+                self.upgrade()
             elif isinstance(command, Scale):
                 self.scale(command.to if command.to is not None else self.desired + command.by)
             elif isinstance(command, PublishData):
@@ -267,6 +295,9 @@ class Arbiter:
             log.info("%s: stopping %s", why, "gracefully" if graceful else "now")
             self.notifier.send(stopping=1, status=f"stopping ({why})")
         self.stopping = True
+        if self.successor is not None:
+            self.successor.give_up("the pool is stopping")
+            self._upgrade_failed(self.successor)
         for child in self.children.values():
             if not graceful:
                 self._kill(child, KILLED_STOP)
@@ -290,6 +321,96 @@ class Arbiter:
         self.config, self.tasks, self.desired = fresh, tasks, fresh.processes
         self.generation += 1
         log.info("configuration reloaded; replacing the children one at a time")
+
+    # --- upgrades (handover.py) -------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Start a successor on the code and configuration now on disk; hand
+        over once its children are registered."""
+        if self.stopping or self.successor is not None or self.handover is not None:
+            why = "the pool is stopping" if self.stopping else "an upgrade is under way"
+            log.warning("upgrade asked while %s; ignored", why)
+            return
+        if self.control is not None:
+            self.control.stop()  # one listener at a time: the successor's from now on
+        try:
+            successor = Successor.start(self.pidfile.fileno or -1, self.notifier.socket_path, time.time(),
+                                        self.config.upgrade_timeout)
+        except OSError as err:
+            log.error("upgrade failed, keeping this master: cannot start a new one: %s", err)
+            record_outcome(self.config.pidfile, self.pid, None, f"cannot start a new master: {err}")
+            self._listen_again()
+            return
+        self.successor = successor
+        self.successor_pids.add(successor.pid)
+        log.info("upgrade: started master %d on the code and configuration on disk; it takes over once "
+                 "its children are registered (upgrade_timeout %g s)", successor.pid, self.config.upgrade_timeout)
+
+    def _check_successor(self) -> None:
+        successor = self.successor
+        if successor is None:
+            return
+        successor.poll()
+        if successor.overdue(time.monotonic()):
+            successor.give_up(f"was not ready within upgrade_timeout {self.config.upgrade_timeout:g} s")
+        if successor.ready:
+            self._hand_over(successor)
+        elif successor.given_up is not None:
+            self._upgrade_failed(successor)
+
+    def _hand_over(self, successor: Successor) -> None:
+        self.notifier.send(mainpid=successor.pid)
+        self.notifier.muted = True  # nothing more from us: it is the main process now
+        self.pidfile.write(successor.pid)
+        record_outcome(self.config.pidfile, self.pid, successor.pid, "handed over")
+        successor.close()
+        self.successor, self.handed_over = None, True
+        log.info("master %d is in charge now; this one lets its children finish their jobs and leaves",
+                 successor.pid)
+        self.stop(graceful=True, why=f"handed over to master {successor.pid}")
+
+    def _upgrade_failed(self, successor: Successor) -> None:
+        log.error("upgrade failed, keeping this master and its code: master %d %s", successor.pid,
+                  successor.given_up)
+        record_outcome(self.config.pidfile, self.pid, None, f"the new master {successor.given_up}")
+        self.successor = None
+        self._listen_again()
+
+    def _listen_again(self) -> None:
+        if self.control is not None and not self.stopping:
+            self.control.start(self)  # its catch-up applies what was sent meanwhile
+
+    def _on_successor_exit(self, pid: int, status: int) -> None:
+        self.successor_pids.discard(pid)
+        if self.successor is not None and self.successor.pid == pid:
+            self.successor.give_up(describe_exit(status) + " before its children registered")
+            self._upgrade_failed(self.successor)
+        else:
+            log.info("master %d, started by this one, %s", pid, describe_exit(status))
+
+    def _announce_ready(self) -> None:
+        """Tell whoever waits that the pool is ready: systemd, or as a
+        successor our predecessor, who then hands over."""
+        if self.handover is None:
+            self.notifier.send(ready=1)
+            return
+        self.handover.announce_ready()
+        log.info("ready; waiting for master %d to hand over", self.handover.predecessor)
+
+    def _taken_over(self) -> None:
+        """As a successor that announced itself: the handover is done once
+        our predecessor wrote our PID into the PID file (after telling
+        systemd), or has died without doing so."""
+        assert self.handover is not None
+        if self.handover.ready_fd >= 0:
+            return
+        if read_pid(self.config.pidfile) != self.pid:
+            if os.getppid() == self.handover.predecessor:
+                return  # still handing over
+            log.warning("master %d died during the handover; this one is in charge", self.handover.predecessor)
+            self.pidfile.write()
+        self.handover, self.notifier.muted = None, False
+        self.notifier.send(ready=1, mainpid=self.pid)
 
     def publish_data(self, values: dict[str, Any]) -> None:
         """New runtime data: children pick it up before their next job."""
@@ -435,6 +556,9 @@ class Arbiter:
             if reaped is None:
                 break
             pid, status = reaped
+            if pid in self.successor_pids:
+                self._on_successor_exit(pid, status)
+                continue
             child = self.children.pop(pid, None)
             if child is None:  # an adopted orphan of a task: its own children come to us now
                 self._orphans_possible = True
@@ -513,6 +637,10 @@ class Arbiter:
             for fd in (self._wake_r, self._wake_w, self._events_r):
                 os.close(fd)
             self.pidfile.close_inherited()
+            if self.handover is not None:
+                self.handover.close_inherited()
+            if self.successor is not None:
+                self.successor.close()
             if self.control is not None:
                 self.control.forget_in_child()
             worker = Worker(self.config, self.tasks, self.board, self.board.writer(slot, os.getpid()),
@@ -548,7 +676,7 @@ class Arbiter:
         return os.waitpid(exited.si_pid, 0)
 
     def _adopted(self) -> set[int]:
-        return procfs.children_of(self.pid) - set(self.children)
+        return procfs.children_of(self.pid) - set(self.children) - self.successor_pids
 
     # --- reporting ----------------------------------------------------------------
 
@@ -564,14 +692,19 @@ class Arbiter:
         if not self.ready and not self.stopping and registered >= self.desired:
             self.ready = True
             log.info("pool ready: %d children registered", registered)
-            self.notifier.send(ready=1)
+            self._announce_ready()
+        elif self.handover is not None:
+            self._taken_over()
         if not self.stopping:
             busy = sum(1 for c in self.children.values() if self.board.read(c.slot).state == State.BUSY)
             self.notifier.status(f"{registered}/{self.desired} children registered, {busy} busy")
 
     def _write_state(self) -> None:
+        if self.handed_over:
+            return  # the state file is our successor's now
         me = state.ProcessIdentity.of(self.pid)
         assert me is not None
-        children = [c.identity for c in self.children.values() if c.identity is not None]
+        self.inherited = [identity for identity in self.inherited if identity.is_alive()]
+        children = [c.identity for c in self.children.values() if c.identity is not None] + self.inherited
         state.write(self.config.state_file, state.PoolState(
             pool=self.config.name, boot_id=state.boot_id(), master=me, children=children))

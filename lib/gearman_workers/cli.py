@@ -16,6 +16,7 @@ from . import __version__, cleanup
 from . import config as configuration
 from . import log as logsetup
 from .arbiter import Arbiter
+from .handover import Handover, UpgradeFailed, request_upgrade
 from .notify import Notifier
 from .pidfile import PidFile, PidFileLocked
 from .tasks import TaskLoadError, load_tasks, run_preload
@@ -36,6 +37,9 @@ def pool_parser() -> argparse.ArgumentParser:
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration, load the tasks, and exit")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="hand the running pool of this configuration to a new master on the code now on "
+                        "disk, without a gap (SIGUSR2); wait until it is in charge (exit 0) or given up (exit 1)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -49,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         control = _build_control(config)
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_CONFIG)
+    if args.upgrade:
+        return _upgrade(config)
     logsetup.setup(config.log_level)
+    try:
+        handover = Handover.from_environment()
+    except ValueError as err:
+        return _fail(prog, str(err), EXIT_ERROR)
     try:
         tasks = load_tasks(config)
     except TaskLoadError as err:
@@ -63,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_CONFIG)
     pidfile = PidFile(config.pidfile)
+    if handover is not None:
+        return _take_over(config, tasks, pidfile, control, handover)
     try:
         pidfile.acquire()
     except PidFileLocked as err:
@@ -86,6 +98,36 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TASKS
     finally:
         pidfile.release()
+
+
+def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, control: object,
+               handover: Handover) -> int:
+    """Run as the successor of a running master (handover.py): its lock,
+    no cleanup (its processes are alive and ours to outlast), no PID file
+    until it hands over, and no second detach under --daemon."""
+    try:
+        pidfile.adopt(handover.lock_fd)
+    except (PidFileLocked, OSError) as err:
+        return _fail("gearman-workers", f"cannot take over: {err}", EXIT_LOCKED)
+    if config.args is not None and config.args.daemon:
+        logsetup.setup(config.log_level, config.log_file or config.state_dir / f"{config.name}.log")
+    try:
+        run_preload(config)
+        return Arbiter(config, tasks, pidfile, Notifier(), control, handover,
+                       handover.predecessor_processes(config.state_file)).run()  # type: ignore[arg-type]
+    except TaskLoadError as err:
+        log.error("%s", err)
+        return EXIT_TASKS
+    finally:
+        pidfile.release()
+
+
+def _upgrade(config: configuration.Config) -> int:
+    try:
+        print(request_upgrade(config.pidfile, config.upgrade_timeout + 10))
+    except (UpgradeFailed, OSError) as err:
+        return _fail("gearman-workers --upgrade", str(err), EXIT_ERROR)
+    return EXIT_OK
 
 
 def _build_control(config: configuration.Config):  # type: ignore[no-untyped-def]

@@ -21,6 +21,11 @@ class Reload:
 
 
 @dataclasses.dataclass(frozen=True)
+class Upgrade:
+    """Hand the pool to a fresh master running the code on disk (handover.py)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Scale:
     to: int | None = None
     by: int = 0
@@ -31,13 +36,14 @@ class PublishData:
     values: dict[str, Any]
 
 
-Command = Stop | Reload | Scale | PublishData
+Command = Stop | Reload | Upgrade | Scale | PublishData
 
 FROM_SIGNAL: dict[int, Command] = {
     signal.SIGTERM: Stop("SIGTERM"),
     signal.SIGINT: Stop("SIGINT", hurry_if_stopping=True),
     signal.SIGQUIT: Stop("SIGQUIT", graceful=False),
     signal.SIGHUP: Reload(),
+    signal.SIGUSR2: Upgrade(),
     signal.SIGTTIN: Scale(by=1),
     signal.SIGTTOU: Scale(by=-1),
 }

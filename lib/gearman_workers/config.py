@@ -63,6 +63,7 @@ class Config:
     max_memory: int
     heartbeat_timeout: float
     poison_kills: int
+    upgrade_timeout: float
     log_level: str
     log_file: Path | None
     python_path: list[str]
@@ -272,6 +273,8 @@ OPTIONS: tuple[Option, ...] = (
            "kill and replace a child silent this many seconds (0: never; above poll and connect timeouts)"),
     Option("pool", "poison_kills", _int_range(1, 1000), 2,
            "fail a job instead of running it again once its runs killed this many children"),
+    Option("pool", "upgrade_timeout", _seconds, 60.0,
+           "seconds a new master started by an upgrade (SIGUSR2, --upgrade) may take to register its children"),
     Option("pool", "log_level", _log_level, "info", "debug, info, warning or error"),
     Option("pool", "log_file", _optional(_path), None, "log file (with --daemon; default: STATE_DIR/NAME.log)"),
     Option("pool", "python_path", _paths, [], "directories added to sys.path before tasks load"),

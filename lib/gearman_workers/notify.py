@@ -12,18 +12,19 @@ import socket
 
 class Notifier:
     def __init__(self) -> None:
-        address = os.environ.pop("NOTIFY_SOCKET", "")
-        if address.startswith("@"):
+        address = self.socket_path = os.environ.pop("NOTIFY_SOCKET", "") or None
+        if address and address.startswith("@"):
             address = "\0" + address[1:]
         self._address = address or None
         self._last_status = ""
+        self.muted = False
 
     @property
     def enabled(self) -> bool:
         return self._address is not None
 
     def send(self, **fields: object) -> None:
-        if self._address is None:
+        if self._address is None or self.muted:
             return
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:

@@ -40,6 +40,15 @@ class PidFile:
             raise PidFileLocked(f"another master ({who}) already holds {self.path}") from None
         self._fd = fd
 
+    def adopt(self, fd: int) -> None:
+        """Hold the lock a predecessor handed over (handover.py) on FD: the
+        same open file, so the lock was never free in between."""
+        held, expected = os.fstat(fd), os.stat(self.lock_path, follow_symlinks=False)
+        if (held.st_dev, held.st_ino) != (expected.st_dev, expected.st_ino):
+            os.close(fd)
+            raise PidFileLocked(f"the lock handed over is not {self.lock_path}")
+        self._fd = fd
+
     @property
     def fileno(self) -> int | None:
         return self._fd

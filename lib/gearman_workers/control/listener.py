@@ -38,7 +38,7 @@ class Master(Protocol):
     """What the listener needs of the master (arbiter.py)."""
 
     pid: int
-    started_at: float
+    control_since: float  # exit commands sent before this are not for this master
     fork_lock: threading.Lock
 
     def submit(self, command: MasterCommand) -> None: ...
@@ -96,9 +96,11 @@ class ControlListener:
     # --- what the master calls ----------------------------------------
 
     def start(self, arbiter: Master) -> None:
+        """Start listening (again, after a stop: a failed upgrade)."""
         self.arbiter = arbiter
         self._guard = arbiter.fork_lock
-        threading.Thread(target=self._run, name="control", daemon=True).start()
+        self._stop = stop = threading.Event()  # each thread its own: one stopped stays stopped
+        threading.Thread(target=self._run, args=(stop,), name="control", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,11 +120,11 @@ class ControlListener:
 
     # --- the thread -----------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         backoff = Backoff(0.1, MAX_RETRY_DELAY)
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
-                self._session()
+                self._session(stop)
                 backoff.reset()
             except (redis.RedisError, OSError) as err:
                 if self._outage_since is None:
@@ -130,13 +132,13 @@ class ControlListener:
                     with self._guard:
                             log.warning("redis %s unreachable (%s); fleet control waits until it is back; "
                                     "jobs are not affected", self._safe_url(), err)
-                self._stop.wait(backoff.next())
+                stop.wait(backoff.next())
             except Exception:
                 with self._guard:
                     log.exception("control listener failed; restarting it")
-                self._stop.wait(1.0)
+                stop.wait(1.0)
 
-    def _session(self) -> None:
+    def _session(self, stop: threading.Event) -> None:
         client = self._client = connect(self.url)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -148,7 +150,7 @@ class ControlListener:
                     self._outage_since = None
                 self._catch_up(client)
             next_beat = 0.0
-            while not self._stop.is_set():
+            while not stop.is_set():
                 with self._guard:
                     if self._resync.is_set():  # redis-py reconnected the subscription by itself
                         self._resync.clear()
@@ -157,7 +159,7 @@ class ControlListener:
                         self._beat(client)
                         next_beat = time.monotonic() + HEARTBEAT_INTERVAL
                 message = pubsub.get_message(timeout=1.0)  # the only wait, outside the guard
-                if message is not None and message.get("type") == "message":
+                if message is not None and message.get("type") == "message" and not stop.is_set():
                     with self._guard:
                         self._on_message(client, message["data"])
         finally:
@@ -171,7 +173,7 @@ class ControlListener:
         """Apply what happened while we were not listening."""
         assert self.arbiter is not None
         last_exit = store.latest_exit(client, self.keys, self.hostname, self.pool, self.secret)
-        if last_exit is not None and (last_exit.ts or 0.0) > self.arbiter.started_at:
+        if last_exit is not None and (last_exit.ts or 0.0) > self.arbiter.control_since:
             self.arbiter.submit(Stop("exit command recorded while redis was out of reach"))
         self._reload_data(client)
 
@@ -210,7 +212,7 @@ class ControlListener:
 
     def _check_exit_is_new(self, command: Command) -> None:
         assert self.arbiter is not None
-        if command.cmd == "exit" and command.ts is not None and command.ts < self.arbiter.started_at:
+        if command.cmd == "exit" and command.ts is not None and command.ts < self.arbiter.control_since:
             raise BadMessage("exit sent before this pool started")
 
     def _apply(self, client: redis.Redis, command: Command) -> None:

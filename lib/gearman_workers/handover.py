@@ -1,0 +1,212 @@
+"""Handing the pool to a new master without a gap: both halves side by side.
+
+New code goes live without emptying the host. The running master (the
+predecessor), asked by SIGUSR2 or `gearman-workers --upgrade`, starts a
+fresh copy of itself: the same command line, exec'd anew, so the new code,
+preload and configuration are what it loads. The successor inherits two
+descriptors: the PID-file lock (an flock belongs to the open file, which
+both now share, so the lock is never free in between) and the write end of
+a pipe. Once its own children are registered it writes "ready" there. The
+predecessor then makes it the main process for systemd (MAINPID=), writes
+its PID into the PID file and leaves, draining its children as on any
+graceful stop. Until then both generations are registered with gearmand,
+so the host never has fewer than N workers.
+
+A successor that exits, or is not ready within upgrade_timeout, is stopped
+and the predecessor carries on with the code it has: a broken deploy does
+not take the host down. Each attempt ends with an outcome file that
+`gearman-workers --upgrade` (systemd's ExecReload) waits for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import pidfile as pidfiles
+from . import state
+
+log = logging.getLogger("gearman_workers.handover")
+
+ENVIRONMENT = "GEARMAN_WORKERS_HANDOVER"
+READY = b"ready\n"
+
+
+def outcome_path(pid_path: Path) -> Path:
+    return pid_path.with_name(pid_path.name + ".upgrade")
+
+
+def successor_argv() -> list[str]:
+    """How this master was started. An installed entry point is exec'd by
+    its path (under a symlinked release that is the new release's), a
+    `python -c ...` start by the interpreter and the original arguments."""
+    script = sys.argv[0]
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return list(sys.argv)
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+# --- the predecessor's half --------------------------------------------------
+
+
+@dataclasses.dataclass
+class Successor:
+    """A new master started by this one, until it is ready or given up."""
+
+    pid: int
+    ready_fd: int
+    deadline: float
+    ready: bool = False
+    given_up: str | None = None
+
+    @classmethod
+    def start(cls, lock_fd: int, notify_socket: str | None, control_since: float, timeout: float) -> Successor:
+        ready_r, ready_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        lock_copy = os.dup(lock_fd)
+        try:
+            os.set_inheritable(lock_copy, True)
+            os.set_inheritable(ready_w, True)
+            env = dict(os.environ)
+            env[ENVIRONMENT] = json.dumps({"lock_fd": lock_copy, "ready_fd": ready_w, "predecessor": os.getpid(),
+                                           "control_since": control_since})
+            if notify_socket:
+                env["NOTIFY_SOCKET"] = notify_socket
+            argv = successor_argv()
+            # posix_spawn: no Python code runs between fork and exec, whatever
+            # the control thread holds at this moment.
+            pid = os.posix_spawn(argv[0], argv, env)
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(lock_copy)
+            os.close(ready_w)
+        return cls(pid, ready_r, time.monotonic() + timeout)
+
+    def poll(self) -> None:
+        """Read what the successor said: `ready`, or nothing (the pipe is
+        closed: it is exiting, and its exit status will say why)."""
+        if self.ready_fd < 0:
+            return
+        try:
+            said = os.read(self.ready_fd, 64)
+        except BlockingIOError:
+            return
+        self.ready = said.startswith(READY)
+        if not self.ready:
+            self.close()
+
+    def give_up(self, why: str) -> None:
+        if self.given_up is None:
+            self.given_up = why
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)  # it drains its own children
+        self.close()
+
+    def overdue(self, now: float) -> bool:
+        return not self.ready and self.given_up is None and now >= self.deadline
+
+    def close(self) -> None:
+        if self.ready_fd >= 0:
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+
+
+def record_outcome(pid_path: Path, predecessor: int, successor: int | None, reason: str) -> None:
+    """What became of an upgrade, for whoever asked for it."""
+    state.atomic_write(outcome_path(pid_path), json.dumps(
+        {"from": predecessor, "to": successor, "ok": successor is not None, "reason": reason}) + "\n")
+
+
+# --- the successor's half ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class Handover:
+    """What a master started as a successor inherited."""
+
+    lock_fd: int
+    ready_fd: int
+    predecessor: int
+    control_since: float
+
+    @classmethod
+    def from_environment(cls) -> Handover | None:
+        raw = os.environ.pop(ENVIRONMENT, None)
+        if raw is None:
+            return None
+        try:
+            fields = json.loads(raw)
+            handover = cls(int(fields["lock_fd"]), int(fields["ready_fd"]), int(fields["predecessor"]),
+                           float(fields["control_since"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{ENVIRONMENT} is malformed ({err})") from None
+        for fd in (handover.lock_fd, handover.ready_fd):
+            os.set_inheritable(fd, False)  # our own children must not hold them
+        return handover
+
+    def predecessor_processes(self, state_file: Path) -> list[state.ProcessIdentity]:
+        """The predecessor and its children, as it recorded them: our state
+        file names them until they are gone, so that a cleanup after a crash
+        of ours finds them too."""
+        try:
+            recorded = state.read(state_file)
+        except (OSError, state.StateFileError):
+            return []
+        return [*recorded.children, recorded.master]
+
+    def announce_ready(self) -> None:
+        if self.ready_fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.ready_fd, READY)
+        os.close(self.ready_fd)
+        self.ready_fd = -1
+
+    def close_inherited(self) -> None:
+        """In a forked child: drop the pipe without touching it."""
+        if self.ready_fd >= 0:
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+
+
+# --- the operator's half: ask, and wait for the outcome -----------------------
+
+
+class UpgradeFailed(RuntimeError):
+    pass
+
+
+def request_upgrade(pid_path: Path, timeout: float) -> str:
+    """SIGUSR2 to the master named by PID_PATH, then wait until it handed
+    over (returns a line saying to whom) or gave up (raises UpgradeFailed)."""
+    master = pidfiles.read_pid(pid_path)
+    if master is None or not pidfiles.is_locked(pid_path):
+        raise UpgradeFailed(f"no running master holds {pid_path}")
+    result = outcome_path(pid_path)
+    result.unlink(missing_ok=True)
+    os.kill(master, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = _read_outcome(result)
+        if outcome is not None and outcome.get("from") == master:
+            if outcome.get("ok"):
+                return f"master {master} handed the pool over to master {outcome.get('to')}"
+            raise UpgradeFailed(f"master {master} kept the pool: {outcome.get('reason')}")
+        time.sleep(0.1)
+    raise UpgradeFailed(f"master {master} did not finish the upgrade within {timeout:g} s")
+
+
+def _read_outcome(path: Path) -> dict | None:
+    try:
+        outcome = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return outcome if isinstance(outcome, dict) else None

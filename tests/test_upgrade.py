@@ -1,0 +1,163 @@
+"""New code without a gap (handover.py), against a real gearmand: while a
+client streams checked jobs and gearadmin is sampled every 50 ms, the pool
+hands over to a master running the new code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gearman_workers.pidfile import read_pid
+from helpers import Gearmand, Pool, pid_alive, run_cli, submit, wait_for
+
+TASKS = '''
+import os
+VERSION = {version!r}
+LOADED = {{}}
+
+def preload():
+    LOADED["by"] = VERSION
+
+def stamp(worker, job):
+    return f"{{VERSION}} {{LOADED.get('by')}} {{os.getpid()}} " + job.data.decode()
+
+def slow(worker, job):
+    import time
+    time.sleep(float(job.data))
+    return f"{{VERSION}} slept"
+'''
+
+
+def write_tasks(directory: Path, version: str) -> None:
+    (directory / "versioned.py").write_text(TASKS.format(version=version))
+    for cached in (directory / "__pycache__").glob("versioned*"):
+        cached.unlink()
+
+
+@pytest.fixture
+def versioned(tmp_path: Path) -> Path:
+    code = tmp_path / "code"
+    code.mkdir()
+    write_tasks(code, "v1")
+    config = tmp_path / "pool.toml"
+    config.write_text(f'[pool]\npython_path = ["{code}"]\npreload = "versioned:preload"\nupgrade_timeout = 20\n'
+                      '[tasks]\nstamp = "versioned:stamp"\nslow = "versioned:slow"\n')
+    return config
+
+
+class Stream:
+    """A client that submits checked jobs one after another until stopped,
+    and a sampler of the pool's registered workers (gearadmin's view)."""
+
+    def __init__(self, gearmand: Gearmand, pool: str) -> None:
+        self.gearmand, self.pool = gearmand, pool
+        self.sent = self.answered = 0
+        self.wrong: list[str] = []
+        self.versions: list[str] = []
+        self.registered: list[int] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._submit), threading.Thread(target=self._sample)]
+
+    def _submit(self) -> None:
+        client = self.gearmand.client()
+        while not self._stop.is_set():
+            payload = f"job-{self.sent}"
+            self.sent += 1
+            request = client.submit_job("stamp", payload, poll_timeout=30)
+            result = request.result.decode() if request.complete and request.result else ""
+            if not result.endswith(" " + payload):
+                self.wrong.append(f"{payload}: {request.state} {result!r}")
+                continue
+            self.answered += 1
+            self.versions.append(result.split()[0] + "/" + result.split()[1])
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.registered.append(len(self.gearmand.worker_pids(self.pool)))
+
+    def __enter__(self) -> Stream:
+        for thread in self._threads:
+            thread.start()
+        wait_for(lambda: self.answered >= 20, what="the stream to flow")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(40)
+
+
+@contextlib.contextmanager
+def stopped_after(pidfile: Path) -> Iterator[None]:
+    """Stop whichever master the PID file names at the end (the one we
+    started may have handed over to another)."""
+    try:
+        yield
+    finally:
+        master = read_pid(pidfile)
+        if master and pid_alive(master):
+            os.kill(master, signal.SIGTERM)
+            wait_for(lambda: not pid_alive(master), what=f"master {master} to stop")
+
+
+def test_upgrade_keeps_n_registered_fails_no_job_and_the_new_code_answers(
+        gearmand: Gearmand, tmp_path: Path, versioned: Path) -> None:
+    pool = Pool(gearmand, tmp_path, config=versioned, processes=2)
+    with stopped_after(pool.pidfile):
+        pool.start()
+        old_master, old_children = pool.proc.pid, pool.children()
+        slow_result: dict[str, object] = {}
+        slow_job = threading.Thread(target=lambda: slow_result.update(r=submit(gearmand, "slow", "2")))
+        with Stream(gearmand, "test") as stream:
+            slow_job.start()
+            wait_for(lambda: gearmand.status()["slow"][1] == 1, what="the slow job to run")
+            write_tasks(versioned.parent / "code", "v2")
+            upgrade = run_cli("gearman-workers", "--config", str(versioned), "--name", "test",
+                              "--state-dir", str(pool.state_dir), "--upgrade")
+            assert upgrade.returncode == 0, upgrade.stderr + pool.log()
+            new_master = read_pid(pool.pidfile)
+            assert new_master not in (None, old_master)
+            assert f"handed the pool over to master {new_master}" in upgrade.stdout
+            wait_for(lambda: stream.versions[-1:] == ["v2/v2"], what="the new code to answer")
+            assert pool.wait_exit() == 0  # the old master drained and left
+            slow_job.join(20)
+        assert stream.wrong == [] and stream.answered == stream.sent
+        assert min(stream.registered) >= 2, stream.registered
+        assert slow_result["r"].result == b"v1 slept"  # the job in flight finished on the old code
+        assert not any(pid_alive(pid) for pid in old_children)
+        new_children = gearmand.worker_pids("test")
+        assert len(new_children) == 2 and not new_children & old_children
+        answer = submit(gearmand, "stamp", "after").result.decode().split()
+        assert answer[:2] == ["v2", "v2"] and int(answer[2]) in new_children
+        print(f"upgrade under load: {stream.sent} jobs streamed, {len(stream.wrong)} lost/failed/wrong, "
+              f"lowest registered {min(stream.registered)} of 2 ({len(stream.registered)} samples)")
+
+
+def test_new_code_that_cannot_load_leaves_the_running_pool_alone(
+        gearmand: Gearmand, tmp_path: Path, versioned: Path) -> None:
+    pool = Pool(gearmand, tmp_path, config=versioned, processes=2)
+    with stopped_after(pool.pidfile):
+        pool.start()
+        children = pool.children()
+        (versioned.parent / "code" / "versioned.py").write_text("def stamp(:\n")
+        upgrade = run_cli("gearman-workers", "--config", str(versioned), "--name", "test",
+                          "--state-dir", str(pool.state_dir), "--upgrade")
+        assert upgrade.returncode == 1
+        assert "kept the pool: the new master exited with status 3" in upgrade.stderr
+        assert read_pid(pool.pidfile) == pool.proc.pid and pool.children() == children
+        assert gearmand.worker_pids("test") == children
+        assert submit(gearmand, "stamp", "still").result.decode().startswith("v1 v1 ")
+        assert "upgrade failed, keeping this master and its code" in pool.log()
+
+
+def test_upgrade_asks_a_running_master(tmp_path: Path, versioned: Path) -> None:
+    done = run_cli("gearman-workers", "--config", str(versioned), "--state-dir", str(tmp_path / "none"),
+                   "--upgrade")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(f"no running master holds {tmp_path / 'none' / 'default.pid'}")
