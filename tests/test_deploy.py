@@ -1,49 +1,176 @@
-"""The deployment, end to end: a fresh systemd-booted Debian 12 test host
-(systemd-nspawn), the real `ansible-playbook site.yml` over ssh, and the
-checks an operator would make on the host."""
+"""The deployment, end to end, on a fleet: three fresh systemd-booted
+Debian 12 hosts (systemd-nspawn) on a private network of their own with no
+way out, one for gearmand and Redis and two for the pools, deployed by the
+real `ansible-playbook site.yml` over ssh with an inventory shaped like the
+production one, then checked as an operator would."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import gearman
 import pytest
 
-from helpers import ROOT, children_of, free_port, port_open, wait_for
+from helpers import ROOT, children_of, free_port, wait_for
 
-ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm.tar.zst"))
-UNITS = ("gearman-job-server", "redis-server", "gearman-workers")
+ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm-v2.tar.zst"))
+WORKERS = ("worker1", "worker2")
+POOLS = {"default": 2, "batch": 1}
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-nspawn"),
                                 reason="needs root and systemd-nspawn (tests/run installs it)")
 
 
+def sh(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True)
+
+
+class Network:
+    """A Linux bridge holding the controller's address, and a network
+    namespace per host wired to it by a veth pair."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100000
+        self.prefix = f"10.213.{os.getpid() % 250}"
+        self.bridge = f"gwbr{tag}"
+        self.namespaces: list[str] = []
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.prefix}.1/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+
+    def attach(self, name: str, last_octet: int) -> str:
+        namespace, veth = f"gw{self.bridge[4:]}{name}", f"gwv{self.bridge[4:]}{last_octet}"
+        sh("ip", "netns", "add", namespace)
+        self.namespaces.append(namespace)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        sh("ip", "link", "set", veth, "master", self.bridge, "up")
+        sh("ip", "-n", namespace, "addr", "add", f"{self.prefix}.{last_octet}/24", "dev", "eth0")
+        sh("ip", "-n", namespace, "link", "set", "eth0", "up")
+        sh("ip", "-n", namespace, "link", "set", "lo", "up")
+        return namespace
+
+    def remove(self) -> None:
+        for namespace in self.namespaces:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
 class SystemdHost:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.tree = workdir / "rootfs"
-        self.name = f"gwtest{os.getpid()}"
-        self.ssh_port, self.gearmand_port, self.redis_port = free_port(), free_port(), free_port()
-        self.key = workdir / "id_ed25519"
-        self.tls = workdir / "tls"
-        self.credentials = workdir / "credentials"
+    def __init__(self, name: str, address: str, namespace: str, workdir: Path) -> None:
+        self.name, self.address, self.namespace = name, address, namespace
+        self.tree = workdir / name
+        self.machine = f"gw{os.getpid()}{name}"
         self.proc: subprocess.Popen | None = None
         self.leader = 0
 
+    def boot(self, key: Path, hosts: str) -> None:
+        self.tree.mkdir()
+        subprocess.run(["tar", "-C", str(self.tree), "-I", "zstd", "-xf", str(ROOTFS)], check=True)
+        etc = self.tree / "etc"
+        (etc / "machine-id").write_text(subprocess.run(["systemd-id128", "new"], capture_output=True,
+                                                        text=True, check=True).stdout)
+        (etc / "hostname").write_text(f"{self.name}\n")
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n{hosts}")
+        subprocess.run(["ssh-keygen", "-q", "-A", "-f", str(self.tree)], check=True)
+        ssh_dir = self.tree / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+        (etc / "ssh/sshd_config.d/test.conf").write_text("PermitRootLogin prohibit-password\nUseDNS no\n")
+        log = (self.tree.parent / f"nspawn-{self.name}.log").open("wb")
+        self.proc = subprocess.Popen(
+            ["systemd-nspawn", "-D", str(self.tree), f"--machine={self.machine}", "--boot", "--register=no",
+             "--keep-unit", "--console=read-only", "--link-journal=no", "--resolv-conf=off",
+             f"--network-namespace-path=/run/netns/{self.namespace}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True)
+
+    def wait_booted(self) -> None:
+        assert self.proc is not None
+        self.leader = wait_for(lambda: next(iter(children_of(self.proc.pid)), 0), what=f"{self.name}'s init")
+        wait_for(lambda: self.run("systemctl is-system-running").stdout.strip() in ("running", "degraded"),
+                 timeout=60, what=f"{self.name} to boot")
+        wait_for(lambda: reachable(self.address, 22), timeout=30, what=f"ssh on {self.name}")
+
+    def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", "-t", str(self.leader), "-a", "sh", "-c", command],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def out(self, command: str) -> str:
+        result = self.run(command)
+        assert result.returncode == 0, f"{self.name}: {command}: {result.stdout}{result.stderr}"
+        return result.stdout.strip()
+
+    def journal(self) -> str:
+        return self.run("journalctl --no-pager -n 150 -u 'gearman-workers*' -u gearman-job-server "
+                        "-u redis-server").stdout
+
+    def main_pid(self, pool: str = "default") -> int:
+        return int(self.out(f"systemctl show -p MainPID --value gearman-workers@{pool}"))
+
+    def shutdown(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if self.leader:
+                self.run("systemctl poweroff", timeout=30)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tree, ignore_errors=True)
+        shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.machine}", ignore_errors=True)
+
+
+def reachable(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Fleet:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.network = Network()
+        self.gearmand_port, self.redis_port = free_port(), free_port()
+        self.key = workdir / "id_ed25519"
+        self.tls, self.credentials = workdir / "tls", workdir / "credentials"
+        self.hosts: dict[str, SystemdHost] = {}
+        for name, octet in (("queue", 10), ("worker1", 21), ("worker2", 22)):
+            address = f"{self.network.prefix}.{octet}"
+            self.hosts[name] = SystemdHost(name, address, self.network.attach(name, octet), workdir)
+
+    @property
+    def queue(self) -> SystemdHost:
+        return self.hosts["queue"]
+
+    def boot(self) -> None:
+        subprocess.run([str(ROOT / "tests/e2e/build-rootfs"), str(ROOTFS)], check=True)
+        self.make_tls()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        names = "".join(f"{host.address} {host.name}\n" for host in self.hosts.values())
+        for host in self.hosts.values():
+            host.boot(self.key, names)
+        for host in self.hosts.values():
+            host.wait_booted()
+
     def make_tls(self) -> None:
-        """A CA and a certificate for Redis on 127.0.0.1, as an operator makes them."""
+        """A CA and a certificate for Redis on the queue host, as an operator makes them."""
         self.tls.mkdir()
         openssl = ["openssl", "req", "-newkey", "rsa:2048", "-nodes"]
         subprocess.run([*openssl, "-x509", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"],
                        cwd=self.tls, check=True, capture_output=True)
         subprocess.run([*openssl, "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=redis"],
                        cwd=self.tls, check=True, capture_output=True)
-        (self.tls / "san").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        (self.tls / "san").write_text(f"subjectAltName=IP:{self.queue.address}\n")
         subprocess.run(["openssl", "x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                         "-CAcreateserial", "-out", "redis.pem", "-days", "2", "-extfile", "san"],
                        cwd=self.tls, check=True, capture_output=True)
@@ -52,84 +179,13 @@ class SystemdHost:
         """A password or secret the playbook generated on the controller."""
         return (self.credentials / name).read_text().strip()
 
-    def boot(self) -> None:
-        self.make_tls()
-        subprocess.run([str(ROOT / "tests/e2e/build-rootfs"), str(ROOTFS)], check=True)
-        self.tree.mkdir()
-        subprocess.run(["tar", "-C", str(self.tree), "-I", "zstd", "-xf", str(ROOTFS)], check=True)
-        etc = self.tree / "etc"
-        (etc / "machine-id").write_text(subprocess.run(["systemd-id128", "new"], capture_output=True,
-                                                        text=True, check=True).stdout)
-        (etc / "hostname").write_text("testhost\n")
-        (etc / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 testhost\n::1 localhost ip6-localhost\n")
-        # The host shares this machine's network: packages must not start
-        # their stock configs (standard ports) on install; the roles start
-        # each service with its own configuration.
-        policy = self.tree / "usr/sbin/policy-rc.d"
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-        self._share_trust(etc)
-        subprocess.run(["ssh-keygen", "-q", "-A", "-f", str(self.tree)], check=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
-        ssh_dir = self.tree / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        (ssh_dir / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
-        (etc / "ssh/sshd_config.d/test.conf").write_text(
-            f"Port {self.ssh_port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n")
-        log = (self.workdir / "nspawn.log").open("wb")
-        self.proc = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(self.tree), f"--machine={self.name}", "--boot", "--register=no",
-             "--keep-unit", "--console=read-only", "--link-journal=no", "--resolv-conf=copy-host"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True)
-        self.leader = wait_for(lambda: next(iter(children_of(self.proc.pid)), 0), what="the host's init")
-        wait_for(lambda: self.run("systemctl is-system-running").stdout.strip() in ("running", "degraded"),
-                 timeout=60, what="the test host to boot")
-        wait_for(lambda: port_open(self.ssh_port), timeout=30, what="ssh on the test host")
-
-    def _share_trust(self, etc: Path) -> None:
-        """The host reaches package registries through this machine's
-        network, so it trusts the CAs this machine trusts (some networks
-        intercept TLS), and pip uses the system bundle."""
-        extra = Path("/usr/local/share/ca-certificates")
-        if extra.is_dir():
-            shutil.copytree(extra, self.tree / extra.relative_to("/"), dirs_exist_ok=True)
-        bundle = Path("/etc/ssl/certs/ca-certificates.crt")
-        if bundle.exists():
-            (etc / "ssl/certs").mkdir(parents=True, exist_ok=True)
-            shutil.copy(bundle, etc / "ssl/certs/ca-certificates.crt")
-        (etc / "pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
-
-    def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["nsenter", "-t", str(self.leader), "-a", "sh", "-c", command],
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-    def out(self, command: str) -> str:
-        result = self.run(command)
-        assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
-        return result.stdout.strip()
-
-    def journal(self) -> str:
-        units = " ".join(f"-u {unit}" for unit in UNITS)
-        return self.run(f"journalctl --no-pager -n 300 {units}; tail -n 20 /var/log/gearman-job-server/gearmand.log"
-                        " /var/log/redis/redis-server.log").stdout
-
-    def shutdown(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.run("systemctl poweroff", timeout=30)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.tree, ignore_errors=True)
-        shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
-
     def playbook(self, *flags: str) -> subprocess.CompletedProcess:
         control_dir = tempfile.mkdtemp(prefix="gwcp", dir="/tmp")
         env = os.environ | {
-            "GW_TEST_SSH_PORT": str(self.ssh_port), "GW_TEST_SSH_KEY": str(self.key),
+            "GW_TEST_NET": self.network.prefix, "GW_TEST_SSH_KEY": str(self.key),
             "GW_TEST_GEARMAND_PORT": str(self.gearmand_port), "GW_TEST_REDIS_PORT": str(self.redis_port),
             "GW_TEST_TLS_DIR": str(self.tls), "GW_TEST_CREDENTIALS": str(self.credentials),
+            "GW_TEST_WHEELHOUSE": str(self.workdir / "wheelhouse"),
             "ANSIBLE_HOME": str(self.workdir / "ansible"), "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
             "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "True",
             "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
@@ -139,140 +195,306 @@ class SystemdHost:
         finally:
             shutil.rmtree(control_dir, ignore_errors=True)
 
-    # --- what an operator looks at ---------------------------------------
+    # --- gearmand's view, from the controller ----------------------------
 
-    def main_pid(self) -> int:
-        return int(self.out("systemctl show -p MainPID --value gearman-workers"))
+    def admin(self, command: str) -> list[str]:
+        with socket.create_connection((self.queue.address, self.gearmand_port), timeout=5) as sock:
+            sock.sendall(command.encode() + b"\n")
+            data = b""
+            while not data.endswith(b".\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return [line for line in data.decode().splitlines() if line and line != "."]
 
-    def worker_pids(self) -> set[int]:
-        lines = self.out(f"gearadmin -h 127.0.0.1 -p {self.gearmand_port} --workers").splitlines()
-        return {int(m.group(1)) for line in lines if (m := re.search(r":default:(\d+) : \S", line))}
+    def registered(self, pool: str = "default") -> dict[str, set[int]]:
+        """Host name -> PIDs of the registered workers of POOL (gearadmin --workers)."""
+        found: dict[str, set[int]] = {name: set() for name in WORKERS}
+        for line in self.admin("workers"):
+            head, _, functions = line.partition(" : ")
+            parts = head.split()[-1].split(":")
+            if functions.strip() and len(parts) == 3 and parts[1] == pool:
+                found.setdefault(parts[0], set()).add(int(parts[2]))
+        return found
+
+    def wait_serving(self, exclude: set[int] = frozenset()) -> dict[str, set[int]]:
+        def ready() -> dict[str, set[int]] | None:
+            views = {pool: self.registered(pool) for pool in POOLS}
+            full = all(len(views[pool][host]) == count for pool, count in POOLS.items() for host in WORKERS)
+            pids = {pid for view in views.values() for pids in view.values() for pid in pids}
+            return views["default"] if full and not pids & exclude else None
+        return wait_for(ready, timeout=60, what="every pool registered on both worker hosts")
+
+    def client(self) -> gearman.GearmanClient:
+        return gearman.GearmanClient([f"{self.queue.address}:{self.gearmand_port}"])
 
     def job(self, task: str, data: str) -> str:
-        return self.out(f"timeout 20 gearman -h 127.0.0.1 -p {self.gearmand_port} -f {task} {data}")
-
-    def redis_cli(self, *args: str, tls: bool = True) -> subprocess.CompletedProcess:
-        """redis-cli on the test host (TLS, checking the server against the CA)."""
-        flags = "--tls --cacert /etc/gearman-workers/redis-ca.pem" if tls else ""
-        quoted = " ".join(f"'{arg}'" for arg in args)
-        return self.run(f"redis-cli -h 127.0.0.1 -p {self.redis_port} {flags} --no-auth-warning {quoted}")
+        request = self.client().submit_job(task, data, poll_timeout=30)
+        assert request.complete, f"{task} {data}: {request.state}"
+        return request.result.decode()
 
 
-def changed_count(result: subprocess.CompletedProcess) -> int:
-    match = re.search(r"testhost\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)
-    assert match, result.stdout[-3000:] + result.stderr[-2000:]
-    return int(match.group(1))
+def recap(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Host -> changed count, from the PLAY RECAP; fails on any failed or unreachable host."""
+    found = {m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+             for m in re.finditer(r"^(\w+)\s*: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+                                  result.stdout, re.M)}
+    assert set(found) == {"queue", *WORKERS}, result.stdout[-3000:] + result.stderr[-2000:]
+    assert all(u == f == 0 for _, u, f in found.values()), result.stdout[-5000:] + result.stderr[-2000:]
+    return {host: changed for host, (changed, _, _) in found.items()}
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdHost]:
-    test_host = SystemdHost(tmp_path_factory.mktemp("testhost", numbered=True))
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    the_fleet = Fleet(tmp_path_factory.mktemp("fleet", numbered=True))
     try:
-        test_host.boot()
-        first = test_host.playbook()
-        assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-3000:]
-        assert changed_count(first) > 0
-        yield test_host
+        the_fleet.boot()
+        started = time.monotonic()
+        first = the_fleet.playbook()
+        print(f"\nfirst deployment of 3 fresh hosts: {time.monotonic() - started:.0f} s")
+        assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+        assert all(recap(first).values())
+        yield the_fleet
     except BaseException:
-        if test_host.leader:
-            print("---- journal of the test host ----\n" + test_host.journal())
+        for host in the_fleet.hosts.values():
+            if host.leader:
+                print(f"---- journal of {host.name} ----\n" + host.journal())
         raise
     finally:
-        test_host.shutdown()
+        for host in the_fleet.hosts.values():
+            host.shutdown()
+        the_fleet.network.remove()
 
 
 @pytest.fixture
-def journal_on_failure(host: SystemdHost, request: pytest.FixtureRequest) -> Iterator[None]:
+def journal_on_failure(fleet: Fleet, request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
-        print("---- journal of the test host ----\n" + host.journal())
+        for host in fleet.hosts.values():
+            print(f"---- journal of {host.name} ----\n" + host.journal())
 
 
 pytestmark = [pytestmark, pytest.mark.usefixtures("journal_on_failure")]
 
 
-def wait_pool(host: SystemdHost, exclude: set[int] = frozenset()) -> set[int]:
-    def ready() -> set[int] | None:
-        pids = host.worker_pids()
-        return pids if len(pids) == 2 and not pids & exclude else None
-    return wait_for(ready, timeout=30, what="2 registered workers on the test host")
+def test_each_host_runs_what_its_groups_say(fleet: Fleet) -> None:
+    queue = fleet.queue
+    for unit in ("gearman-job-server", "redis-server"):
+        assert queue.out(f"systemctl is-active {unit}") == "active"
+        assert queue.out(f"systemctl is-enabled {unit}") == "enabled"
+    assert queue.run("systemctl is-active gearman-workers@default").stdout.strip() != "active"
+    for name in WORKERS:
+        host = fleet.hosts[name]
+        for unit in ("gearman-workers", "gearman-workers@default", "gearman-workers@batch"):
+            assert host.out(f"systemctl is-active {unit}") == "active", unit
+            assert host.out(f"systemctl is-enabled {unit}") == "enabled", unit
+        assert host.run("systemctl is-active gearman-job-server").stdout.strip() != "active"
 
 
-def test_services_are_active_and_enabled(host: SystemdHost) -> None:
-    for unit in UNITS:
-        assert host.out(f"systemctl is-active {unit}") == "active"
-        assert host.out(f"systemctl is-enabled {unit}") == "enabled"
+def test_the_worker_hosts_installed_without_any_package_index(fleet: Fleet) -> None:
+    for name in WORKERS:
+        host = fleet.hosts[name]
+        assert "default" not in host.out("ip route")  # no way out of the private network at all
+        installed = host.out("/opt/gearman-workers/venv/bin/pip freeze --all --disable-pip-version-check")
+        locked = host.out("cat /opt/gearman-workers/wheelhouse/requirements.lock")
+        for line in locked.splitlines():
+            assert line.split(" ")[0].replace("_", "-").lower() in installed.replace("_", "-").lower(), line
+        release = host.out("readlink /opt/gearman-workers/venv")
+        assert release.startswith("/opt/gearman-workers/releases/") and release.endswith("/venv")
 
 
-def test_a_job_goes_through_and_gearadmin_shows_the_workers(host: SystemdHost) -> None:
-    wait_pool(host)
-    assert host.job("reverse", "hello") == "olleh"
-    assert "'setting'" not in host.job("setting", "color")  # task code sees runtime data (unset here)
+def test_both_worker_hosts_serve_jobs_and_gearadmin_shows_them(fleet: Fleet) -> None:
+    default = fleet.wait_serving()
+    gearadmin = fleet.queue.out(f"gearadmin -h 127.0.0.1 -p {fleet.gearmand_port} --workers")
+    for name in WORKERS:
+        assert gearadmin.count(f" {name}:default:") == 2 and gearadmin.count(f" {name}:batch:") == 1, gearadmin
+    answers: list[str] = []
+    jobs = [threading.Thread(target=lambda i=i: answers.append(fleet.job("slow", "0.5"))) for i in range(8)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+    served_by = {name for answer in answers for name, pids in default.items()
+                 if int(answer.split()[-1]) in pids}
+    assert len(answers) == 8 and served_by == set(WORKERS), (answers, default)
+    assert fleet.job("reverse", "hello") == "olleh"
 
 
-def test_restart_runs_the_cleanup_and_comes_back(host: SystemdHost) -> None:
-    before = wait_pool(host)
-    old_main = host.main_pid()
-    cleanups = host.journal().count("leftover process(es) stopped")
-    host.out("systemctl restart gearman-workers")
-    assert host.main_pid() not in (0, old_main)
-    wait_pool(host, exclude=before)
-    assert host.journal().count("leftover process(es) stopped") == cleanups + 1
-
-
-def test_kill_9_of_the_master_leaves_no_child_and_systemd_restarts_it(host: SystemdHost) -> None:
-    children = wait_pool(host)
-    old_main = host.main_pid()
-    host.out(f"kill -9 {old_main}")
-    wait_for(lambda: host.main_pid() not in (0, old_main), timeout=30, what="systemd to restart the pool")
-    wait_pool(host, exclude=children)
-    for pid in children:
-        assert host.run(f"test -d /proc/{pid}").returncode != 0, f"old child {pid} still alive"
-    assert host.job("echo", "again") == "again"
-
-
-def test_gm_exit_drains_and_systemd_brings_new_code(host: SystemdHost) -> None:
-    children = wait_pool(host)
-    old_main = host.main_pid()
-    done = host.run("gm-exit --wait --timeout 60")
+def test_gm_exit_for_one_host_restarts_only_that_hosts_pools(fleet: Fleet) -> None:
+    fleet.wait_serving()
+    worker1, worker2 = fleet.hosts["worker1"], fleet.hosts["worker2"]
+    before = {(host.name, pool): host.main_pid(pool) for host in (worker1, worker2) for pool in POOLS}
+    done = worker2.run("gm-exit --host worker1 --wait --timeout 60")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "received by 1 listener(s)" in done.stdout
-    wait_for(lambda: host.main_pid() not in (0, old_main), timeout=30, what="the pool to come back")
-    wait_pool(host, exclude=children)
-    assert host.job("reverse", "abc") == "cba"
+    assert "waiting for 2 pool(s): worker1/batch, worker1/default" in done.stdout
+    for pool in POOLS:
+        wait_for(lambda pool=pool: worker1.main_pid(pool) not in (0, before["worker1", pool]), timeout=30,
+                 what=f"worker1's pool {pool} to come back")
+        assert worker2.main_pid(pool) == before["worker2", pool]
+    fleet.wait_serving()
 
 
-def test_units_verify_cleanly_and_security_is_reported(host: SystemdHost) -> None:
-    verify = host.run("systemd-analyze verify gearman-workers.service")
-    assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
-    exposure = host.run("systemd-analyze security --no-pager gearman-workers.service").stdout.strip()
+class Stream:
+    """Checked echo jobs from the controller, one after another, and
+    gearadmin's view of the default pools sampled every 50 ms."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.sent = self.answered = 0
+        self.wrong: list[str] = []
+        self.lowest: dict[str, int] = {name: POOLS["default"] for name in WORKERS}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._submit), threading.Thread(target=self._sample)]
+
+    def _submit(self) -> None:
+        client = self.fleet.client()
+        while not self._stop.is_set():
+            payload = f"rollout-{self.sent}"
+            self.sent += 1
+            request = client.submit_job("echo", payload, poll_timeout=60)
+            if request.complete and request.result == payload.encode():
+                self.answered += 1
+            else:
+                self.wrong.append(f"{payload}: {request.state} {request.result!r}")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            view = self.fleet.registered()
+            self.samples += 1
+            for name in WORKERS:
+                self.lowest[name] = min(self.lowest[name], len(view[name]))
+
+    def __enter__(self) -> Stream:
+        for thread in self._threads:
+            thread.start()
+        wait_for(lambda: self.answered >= 20, what="the stream to flow")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(90)
+
+
+def test_a_rolling_code_rollout_under_load_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    old = fleet.wait_serving()
+    new_code = tmp_path / "tasks-v2"
+    shutil.copytree(ROOT / "examples", new_code)
+    tasks = new_code / "tasks.py"
+    tasks.write_text(tasks.read_text().replace("hello from the master", "hello from v2"))
+    with Stream(fleet) as stream:
+        started = time.monotonic()
+        rollout = fleet.playbook("-e", f"gearman_workers_task_code_path={new_code}/")
+        took = time.monotonic() - started
+    assert rollout.returncode == 0, rollout.stdout[-6000:] + rollout.stderr[-3000:]
+    changed = recap(rollout)
+    assert changed["queue"] == 0 and changed["worker1"] > 0 and changed["worker2"] > 0
+    assert rollout.stdout.count("PLAY [Worker pools]") == 2  # one batch per host
+    print(f"\nrolling rollout across 2 hosts: {stream.sent} jobs streamed, {len(stream.wrong)} lost/failed/wrong, "
+          f"lowest registered per host {stream.lowest} of {POOLS['default']}, {stream.samples} samples, "
+          f"playbook {took:.0f} s")
+    assert stream.wrong == [] and stream.answered == stream.sent
+    assert min(stream.lowest.values()) >= POOLS["default"], stream.lowest
+    new = fleet.wait_serving()
+    for name in WORKERS:
+        assert new[name] and not new[name] & old[name], (old, new)
+    answers = {fleet.job("whoami", str(i)) for i in range(20)}
+    assert all(answer.endswith("hello from v2") for answer in answers), answers
+
+
+def test_a_pool_removed_from_the_list_is_stopped_and_removed(fleet: Fleet) -> None:
+    only_default = '{"gearman_workers_pools": [{"name": "default", "processes": 2}]}'
+    done = fleet.playbook("-e", only_default)
+    assert done.returncode == 0, done.stdout[-5000:]
+    recap(done)
+    for name in WORKERS:
+        host = fleet.hosts[name]
+        assert host.run("systemctl is-active gearman-workers@batch").stdout.strip() != "active"
+        assert host.run("test -e /etc/gearman-workers/batch.toml").returncode != 0
+        assert host.out("systemctl is-active gearman-workers@default") == "active"
+    wait_for(lambda: not any(fleet.registered("batch").values()), what="the batch pool to leave gearmand")
+    back = fleet.playbook()  # and the inventory's list brings it back
+    assert back.returncode == 0, back.stdout[-5000:]
+    fleet.wait_serving()
+
+
+def test_restart_runs_the_cleanup_and_comes_back(fleet: Fleet) -> None:
+    worker = fleet.hosts["worker1"]
+    before = fleet.wait_serving()
+    old_main = worker.main_pid()
+    cleanups = worker.journal().count("leftover process(es) stopped")
+    worker.out("systemctl restart gearman-workers")
+    assert worker.main_pid() not in (0, old_main)
+    fleet.wait_serving(exclude=before["worker1"])
+    assert worker.journal().count("leftover process(es) stopped") >= cleanups + 2  # one per pool
+
+
+def test_kill_9_of_a_master_leaves_no_child_and_systemd_restarts_it(fleet: Fleet) -> None:
+    worker = fleet.hosts["worker2"]
+    children = fleet.wait_serving()["worker2"]
+    old_main = worker.main_pid()
+    worker.out(f"kill -9 {old_main}")
+    wait_for(lambda: worker.main_pid() not in (0, old_main), timeout=30, what="systemd to restart the pool")
+    fleet.wait_serving(exclude=children)
+    for pid in children:
+        assert worker.run(f"test -d /proc/{pid}").returncode != 0, f"old child {pid} still alive"
+
+
+def test_systemctl_reload_hands_over_to_a_new_master_without_a_gap(fleet: Fleet) -> None:
+    worker = fleet.hosts["worker1"]
+    fleet.wait_serving()
+    old_main = worker.main_pid()
+    worker.out("systemctl reload gearman-workers@default")
+    new_main = worker.main_pid()
+    assert new_main not in (0, old_main)
+    assert worker.out("cat /run/gearman-workers/default.pid") == str(new_main)
+    assert worker.out("systemctl is-active gearman-workers@default") == "active"
+    wait_for(lambda: worker.run(f"test -d /proc/{old_main}").returncode != 0, what="the old master to leave")
+    assert f"handed over to master {new_main}" in worker.journal()
+
+
+def test_units_verify_cleanly_and_security_is_reported(fleet: Fleet) -> None:
+    worker = fleet.hosts["worker1"]
+    for unit in ("gearman-workers@default.service", "gearman-workers.service"):
+        verify = worker.run(f"systemd-analyze verify {unit}")
+        assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
+    exposure = worker.run("systemd-analyze security --no-pager gearman-workers@default.service").stdout.strip()
     print("systemd-analyze security:", exposure.splitlines()[-1] if exposure else "n/a")
-    level = re.search(r"Overall exposure level for gearman-workers.service: ([\d.]+)", exposure)
+    level = re.search(r"Overall exposure level for gearman-workers@default.service: ([\d.]+)", exposure)
     assert level and float(level.group(1)) <= 1.2, exposure[-2000:]
 
 
-def test_redis_speaks_tls_only_and_each_user_may_do_only_its_part(host: SystemdHost) -> None:
-    plain = host.redis_cli("ping", tls=False)
-    assert "PONG" not in plain.stdout
-    assert "NOAUTH" in host.redis_cli("ping").stdout + host.redis_cli("ping").stderr  # the default user is off
-    pool = ("--user", "pool-testhost", "--pass", host.secret("redis-pool-testhost"))
-    assert host.redis_cli(*pool, "get", "gearman-workers:pool:testhost:default").stdout.strip()  # its heartbeat
-    other = host.redis_cli(*pool, "set", "gearman-workers:pool:otherhost:default", "{}")
-    assert "NOPERM" in other.stdout + other.stderr
-    assert "NOPERM" in host.redis_cli(*pool, "publish", "gearman-workers", "exit").stdout
-    conf = host.out("cat /etc/redis/redis.conf")
-    assert host.secret("redis-pool-testhost") not in conf and "user default off" in conf
+def test_redis_speaks_tls_only_and_each_user_may_do_only_its_part(fleet: Fleet) -> None:
+    queue = fleet.queue
+
+    def redis_cli(*args: str, tls: bool = True) -> str:
+        flags = f"--tls --cacert /etc/redis/tls/ca.pem -h {queue.address}" if tls else "-h 127.0.0.1"
+        quoted = " ".join(f"'{arg}'" for arg in args)
+        done = queue.run(f"redis-cli {flags} -p {fleet.redis_port} --no-auth-warning {quoted}")
+        return done.stdout + done.stderr
+
+    assert "PONG" not in redis_cli("ping", tls=False)
+    assert "NOAUTH" in redis_cli("ping")  # the default user is off
+    pool = ("--user", "pool-worker1", "--pass", fleet.secret("redis-pool-worker1"))
+    assert redis_cli(*pool, "get", "gearman-workers:pool:worker1:default").strip()  # its heartbeat
+    assert "NOPERM" in redis_cli(*pool, "set", "gearman-workers:pool:worker2:default", "{}")
+    assert "NOPERM" in redis_cli(*pool, "publish", "gearman-workers", "exit")
+    conf = queue.out("cat /etc/redis/redis.conf")
+    assert fleet.secret("redis-pool-worker1") not in conf and "user default off" in conf
 
 
-def test_check_diff_shows_no_secret(host: SystemdHost) -> None:
-    check = host.playbook("--check", "--diff")
+def test_check_diff_changes_nothing_and_shows_no_secret(fleet: Fleet) -> None:
+    check = fleet.playbook("--check", "--diff")
     assert check.returncode == 0, check.stdout[-3000:]
-    for name in ("control.secret", "redis-pool-testhost", "redis-operator"):
-        assert host.secret(name) not in check.stdout + check.stderr, name
+    assert recap(check) == {"queue": 0, "worker1": 0, "worker2": 0}, check.stdout[-5000:]
+    for name in ("control.secret", "redis-pool-worker1", "redis-pool-worker2", "redis-operator"):
+        assert fleet.secret(name) not in check.stdout + check.stderr, name
 
 
-def test_second_playbook_run_changes_nothing(host: SystemdHost) -> None:
-    second = host.playbook()
+def test_second_playbook_run_changes_nothing(fleet: Fleet) -> None:
+    second = fleet.playbook()
     assert second.returncode == 0, second.stdout[-3000:]
-    assert changed_count(second) == 0, second.stdout[-5000:]
+    assert recap(second) == {"queue": 0, "worker1": 0, "worker2": 0}, second.stdout[-5000:]

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Build the wheelhouse a worker host installs from, on the controller.
+
+Worker hosts never reach a package index: everything they install comes
+from here. The project is built as a wheel (reproducibly: the same sources
+give the same bytes), and its pinned requirements and the task code's are
+downloaded as wheels for the hosts' Python, glibc and architecture, which
+need not be the controller's. A lock file lists every wheel with its
+SHA-256, so that the host's pip installs exactly these files and nothing
+else (--no-index --require-hashes).
+
+The wheelhouse directory is replaced only when a wheel was added, removed
+or changed, and is never seen half-built. Prints one line of JSON:
+{"changed": bool, "wheels": N, "lock": SHA256 of the lock file}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.parser
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+try:
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+except ImportError:  # a controller without packaging still has pip's copy
+    from pip._vendor.packaging.markers import default_environment
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
+
+LOCK = "requirements.lock"
+ZIP_EPOCH = "315532800"  # 1980-01-01: wheels carry no build time, so a rebuild is byte for byte the same
+
+
+def platforms(glibc: str, arch: str) -> list[str]:
+    """Every manylinux tag a host with this glibc can load, newest first
+    (pip does not widen a given --platform by itself)."""
+    major, minor = (int(part) for part in glibc.split(".")[:2])
+    if major != 2:
+        raise SystemExit(f"build_wheelhouse: unexpected glibc version {glibc!r}")
+    tags = [f"manylinux_2_{m}_{arch}" for m in range(minor, 4, -1)]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    return tags + [f"{name}_{arch}" for m, name in legacy.items() if m <= minor]
+
+
+def pip(*args: str, env: dict[str, str] | None = None) -> None:
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"build_wheelhouse: {' '.join(command[3:6])} failed:\n{done.stdout}{done.stderr}")
+
+
+def build(args: argparse.Namespace, into: Path) -> None:
+    env = os.environ | {"SOURCE_DATE_EPOCH": ZIP_EPOCH}
+    pip("wheel", "--no-deps", "--wheel-dir", str(into), str(args.project), env=env)
+    target = ["--only-binary=:all:", "--implementation", "cp", "--python-version", args.python_version,
+              "--abi", "cp" + "".join(args.python_version.split(".")[:2])]
+    for tag in platforms(args.glibc, args.arch):
+        target += ["--platform", tag]
+    wanted = [item for requirement in args.requirement for item in ("-r", str(requirement))] + args.package
+    pip("download", "--dest", str(into), *target, *wanted)
+    # pip evaluates environment markers against the controller's Python, not
+    # the target's (redis needs async-timeout below Python 3.11.3, say):
+    # fetch what the target's markers add, until nothing is missing.
+    environment = target_environment(args.python_version, args.arch)
+    while missing := sorted(missing_requirements(into, environment)):
+        pip("download", "--no-deps", "--dest", str(into), *target, *missing)
+
+
+def target_environment(python_version: str, arch: str) -> dict[str, str]:
+    environment = default_environment()
+    environment.update(python_version=".".join(python_version.split(".")[:2]), python_full_version=python_version,
+                       implementation_version=python_version, implementation_name="cpython",
+                       platform_python_implementation="CPython", platform_machine=arch, sys_platform="linux",
+                       platform_system="Linux", os_name="posix")
+    return environment
+
+
+def missing_requirements(house: Path, environment: dict[str, str]) -> set[str]:
+    """Requirements of the wheels in HOUSE that apply on the target and
+    that no wheel in HOUSE provides."""
+    present = {canonicalize_name(wheel.name.split("-")[0]) for wheel in house.glob("*.whl")}
+    missing = set()
+    for wheel in house.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+            metadata = email.parser.Parser().parsestr(archive.read(name).decode())
+        for line in metadata.get_all("Requires-Dist") or []:
+            requirement = Requirement(line)
+            applies = requirement.marker is None or requirement.marker.evaluate(environment | {"extra": ""})
+            if applies and canonicalize_name(requirement.name) not in present:
+                missing.add(str(requirement).split(";")[0].strip())
+    return missing
+
+
+def write_lock(house: Path) -> str:
+    lines = []
+    for wheel in sorted(house.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        lines.append(f"{name}=={version} --hash=sha256:{digest}\n")
+    text = "".join(lines)
+    (house / LOCK).write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", type=Path, required=True, help="the project's checkout")
+    parser.add_argument("--out", type=Path, required=True, help="the wheelhouse directory")
+    parser.add_argument("--python-version", required=True, help="the hosts' Python, e.g. 3.11.2")
+    parser.add_argument("--glibc", required=True, help="the hosts' glibc, e.g. 2.36")
+    parser.add_argument("--arch", required=True, help="the hosts' machine, e.g. x86_64")
+    parser.add_argument("--requirement", type=Path, action="append", default=[], help="a requirements file")
+    parser.add_argument("--package", action="append", default=[], help="a requirement (the task code's)")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
+    try:
+        build(args, fresh)
+        lock = write_lock(fresh)
+        old = args.out / LOCK
+        changed = not old.exists() or old.read_text() != (fresh / LOCK).read_text()
+        if changed:
+            retired = args.out.with_name(f".{args.out.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            if args.out.exists():
+                args.out.rename(retired)
+            fresh.rename(args.out)
+            shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    print(json.dumps({"changed": changed, "wheels": len(list(args.out.glob("*.whl"))), "lock": lock}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The role's files, without a host: the units under systemd/ are the
+role's templates rendered with the role's defaults (one source), and the
+role's pool template gives a configuration the pool accepts."""
+
+from __future__ import annotations
+
+import sys
+
+import jinja2
+import yaml
+
+from gearman_workers import config as configuration
+from helpers import ROOT
+
+ROLE = ROOT / "roles/gearman_workers"
+UNITS = ("gearman-workers@.service", "gearman-workers.service")
+
+
+def role_defaults() -> dict:
+    """The role's defaults, rendered against each other as Ansible does
+    lazily (what needs the inventory stays empty: the units do not use it)."""
+    raw = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    env = jinja2.Environment()
+    values = dict(raw)
+    for _ in range(3):
+        values = {key: env.from_string(value).render(values) if isinstance(value, str) else value
+                  for key, value in values.items()}
+    return values
+
+
+def render_unit(name: str) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string((ROLE / "templates" / f"{name}.j2").read_text()).render(role_defaults())
+
+
+def test_the_units_under_systemd_are_the_role_templates_with_the_defaults() -> None:
+    for name in UNITS:
+        shipped = (ROOT / "systemd" / name).read_text()
+        assert shipped == render_unit(name), f"systemd/{name} is stale: run python tests/test_role_files.py"
+
+
+def test_unit_paths_follow_the_role_variables() -> None:
+    values = role_defaults() | {"gearman_workers_user": "jobs", "gearman_workers_venv": "/srv/jobs/venv",
+                                "gearman_workers_config_dir": "/etc/jobs"}
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    unit = env.from_string((ROLE / "templates/gearman-workers@.service.j2").read_text()).render(values)
+    assert "User=jobs\n" in unit
+    assert "ExecStart=/srv/jobs/venv/bin/gearman-workers --config /etc/jobs/%i.toml\n" in unit
+    assert "/opt/gearman-workers" not in unit.replace("file:///opt/gearman-workers/README.md", "")
+
+
+def test_every_pool_key_the_role_renders_is_one_the_pool_knows() -> None:
+    template = (ROLE / "templates/pool.toml.j2").read_text()
+    known = {option.key for option in configuration.OPTIONS if option.section == "pool"}
+    rendered = {line.split(" = ")[0] for line in template.splitlines() if " = {{ pool." in line}
+    assert rendered and rendered <= known, rendered - known
+    pool_keys = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())[
+        "argument_specs"]["main"]["options"]["gearman_workers_pools"]["options"]
+    assert rendered <= set(pool_keys), rendered - set(pool_keys)
+
+
+if __name__ == "__main__":  # rewrite systemd/ from the templates
+    for unit_name in UNITS:
+        (ROOT / "systemd" / unit_name).write_text(render_unit(unit_name))
+        print(f"wrote systemd/{unit_name}", file=sys.stderr)
