@@ -10,7 +10,8 @@ SHA-256, so that the host's pip installs exactly these files and nothing
 else (--no-index --require-hashes).
 
 The wheelhouse directory is replaced only when a wheel was added, removed
-or changed, and is never seen half-built. Prints one line of JSON:
+or changed, and is never seen half-built; when nothing it is made from
+changed (OUT.inputs records that), nothing is rebuilt. Prints one line of JSON:
 {"changed": bool, "wheels": N, "lock": SHA256 of the lock file}.
 """
 
@@ -102,7 +103,7 @@ def missing_requirements(house: Path, environment: dict[str, str]) -> set[str]:
     return missing
 
 
-def write_lock(house: Path) -> str:
+def write_lock(house: Path) -> None:
     lines = []
     for wheel in sorted(house.glob("*.whl")):
         name, version = wheel.name.split("-")[:2]
@@ -110,7 +111,6 @@ def write_lock(house: Path) -> str:
         lines.append(f"{name}=={version} --hash=sha256:{digest}\n")
     text = "".join(lines)
     (house / LOCK).write_text(text)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def main() -> int:
@@ -124,10 +124,15 @@ def main() -> int:
     parser.add_argument("--package", action="append", default=[], help="a requirement (the task code's)")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    stamp = args.out.with_name(args.out.name + ".inputs")
+    inputs = fingerprint(args)
+    if (args.out / LOCK).exists() and stamp.exists() and stamp.read_text() == inputs:
+        report(False, args.out)  # same sources, requirements and target: the same wheels
+        return 0
     fresh = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
     try:
         build(args, fresh)
-        lock = write_lock(fresh)
+        write_lock(fresh)
         old = args.out / LOCK
         changed = not old.exists() or old.read_text() != (fresh / LOCK).read_text()
         if changed:
@@ -139,8 +144,28 @@ def main() -> int:
             shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
-    print(json.dumps({"changed": changed, "wheels": len(list(args.out.glob("*.whl"))), "lock": lock}))
+    stamp.write_text(inputs)
+    report(changed, args.out)
     return 0
+
+
+def fingerprint(args: argparse.Namespace) -> str:
+    """What the wheelhouse is made from: the project's files, the
+    requirements and the target. (A requirement that is not pinned is
+    looked up again only when one of these changes.)"""
+    digest = hashlib.sha256(json.dumps([args.python_version, args.glibc, args.arch, args.package]).encode())
+    sources = [args.project / "pyproject.toml", args.project / "README.md", *args.requirement,
+               *sorted(path for path in (args.project / "lib").rglob("*")
+                       if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path))]
+    for path in sources:
+        digest.update(str(path.relative_to(args.project) if path.is_relative_to(args.project) else path).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest() + "\n"
+
+
+def report(changed: bool, house: Path) -> None:
+    lock = hashlib.sha256((house / LOCK).read_bytes()).hexdigest()
+    print(json.dumps({"changed": changed, "wheels": len(list(house.glob("*.whl"))), "lock": lock}))
 
 
 if __name__ == "__main__":
