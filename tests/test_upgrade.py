@@ -149,7 +149,8 @@ def test_new_code_that_cannot_load_leaves_the_running_pool_alone(
         upgrade = run_cli("gearman-workers", "--config", str(versioned), "--name", "test",
                           "--state-dir", str(pool.state_dir), "--upgrade")
         assert upgrade.returncode == 1
-        assert "kept the pool: the new master exited with status 3" in upgrade.stderr
+        assert "kept the pool: the new master failed: cannot load task" in upgrade.stderr
+        assert "SyntaxError" in upgrade.stderr
         assert read_pid(pool.pidfile) == pool.proc.pid and pool.children() == children
         assert gearmand.worker_pids("test") == children
         assert submit(gearmand, "stamp", "still").result.decode().startswith("v1 v1 ")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import json
@@ -42,6 +41,7 @@ from .handover import Handover, Successor, record_outcome
 from .notify import Notifier
 from .pidfile import PidFile, read_pid
 from .poison import PoisonLedger
+from .prctl import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
 from .scoreboard import Recycle, Scoreboard, SlotInfo, State
 from .tasks import TaskLoadError, load_tasks
 
@@ -50,8 +50,6 @@ log = logging.getLogger("gearman_workers.master")
 CRASH_BACKOFF_FIRST, CRASH_BACKOFF_MAX = 0.25, 30.0
 JITTER = 0.1  # recycling limits vary by up to 10 % per child, so children do not leave together
 MIB = 1024 * 1024
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 
 # Why the master killed a child (logged, and recorded against its job).
 KILLED_TIMEOUT = "time limit exceeded"
@@ -87,12 +85,6 @@ def describe_exit(status: int) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exited with status {code}"
-
-
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
 def _warm_up_before_threads() -> None:
@@ -135,11 +127,10 @@ class Arbiter:
         # Upgrades (handover.py). As a successor: what we inherited, until
         # our children are registered; our predecessor's processes, recorded
         # in our state file while they drain. As a predecessor: the master we
-        # started, until it is ready or given up, and every one not yet reaped.
+        # started, until it is ready or given up.
         self.handover = handover
         self.inherited = inherited or []
         self.successor: Successor | None = None
-        self.successor_pids: set[int] = set()
         self.handed_over = False
         # Exit commands sent after this moment are for us (a successor takes
         # over the listening from the moment its predecessor stopped).
@@ -170,7 +161,7 @@ class Arbiter:
         self._install_signals()
         # Orphans of a child's task (a forked grandchild) come to us, not to
         # PID 1, so that they can be stopped with their child.
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         _warm_up_before_threads()
         gc.freeze()  # keep the collector off preloaded objects: pages stay shared
         if self.handover is not None:
@@ -335,16 +326,15 @@ class Arbiter:
             self.control.stop()  # one listener at a time: the successor's from now on
         try:
             successor = Successor.start(self.pidfile.fileno or -1, self.notifier.socket_path, time.time(),
-                                        self.config.upgrade_timeout)
+                                        self.config.upgrade_timeout, self.fork_lock)
         except OSError as err:
             log.error("upgrade failed, keeping this master: cannot start a new one: %s", err)
             record_outcome(self.config.pidfile, self.pid, None, f"cannot start a new master: {err}")
             self._listen_again()
             return
         self.successor = successor
-        self.successor_pids.add(successor.pid)
-        log.info("upgrade: started master %d on the code and configuration on disk; it takes over once "
-                 "its children are registered (upgrade_timeout %g s)", successor.pid, self.config.upgrade_timeout)
+        log.info("upgrade: started a new master on the code and configuration on disk; it takes over once "
+                 "its children are registered (upgrade_timeout %g s)", self.config.upgrade_timeout)
 
     def _check_successor(self) -> None:
         successor = self.successor
@@ -379,14 +369,6 @@ class Arbiter:
     def _listen_again(self) -> None:
         if self.control is not None and not self.stopping:
             self.control.start(self)  # its catch-up applies what was sent meanwhile
-
-    def _on_successor_exit(self, pid: int, status: int) -> None:
-        self.successor_pids.discard(pid)
-        if self.successor is not None and self.successor.pid == pid:
-            self.successor.give_up(describe_exit(status) + " before its children registered")
-            self._upgrade_failed(self.successor)
-        else:
-            log.info("master %d, started by this one, %s", pid, describe_exit(status))
 
     def _announce_ready(self) -> None:
         """Tell whoever waits that the pool is ready: systemd, or as a
@@ -556,9 +538,6 @@ class Arbiter:
             if reaped is None:
                 break
             pid, status = reaped
-            if pid in self.successor_pids:
-                self._on_successor_exit(pid, status)
-                continue
             child = self.children.pop(pid, None)
             if child is None:  # an adopted orphan of a task: its own children come to us now
                 self._orphans_possible = True
@@ -628,7 +607,7 @@ class Arbiter:
         try:
             # SIGKILL, not TERM: even a wedged child must not outlive its
             # master; gearmand hands a dead worker's job to another worker.
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self.pid:
                 return 0  # the master died before the death signal was armed
             os.setpgid(0, 0)  # our own group: the task's processes die with us
@@ -676,7 +655,7 @@ class Arbiter:
         return os.waitpid(exited.si_pid, 0)
 
     def _adopted(self) -> set[int]:
-        return procfs.children_of(self.pid) - set(self.children) - self.successor_pids
+        return procfs.children_of(self.pid) - set(self.children)
 
     # --- reporting ----------------------------------------------------------------
 

@@ -25,8 +25,11 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
 log = logging.getLogger("gearman_workers")
 
 
-def _fail(prog: str, message: str, status: int) -> int:
+def _fail(prog: str, message: str, status: int, handover: Handover | None = None) -> int:
+    """One line on stderr; as a successor, the same to our predecessor."""
     print(f"{prog}: {message}", file=sys.stderr)
+    if handover is not None:
+        handover.announce_failure(message)
     return status
 
 
@@ -48,22 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     prog = "gearman-workers"
     args = pool_parser().parse_args(argv)
     try:
+        handover = Handover.from_environment()  # started by a running master to take over (handover.py)
+    except ValueError as err:
+        return _fail(prog, str(err), EXIT_ERROR)
+    try:
         config = configuration.load(args)
         configuration.check_control(config)
         control = _build_control(config)
     except configuration.ConfigError as err:
-        return _fail(prog, f"config error: {err}", EXIT_CONFIG)
+        return _fail(prog, f"config error: {err}", EXIT_CONFIG, handover)
     if args.upgrade:
         return _upgrade(config)
     logsetup.setup(config.log_level)
     try:
-        handover = Handover.from_environment()
-    except ValueError as err:
-        return _fail(prog, str(err), EXIT_ERROR)
-    try:
         tasks = load_tasks(config)
     except TaskLoadError as err:
-        return _fail(prog, str(err), EXIT_TASKS)
+        return _fail(prog, str(err), EXIT_TASKS, handover)
     if args.check_config:
         print(f"configuration OK: pool {config.name}, {config.processes} processes, "
               f"tasks {', '.join(tasks)}, servers {', '.join(map(str, config.servers))}")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configuration.check_paths(config)
     except configuration.ConfigError as err:
-        return _fail(prog, f"config error: {err}", EXIT_CONFIG)
+        return _fail(prog, f"config error: {err}", EXIT_CONFIG, handover)
     pidfile = PidFile(config.pidfile)
     if handover is not None:
         return _take_over(config, tasks, pidfile, control, handover)
@@ -108,7 +111,7 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
     try:
         pidfile.adopt(handover.lock_fd)
     except (PidFileLocked, OSError) as err:
-        return _fail("gearman-workers", f"cannot take over: {err}", EXIT_LOCKED)
+        return _fail("gearman-workers", f"cannot take over: {err}", EXIT_LOCKED, handover)
     if config.args is not None and config.args.daemon:
         logsetup.setup(config.log_level, config.log_file or config.state_dir / f"{config.name}.log")
     try:
@@ -117,6 +120,7 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
                        handover.predecessor_processes(config.state_file)).run()  # type: ignore[arg-type]
     except TaskLoadError as err:
         log.error("%s", err)
+        handover.announce_failure(str(err))
         return EXIT_TASKS
     finally:
         pidfile.release()

@@ -27,11 +27,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from . import pidfile as pidfiles
 from . import state
+from .prctl import PR_SET_CHILD_SUBREAPER, prctl
 
 log = logging.getLogger("gearman_workers.handover")
 
@@ -58,16 +60,28 @@ def successor_argv() -> list[str]:
 
 @dataclasses.dataclass
 class Successor:
-    """A new master started by this one, until it is ready or given up."""
+    """A new master started by this one, until it is ready or given up.
 
-    pid: int
+    It is started through a short-lived intermediate process while this
+    master is not a subreaper, so that it is orphaned at once and adopted
+    by init: under systemd it is then PID 1's own child, which systemd
+    must see to supervise it as the main process (v252 otherwise warns
+    "not our child" and stops it without waiting). What it says arrives on
+    the pipe, one line each: "pid N" (from the intermediate), then "ready"
+    or "failed: REASON"; the end of the pipe means it is gone.
+    """
+
     ready_fd: int
     deadline: float
+    pid: int = 0
     ready: bool = False
     given_up: str | None = None
+    _pidfd: int = -1
+    _said: bytes = b""
 
     @classmethod
-    def start(cls, lock_fd: int, notify_socket: str | None, control_since: float, timeout: float) -> Successor:
+    def start(cls, lock_fd: int, notify_socket: str | None, control_since: float, timeout: float,
+              fork_lock: threading.Lock) -> Successor:
         ready_r, ready_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         lock_copy = os.dup(lock_fd)
         try:
@@ -78,45 +92,75 @@ class Successor:
                                            "control_since": control_since})
             if notify_socket:
                 env["NOTIFY_SOCKET"] = notify_socket
-            argv = successor_argv()
-            # posix_spawn: no Python code runs between fork and exec, whatever
-            # the control thread holds at this moment.
-            pid = os.posix_spawn(argv[0], argv, env)
+            _spawn_orphan(successor_argv(), env, ready_w, fork_lock)
         except BaseException:
             os.close(ready_r)
             raise
         finally:
             os.close(lock_copy)
             os.close(ready_w)
-        return cls(pid, ready_r, time.monotonic() + timeout)
+        return cls(ready_r, time.monotonic() + timeout)
 
     def poll(self) -> None:
-        """Read what the successor said: `ready`, or nothing (the pipe is
-        closed: it is exiting, and its exit status will say why)."""
+        """Read what the successor said, and notice its end."""
         if self.ready_fd < 0:
             return
         try:
-            said = os.read(self.ready_fd, 64)
+            chunk = os.read(self.ready_fd, 4096)
         except BlockingIOError:
             return
-        self.ready = said.startswith(READY)
-        if not self.ready:
-            self.close()
+        self._said += chunk
+        *lines, self._said = self._said.split(b"\n")
+        for line in lines:
+            self._hear(line.decode(errors="replace"))
+        if not chunk and not self.ready:
+            self.give_up("exited before its children registered")
+
+    def _hear(self, line: str) -> None:
+        if line.startswith("pid ") and line[4:].isdigit():
+            self.pid = int(line[4:])
+            with contextlib.suppress(OSError):
+                self._pidfd = os.pidfd_open(self.pid)  # signals go to this very process, never a reused PID
+        elif line == READY.decode().strip():
+            self.ready = True
+        elif line.startswith("failed: "):
+            self.give_up(f"failed: {line[8:]}")
 
     def give_up(self, why: str) -> None:
         if self.given_up is None:
             self.given_up = why
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)  # it drains its own children
+            if self._pidfd >= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGTERM)  # it drains its own children
         self.close()
 
     def overdue(self, now: float) -> bool:
         return not self.ready and self.given_up is None and now >= self.deadline
 
     def close(self) -> None:
-        if self.ready_fd >= 0:
-            os.close(self.ready_fd)
-            self.ready_fd = -1
+        for fd in (self.ready_fd, self._pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self.ready_fd = self._pidfd = -1
+
+
+def _spawn_orphan(argv: list[str], env: dict[str, str], report_fd: int, fork_lock: threading.Lock) -> None:
+    """Start ARGV from an intermediate process that reports its PID on
+    REPORT_FD and exits, while this process is not a subreaper: the new
+    process is adopted by init, not by us."""
+    prctl(PR_SET_CHILD_SUBREAPER, 0)
+    try:
+        with fork_lock:  # the control thread holds no lock the intermediate could need
+            intermediate = os.fork()
+        if intermediate == 0:
+            try:
+                pid = os.posix_spawn(argv[0], argv, env)
+                os.write(report_fd, f"pid {pid}\n".encode())
+            finally:
+                os._exit(0)
+        os.waitpid(intermediate, 0)
+    finally:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def record_outcome(pid_path: Path, predecessor: int, successor: int | None, reason: str) -> None:
@@ -163,10 +207,17 @@ class Handover:
         return [*recorded.children, recorded.master]
 
     def announce_ready(self) -> None:
+        self._say(READY)
+
+    def announce_failure(self, reason: str) -> None:
+        """Why we give up before being ready: the predecessor reports it."""
+        self._say(f"failed: {' '.join(reason.split())}\n".encode())
+
+    def _say(self, line: bytes) -> None:
         if self.ready_fd < 0:
             return
         with contextlib.suppress(OSError):
-            os.write(self.ready_fd, READY)
+            os.write(self.ready_fd, line)
         os.close(self.ready_fd)
         self.ready_fd = -1
 
