@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,6 +105,69 @@ class LoopbackServer:
             stop_process(self.proc, sig)
 
 
+def gearmand_admin(host: str, port: int, command: str) -> list[str]:
+    """The lines of gearmand's answer to a text admin command (workers, status)."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(b".\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return [line for line in data.decode().splitlines() if line and line != "."]
+
+
+class JobStream:
+    """While a `with` block runs: one client thread sending jobs back to back
+    (at most one per PACE seconds), each checked by `job`, and a thread
+    calling `sample` every SAMPLE seconds (gearadmin's view of the pool)."""
+
+    PACE = 0.0
+    SAMPLE = 0.05
+
+    def __init__(self) -> None:
+        self.sent = self.answered = 0
+        self.wrong: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._submit), threading.Thread(target=self._sample)]
+
+    def client(self) -> gearman.GearmanClient:
+        raise NotImplementedError
+
+    def job(self, client: gearman.GearmanClient, number: int) -> str | None:
+        """Send job NUMBER and check its answer: None if right, else what was wrong."""
+        raise NotImplementedError
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _submit(self) -> None:
+        client = self.client()
+        while not self._stop.wait(self.PACE):
+            number, self.sent = self.sent, self.sent + 1
+            problem = self.job(client, number)
+            if problem is None:
+                self.answered += 1
+            else:
+                self.wrong.append(problem)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE):
+            self.sample()
+
+    def __enter__(self) -> JobStream:
+        for thread in self._threads:
+            thread.start()
+        wait_for(lambda: self.answered >= 20, what="the stream to flow")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(90)
+
+
 class Gearmand(LoopbackServer):
     """A gearmand of our own on a free loopback port."""
 
@@ -119,15 +183,7 @@ class Gearmand(LoopbackServer):
 
     def admin(self, command: str) -> list[str]:
         """A text admin command (what gearadmin --workers/--status shows)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(command.encode() + b"\n")
-            data = b""
-            while not data.endswith(b".\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return [line for line in data.decode().splitlines() if line and line != "."]
+        return gearmand_admin("127.0.0.1", self.port, command)
 
     def workers(self, pool: str = "") -> list[tuple[str, int, list[str]]]:
         """(client id, pid, functions) of every registered worker of POOL."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import gearman
 import pytest
 
-from helpers import ROOT, children_of, free_port, wait_for
+from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, wait_for
 
 ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm-v2.tar.zst"))
 WORKERS = ("worker1", "worker2")
@@ -202,15 +202,7 @@ class Fleet:
     # --- gearmand's view, from the controller ----------------------------
 
     def admin(self, command: str) -> list[str]:
-        with socket.create_connection((self.queue.address, self.gearmand_port), timeout=5) as sock:
-            sock.sendall(command.encode() + b"\n")
-            data = b""
-            while not data.endswith(b".\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return [line for line in data.decode().splitlines() if line and line != "."]
+        return gearmand_admin(self.queue.address, self.gearmand_port, command)
 
     def registered(self, pool: str = "default") -> dict[str, set[int]]:
         """Host name -> PIDs of the registered workers of POOL (gearadmin --workers)."""
@@ -354,49 +346,34 @@ def test_second_playbook_run_changes_nothing(fleet: Fleet) -> None:
     assert recap(second) == {"queue": 0, "worker1": 0, "worker2": 0}, second.stdout[-5000:]
 
 
-class Stream:
-    """Checked echo jobs from the controller, one after another, and
-    gearadmin's view of the default pools sampled every 50 ms."""
+class Stream(JobStream):
+    """Checked echo jobs from the controller, at most one per 5 ms (a steady
+    stream that leaves the two cores to the playbook being measured), and
+    gearadmin's view of the default pools."""
+
+    PACE = 0.005
 
     def __init__(self, fleet: Fleet) -> None:
+        super().__init__()
         self.fleet = fleet
-        self.sent = self.answered = 0
-        self.wrong: list[str] = []
         self.lowest: dict[str, int] = {name: POOLS["default"] for name in WORKERS}
         self.samples = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._submit), threading.Thread(target=self._sample)]
 
-    def _submit(self) -> None:
-        client = self.fleet.client()
-        # Paced at most a job per 5 ms: a steady stream that leaves the two
-        # cores to the playbook being measured.
-        while not self._stop.wait(0.005):
-            payload = f"rollout-{self.sent}"
-            self.sent += 1
-            request = client.submit_job("echo", payload, poll_timeout=60)
-            if request.complete and request.result == payload.encode():
-                self.answered += 1
-            else:
-                self.wrong.append(f"{payload}: {request.state} {request.result!r}")
+    def client(self) -> gearman.GearmanClient:
+        return self.fleet.client()
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            view = self.fleet.registered()
-            self.samples += 1
-            for name in WORKERS:
-                self.lowest[name] = min(self.lowest[name], len(view[name]))
+    def job(self, client: gearman.GearmanClient, number: int) -> str | None:
+        payload = f"rollout-{number}"
+        request = client.submit_job("echo", payload, poll_timeout=60)
+        if request.complete and request.result == payload.encode():
+            return None
+        return f"{payload}: {request.state} {request.result!r}"
 
-    def __enter__(self) -> Stream:
-        for thread in self._threads:
-            thread.start()
-        wait_for(lambda: self.answered >= 20, what="the stream to flow")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(90)
+    def sample(self) -> None:
+        view = self.fleet.registered()
+        self.samples += 1
+        for name in WORKERS:
+            self.lowest[name] = min(self.lowest[name], len(view[name]))
 
 
 def test_a_rolling_code_rollout_under_load_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import gearman
 import pytest
 
 from gearman_workers.pidfile import read_pid
-from helpers import Gearmand, Pool, pid_alive, run_cli, submit, wait_for
+from helpers import Gearmand, JobStream, Pool, pid_alive, run_cli, submit, wait_for
 
 TASKS = '''
 import os
@@ -51,46 +52,30 @@ def versioned(tmp_path: Path) -> Path:
     return config
 
 
-class Stream:
-    """A client that submits checked jobs one after another until stopped,
-    and a sampler of the pool's registered workers (gearadmin's view)."""
+class Stream(JobStream):
+    """Checked `stamp` jobs, noting which code answered, and the pool's
+    registered workers."""
 
     def __init__(self, gearmand: Gearmand, pool: str) -> None:
+        super().__init__()
         self.gearmand, self.pool = gearmand, pool
-        self.sent = self.answered = 0
-        self.wrong: list[str] = []
         self.versions: list[str] = []
         self.registered: list[int] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._submit), threading.Thread(target=self._sample)]
 
-    def _submit(self) -> None:
-        client = self.gearmand.client()
-        while not self._stop.is_set():
-            payload = f"job-{self.sent}"
-            self.sent += 1
-            request = client.submit_job("stamp", payload, poll_timeout=30)
-            result = request.result.decode() if request.complete and request.result else ""
-            if not result.endswith(" " + payload):
-                self.wrong.append(f"{payload}: {request.state} {result!r}")
-                continue
-            self.answered += 1
-            self.versions.append(result.split()[0] + "/" + result.split()[1])
+    def client(self) -> gearman.GearmanClient:
+        return self.gearmand.client()
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.registered.append(len(self.gearmand.worker_pids(self.pool)))
+    def job(self, client: gearman.GearmanClient, number: int) -> str | None:
+        payload = f"job-{number}"
+        request = client.submit_job("stamp", payload, poll_timeout=30)
+        result = request.result.decode() if request.complete and request.result else ""
+        if not result.endswith(" " + payload):
+            return f"{payload}: {request.state} {result!r}"
+        self.versions.append(result.split()[0] + "/" + result.split()[1])
+        return None
 
-    def __enter__(self) -> Stream:
-        for thread in self._threads:
-            thread.start()
-        wait_for(lambda: self.answered >= 20, what="the stream to flow")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(40)
+    def sample(self) -> None:
+        self.registered.append(len(self.gearmand.worker_pids(self.pool)))
 
 
 @contextlib.contextmanager
