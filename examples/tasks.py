@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from gearman_workers import runtime
+
+log = logging.getLogger("tasks")
 
 # Built once in the master by the preload hook and shared with every child.
 SHARED: dict[str, object] = {}
@@ -48,3 +51,10 @@ def setting(worker, job):
 
 def whoami(worker, job):
     return f"{os.getpid()} {SHARED.get('greeting', '-')}"
+
+
+def tally(worker, job):
+    """Logs that it ran job.data: for background jobs, whose answer nobody
+    reads, the log is the record of what ran (and how often)."""
+    log.info("tally %s", job.data.decode(errors="replace"))
+    return job.data

@@ -118,6 +118,15 @@ def gearmand_admin(host: str, port: int, command: str) -> list[str]:
     return [line for line in data.decode().splitlines() if line and line != "."]
 
 
+def gearmand_status(lines: list[str]) -> dict[str, tuple[int, int, int]]:
+    """function -> (queued, running, available workers), from the admin `status` answer."""
+    table = {}
+    for line in lines:
+        name, total, running, workers = line.split("\t")
+        table[name] = (int(total), int(running), int(workers))
+    return table
+
+
 class JobStream:
     """While a `with` block runs: one client thread sending jobs back to back
     (at most one per PACE seconds), each checked by `job`, and a thread
@@ -200,12 +209,7 @@ class Gearmand(LoopbackServer):
         return {pid for _, pid, _ in self.workers(pool)}
 
     def status(self) -> dict[str, tuple[int, int, int]]:
-        """function -> (queued, running, available workers)."""
-        table = {}
-        for line in self.admin("status"):
-            name, total, running, workers = line.split("\t")
-            table[name] = (int(total), int(running), int(workers))
-        return table
+        return gearmand_status(self.admin("status"))
 
     def client(self) -> gearman.GearmanClient:
         return gearman.GearmanClient([self.address])

@@ -20,7 +20,7 @@ from pathlib import Path
 import gearman
 import pytest
 
-from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, wait_for
+from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, gearmand_status, wait_for
 
 ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm-v2.tar.zst"))
 WORKERS = ("worker1", "worker2")
@@ -224,6 +224,9 @@ class Fleet:
 
     def client(self) -> gearman.GearmanClient:
         return gearman.GearmanClient([f"{self.queue.address}:{self.gearmand_port}"])
+
+    def status(self) -> dict[str, tuple[int, int, int]]:
+        return gearmand_status(self.admin("status"))
 
     def job(self, task: str, data: str) -> str:
         request = self.client().submit_job(task, data, poll_timeout=30)
@@ -473,6 +476,30 @@ def test_redis_speaks_tls_only_and_each_user_may_do_only_its_part(fleet: Fleet) 
     assert "NOPERM" in redis_cli(*pool, "publish", "gearman-workers", "exit")
     conf = queue.out("cat /etc/redis/redis.conf")
     assert fleet.secret("redis-pool-worker1") not in conf and "user default off" in conf
+
+
+def test_background_jobs_survive_a_kill_9_of_gearmand_and_run_exactly_once(fleet: Fleet) -> None:
+    queue = fleet.queue
+    for name in WORKERS:
+        fleet.hosts[name].out("systemctl stop gearman-workers")
+    payloads = [f"tally-{os.getpid()}-{i}" for i in range(50)]
+    client = fleet.client()
+    for payload in payloads:
+        client.submit_job("tally", payload, background=True, wait_until_complete=False)
+    assert fleet.status()["tally"][0] == 50
+    old_gearmand = int(queue.out("systemctl show -p MainPID --value gearman-job-server"))
+    queue.out(f"kill -9 {old_gearmand}")
+    wait_for(lambda: int(queue.out("systemctl show -p MainPID --value gearman-job-server")) not in (0, old_gearmand)
+             and reachable(queue.address, fleet.gearmand_port), timeout=30, what="systemd to restart gearmand")
+    assert fleet.status()["tally"][0] == 50  # read back from its queue (libsqlite3)
+    since = {name: fleet.hosts[name].now() for name in WORKERS}
+    for name in WORKERS:
+        fleet.hosts[name].out("systemctl start gearman-workers")
+    wait_for(lambda: fleet.status().get("tally", (1, 0, 0))[0] == 0, timeout=60, what="the queue to drain")
+    ran = [line.rsplit(" ", 1)[-1] for name in WORKERS
+           for line in fleet.hosts[name].journal(since[name]).splitlines() if " tally tally-" in line]
+    assert sorted(ran) == sorted(payloads)  # every job, once
+    fleet.wait_serving()
 
 
 def test_a_pool_removed_from_the_list_is_stopped_and_removed(fleet: Fleet) -> None:

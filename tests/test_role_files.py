@@ -4,7 +4,10 @@ role's pool template gives a configuration the pool accepts."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import jinja2
 import yaml
@@ -57,6 +60,21 @@ def test_every_pool_key_the_role_renders_is_one_the_pool_knows() -> None:
     pool_keys = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())[
         "argument_specs"]["main"]["options"]["gearman_workers_pools"]["options"]
     assert rendered <= set(pool_keys), rendered - set(pool_keys)
+
+
+def test_a_wrong_queue_type_fails_before_any_task(tmp_path: Path) -> None:
+    """The gearmand role, run for real against this machine with a wrong
+    gearmand_queue_type, stops at its argument check: nothing is run."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [gearmand]\n")
+    env = os.environ | {"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_HOME": str(tmp_path / "ansible"),
+                        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "False"}
+    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           str(playbook), "-e", "gearmand_queue_type=mysql"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode != 0
+    assert "gearmand_queue_type must be one of: builtin, libsqlite3, redis, got: mysql" in done.stdout, done.stdout
+    assert "ok=0" in done.stdout and "changed=0" in done.stdout
 
 
 if __name__ == "__main__":  # rewrite systemd/ from the templates
