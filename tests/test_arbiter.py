@@ -5,6 +5,7 @@ child writes it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -321,3 +322,100 @@ def test_scaling_down_retires_idle_children_first(tmp_path: Path, clock: Clock) 
 
 def test_the_fake_signal_numbers_are_wait_statuses() -> None:
     assert os.waitstatus_to_exitcode(SEGV) == -signal.SIGSEGV
+
+
+# --- upgrades: the predecessor's side of a handover ------------------------------
+
+
+class FakeSuccessor:
+    """What handover.Successor tells the master, set by the test."""
+
+    def __init__(self, deadline: float) -> None:
+        self.pid, self.ready_fd, self.deadline = 555, -1, deadline
+        self.ready, self.given_up = False, None
+
+    def poll(self) -> None:
+        pass
+
+    def give_up(self, why: str) -> None:
+        self.given_up = self.given_up or why
+
+    def overdue(self, now: float) -> bool:
+        return not self.ready and self.given_up is None and now >= self.deadline
+
+    def close(self) -> None:
+        pass
+
+
+class Recorder:
+    """Stands for the notifier and the PID file: records what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, object]] = []
+        self.muted = False
+
+    def send(self, **fields: object) -> None:
+        if not self.muted:
+            self.told += list(fields.items())
+
+    def status(self, text: str) -> None:
+        self.send(status=text)
+
+    def write(self, pid: int | None = None) -> None:
+        self.told.append(("pidfile", pid))
+
+
+def upgrading(tmp_path: Path, clock: Clock) -> tuple[FakeArbiter, FakeSuccessor, Recorder]:
+    master = make(tmp_path, upgrade_timeout=20)
+    master.step()
+    for pid in master.pids():
+        master.registers(pid)
+    recorder = Recorder()
+    master.notifier = master.pidfile = recorder  # type: ignore[assignment]
+    successor = master.successor = FakeSuccessor(clock.now + 20)  # type: ignore[assignment]
+    return master, successor, recorder
+
+
+def outcome(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "default.pid.upgrade").read_text())
+
+
+def test_a_ready_successor_becomes_the_main_process_and_the_old_children_drain(tmp_path: Path, clock: Clock) -> None:
+    master, successor, recorder = upgrading(tmp_path, clock)
+    old = master.pids()
+    successor.ready = True
+    master.step()
+    assert recorder.told[:2] == [("mainpid", 555), ("pidfile", 555)]  # systemd first, then the PID file
+    assert recorder.muted and master.handed_over and master.stopping
+    assert master.retiring() == old and {(pid, "SIGTERM") for pid in old} <= set(master.sent)
+    assert outcome(tmp_path) == {"from": master.pid, "to": 555, "ok": True, "reason": "handed over"}
+    master.step()
+    assert master.pids() == old  # nothing new is spawned: the successor serves
+
+
+def test_a_successor_that_failed_leaves_the_running_pool_alone(tmp_path: Path, clock: Clock) -> None:
+    master, successor, recorder = upgrading(tmp_path, clock)
+    old = master.pids()
+    successor.give_up("failed: cannot load task 'resize': SyntaxError")
+    master.step()
+    assert master.successor is None and not master.stopping and not master.handed_over
+    assert master.pids() == old and master.sent == [] and ("mainpid", 555) not in recorder.told
+    assert outcome(tmp_path)["reason"] == "the new master failed: cannot load task 'resize': SyntaxError"
+
+
+def test_a_successor_not_ready_by_upgrade_timeout_is_given_up(tmp_path: Path, clock: Clock) -> None:
+    master, successor, _ = upgrading(tmp_path, clock)
+    clock.advance(19)
+    master.step()
+    assert master.successor is successor and successor.given_up is None
+    clock.advance(1)
+    master.step()
+    assert master.successor is None and successor.given_up == "was not ready within upgrade_timeout 20 s"
+    assert not master.stopping and outcome(tmp_path)["ok"] is False
+
+
+def test_a_stop_during_an_upgrade_gives_the_successor_up_too(tmp_path: Path, clock: Clock) -> None:
+    master, successor, _ = upgrading(tmp_path, clock)
+    master.submit(Stop("SIGTERM"))
+    master.step()
+    assert successor.given_up == "the pool is stopping" and master.stopping and not master.handed_over
