@@ -419,3 +419,38 @@ def test_a_stop_during_an_upgrade_gives_the_successor_up_too(tmp_path: Path, clo
     master.submit(Stop("SIGTERM"))
     master.step()
     assert successor.given_up == "the pool is stopping" and master.stopping and not master.handed_over
+
+
+class FakeHandover:
+    """What a successor inherited; it has announced itself (ready_fd closed)."""
+
+    def __init__(self) -> None:
+        self.ready_fd, self.predecessor, self.alive = -1, 77, True
+
+    def predecessor_alive(self) -> bool:
+        return self.alive
+
+
+def test_a_successor_speaks_to_systemd_only_once_its_predecessor_handed_over(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path)
+    recorder = Recorder()
+    recorder.muted = True
+    master.notifier = master.pidfile = recorder  # type: ignore[assignment]
+    master.handover, master.ready = FakeHandover(), True  # type: ignore[assignment]
+    master._report()
+    assert recorder.muted and recorder.told == []  # not in charge yet: systemd would reject it
+    (tmp_path / "default.pid").write_text(f"{master.pid}\n")  # the predecessor's last act
+    master._report()
+    assert not recorder.muted and ("mainpid", master.pid) in recorder.told and master.handover is None
+
+
+def test_a_successor_whose_predecessor_died_mid_handover_takes_charge(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path)
+    recorder = Recorder()
+    recorder.muted = True
+    master.notifier = master.pidfile = recorder  # type: ignore[assignment]
+    handover = master.handover = FakeHandover()  # type: ignore[assignment]
+    master.ready = True
+    handover.alive = False
+    master._report()
+    assert ("pidfile", None) in recorder.told and not recorder.muted and master.handover is None

@@ -111,6 +111,8 @@ def test_upgrade_keeps_n_registered_fails_no_job_and_the_new_code_answers(
             assert f"handed the pool over to master {new_master}" in upgrade.stdout
             wait_for(lambda: stream.versions[-1:] == ["v2/v2"], what="the new code to answer")
             assert pool.wait_exit() == 0  # the old master drained and left
+            assert f"master {new_master} takes over from master {old_master}" in pool.log()
+            assert "died during the handover" not in pool.log()  # it waited for its predecessor
             slow_job.join(20)
         assert stream.wrong == [] and stream.answered == stream.sent
         assert min(stream.registered) >= 2, stream.registered

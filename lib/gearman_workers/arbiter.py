@@ -387,7 +387,7 @@ class Arbiter:
         if self.handover.ready_fd >= 0:
             return
         if read_pid(self.config.pidfile) != self.pid:
-            if os.getppid() == self.handover.predecessor:
+            if self.handover.predecessor_alive():
                 return  # still handing over
             log.warning("master %d died during the handover; this one is in charge", self.handover.predecessor)
             self.pidfile.write()

@@ -180,6 +180,7 @@ class Handover:
     ready_fd: int
     predecessor: int
     control_since: float
+    _predecessor_fd: int = -1
 
     @classmethod
     def from_environment(cls) -> Handover | None:
@@ -194,7 +195,18 @@ class Handover:
             raise ValueError(f"{ENVIRONMENT} is malformed ({err})") from None
         for fd in (handover.lock_fd, handover.ready_fd):
             os.set_inheritable(fd, False)  # our own children must not hold them
+        with contextlib.suppress(OSError):
+            handover._predecessor_fd = os.pidfd_open(handover.predecessor)  # not our parent: init adopted us
         return handover
+
+    def predecessor_alive(self) -> bool:
+        if self._predecessor_fd < 0:
+            return False
+        try:
+            signal.pidfd_send_signal(self._predecessor_fd, 0)
+            return True
+        except ProcessLookupError:
+            return False
 
     def predecessor_processes(self, state_file: Path) -> list[state.ProcessIdentity]:
         """The predecessor and its children, as it recorded them: our state
