@@ -191,12 +191,18 @@ class SlotWriter:
         self.registered_once = False
         self.recycle = Recycle.NO
 
+    # Packed first, then copied in one slice assignment: struct.pack_into
+    # zeroes the whole record before it writes the fields, so a master
+    # reading at that instant saw a heartbeat of 0 and killed a healthy
+    # child as hung. A copy leaves every field either old or new.
+
     def publish(self, state: State, busy_since: float = 0.0, deadline: float = 0.0, server: int = 0,
                 task: bytes = b"", handle: bytes = b"") -> None:
-        _SLOT.pack_into(self._mem, self._offset, self.pid, state, self.links_up, self.registered_once,
-                        self.recycle, server, self.started, busy_since, deadline, time.monotonic(),
-                        self.jobs_done, self.jobs_failed, task[:64], handle[:64])
+        self._mem[self._offset:self._offset + _SLOT.size] = _SLOT.pack(
+            self.pid, state, self.links_up, self.registered_once, self.recycle, server, self.started, busy_since,
+            deadline, time.monotonic(), self.jobs_done, self.jobs_failed, task[:64], handle[:64])
 
     def beat(self) -> None:
         """The heartbeat alone (from the child's heartbeat thread)."""
-        _BEAT.pack_into(self._mem, self._offset + _BEAT_OFFSET, time.monotonic())
+        at = self._offset + _BEAT_OFFSET
+        self._mem[at:at + _BEAT.size] = _BEAT.pack(time.monotonic())
