@@ -149,3 +149,21 @@ def test_upgrade_asks_a_running_master(tmp_path: Path, versioned: Path) -> None:
                    "--upgrade")
     assert done.returncode == 1
     assert done.stderr.strip().endswith(f"no running master holds {tmp_path / 'none' / 'default.pid'}")
+
+
+def test_a_daemon_started_with_a_relative_config_upgrades(gearmand: Gearmand, tmp_path: Path, versioned: Path) -> None:
+    """--daemon moves the master to /; the new master still starts where the
+    first one was started, so a relative --config names the same file."""
+    common = ["--config", versioned.name, "--servers", gearmand.address, "--name", "test", "--processes", "1",
+              "--state-dir", "state"]
+    started = run_cli("gearman-workers", *common, "--daemon", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    pidfile = tmp_path / "state" / "test.pid"
+    with stopped_after(pidfile):
+        wait_for(lambda: len(gearmand.worker_pids("test")) == 1, what="the daemon's child")
+        old_master = read_pid(pidfile)
+        write_tasks(versioned.parent / "code", "v2")
+        upgrade = run_cli("gearman-workers", *common, "--upgrade", cwd=tmp_path)
+        assert upgrade.returncode == 0, upgrade.stderr + (tmp_path / "state" / "test.log").read_text()
+        assert read_pid(pidfile) not in (None, old_master)
+        wait_for(lambda: submit(gearmand, "stamp", "x").result.startswith(b"v2 v2 "), what="the new code")

@@ -414,6 +414,11 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
         values["hostname"] = socket.gethostname().split(".")[0] or "localhost"
     if values["pidfile"] is None:
         values["pidfile"] = values["state_dir"] / f"{values['name']}.pid"
+    # Absolute from here on: --daemon moves the process to /, and the PID
+    # file and log are written after that.
+    for key in ("state_dir", "pidfile", "log_file", "secret_file"):
+        if values[key] is not None:
+            values[key] = values[key].absolute()
     if require_tasks and not values["tasks"]:
         raise ConfigError("[tasks]: no task configured (add a [tasks] table or --task NAME=module:callable)")
     _check_heartbeat_timeout(values)

@@ -39,6 +39,9 @@ log = logging.getLogger("gearman_workers.handover")
 
 ENVIRONMENT = "GEARMAN_WORKERS_HANDOVER"
 READY = b"ready\n"
+# Where this master was started, before --daemon moved it to /: the
+# successor starts there, so that a relative --config means the same file.
+START_DIRECTORY = os.getcwd()
 
 
 def outcome_path(pid_path: Path) -> Path:
@@ -154,6 +157,7 @@ def _spawn_orphan(argv: list[str], env: dict[str, str], report_fd: int, fork_loc
             intermediate = os.fork()
         if intermediate == 0:
             try:
+                os.chdir(START_DIRECTORY)
                 pid = os.posix_spawn(argv[0], argv, env)
                 os.write(report_fd, f"pid {pid}\n".encode())
             finally:
