@@ -430,6 +430,9 @@ class FakeHandover:
     def predecessor_alive(self) -> bool:
         return self.alive
 
+    def close(self) -> None:
+        pass
+
 
 def test_a_successor_speaks_to_systemd_only_once_its_predecessor_handed_over(tmp_path: Path, clock: Clock) -> None:
     master = make(tmp_path)

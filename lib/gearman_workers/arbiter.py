@@ -391,6 +391,7 @@ class Arbiter:
                 return  # still handing over
             log.warning("master %d died during the handover; this one is in charge", self.handover.predecessor)
             self.pidfile.write()
+        self.handover.close()
         self.handover, self.notifier.muted = None, False
         self.notifier.send(ready=1, mainpid=self.pid)
 
@@ -617,7 +618,7 @@ class Arbiter:
                 os.close(fd)
             self.pidfile.close_inherited()
             if self.handover is not None:
-                self.handover.close_inherited()
+                self.handover.close()
             if self.successor is not None:
                 self.successor.close()
             if self.control is not None:

@@ -113,7 +113,7 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
     except (PidFileLocked, OSError) as err:
         return _fail("gearman-workers", f"cannot take over: {err}", EXIT_LOCKED, handover)
     if config.args is not None and config.args.daemon:
-        logsetup.setup(config.log_level, config.log_file or config.state_dir / f"{config.name}.log")
+        logsetup.setup(config.log_level, _daemon_log_file(config))
     try:
         run_preload(config)
         return Arbiter(config, tasks, pidfile, Notifier(), control, handover,
@@ -142,10 +142,14 @@ def _build_control(config: configuration.Config):  # type: ignore[no-untyped-def
     return ControlListener.from_config(config)
 
 
+def _daemon_log_file(config: configuration.Config) -> Path:
+    return config.log_file or config.state_dir / f"{config.name}.log"
+
+
 def _daemonize(config: configuration.Config, pidfile: PidFile) -> None:
     import daemon  # python-daemon: fork twice, setsid, close fds, umask, cwd
 
-    log_file = config.log_file or config.state_dir / f"{config.name}.log"
+    log_file = _daemon_log_file(config)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     stream = log_file.open("a", buffering=1)
     context = daemon.DaemonContext(

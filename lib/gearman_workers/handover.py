@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import signal
 import sys
@@ -34,8 +33,6 @@ from pathlib import Path
 from . import pidfile as pidfiles
 from . import state
 from .prctl import PR_SET_CHILD_SUBREAPER, prctl
-
-log = logging.getLogger("gearman_workers.handover")
 
 ENVIRONMENT = "GEARMAN_WORKERS_HANDOVER"
 READY = b"ready\n"
@@ -234,14 +231,20 @@ class Handover:
             return
         with contextlib.suppress(OSError):
             os.write(self.ready_fd, line)
-        os.close(self.ready_fd)
-        self.ready_fd = -1
+        self._close_pipe()
 
-    def close_inherited(self) -> None:
-        """In a forked child: drop the pipe without touching it."""
+    def _close_pipe(self) -> None:
         if self.ready_fd >= 0:
             os.close(self.ready_fd)
             self.ready_fd = -1
+
+    def close(self) -> None:
+        """Once in charge, or in a forked child: drop what we inherited
+        (the lock stays: the PID file object holds it)."""
+        self._close_pipe()
+        if self._predecessor_fd >= 0:
+            os.close(self._predecessor_fd)
+            self._predecessor_fd = -1
 
 
 # --- the operator's half: ask, and wait for the outcome -----------------------
