@@ -8,7 +8,7 @@ import re
 import signal
 import time
 
-from gearman_workers.child import resident_bytes
+from gearman_workers.procfs import resident_bytes
 
 TASKS = ("pid", "sleep", "spin", "stubborn", "gil_hog", "leak", "segfault", "grandchild", "daemon", "ledger")
 LEAKED: list[bytearray] = []
@@ -51,7 +51,7 @@ def leak(worker, job):
     block = bytearray(10 * 1024 * 1024)
     block[::4096] = b"x" * len(block[::4096])  # touch every page
     LEAKED.append(block)
-    return f"{os.getpid()} {resident_bytes() // (1024 * 1024)}"
+    return f"{os.getpid()} {(resident_bytes() or 0) // (1024 * 1024)}"
 
 
 def segfault(worker, job):

@@ -226,8 +226,9 @@ class Pool:
     """bin/gearman-workers run as a real process, the way an operator runs it."""
 
     def __init__(self, gearmand: Gearmand, workdir: Path, *extra: str, name: str = "test",
-                 processes: int = 2, config: Path | None = None) -> None:
+                 processes: int = 2, config: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.gearmand = gearmand
+        self.env = env
         self.name = name
         self.processes = processes
         self.state_dir = workdir / f"state-{name}"
@@ -244,7 +245,7 @@ class Pool:
     def start(self, wait: bool = True) -> Pool:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, close_fds=True)
+                                     stderr=subprocess.STDOUT, close_fds=True, env=self.env)
         if wait:
             self.wait_registered(self.processes)
         return self

@@ -76,18 +76,18 @@ class FakeArbiter(Arbiter):
 
     def registers(self, pid: int) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
-        writer.links_up, writer.registered_once = 1, True
+        writer.links, writer.registered_once = 1, True
         writer.publish(State.IDLE)
 
     def runs(self, pid: int, handle: bytes, deadline: float = 0.0) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
-        writer.links_up, writer.registered_once = 1, True
+        writer.links, writer.registered_once = 1, True
         now = arbiter_module.time.monotonic()
         writer.publish(State.BUSY, now, deadline, 0, b"resize", handle)
 
     def asks_recycling(self, pid: int) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
-        writer.links_up, writer.registered_once, writer.recycle = 1, True, Recycle.MAX_JOBS
+        writer.links, writer.registered_once, writer.recycle = 1, True, Recycle.MAX_JOBS
         writer.publish(State.IDLE)
 
     def dies(self, pid: int, signum: int = KILLED) -> None:
@@ -320,6 +320,41 @@ def test_scaling_down_retires_idle_children_first(tmp_path: Path, clock: Clock) 
     assert master.retiring() == {a, b}
 
 
+def test_every_exit_is_counted_under_its_reason(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, processes=4, job_timeout=5, kill_grace=1, heartbeat_timeout=10, max_jobs=100)
+    master.step()
+    timed_out, silent, crashing, shot = sorted(master.pids())
+    for pid in master.pids():
+        master.registers(pid)
+    master.runs(timed_out, b"H:gm:1", deadline=clock.now + 5)
+    clock.advance(10.5)
+    for pid in (crashing, shot):
+        master.registers(pid)
+    master.step()  # timed_out past deadline + grace, silent without heartbeat: both killed
+    for pid in (timed_out, silent, shot):
+        master.dies(pid)  # shot: a SIGKILL nobody in the pool sent (OOM killer, kill -9)
+    master.dies(crashing, SEGV)
+    master.step()
+    assert master.child_exits == {"crash": 1, "killed": 1, "recycled": 0, "timeout": 1, "hung": 1, "stopped": 0}
+    for pid in master.pids():
+        master.registers(pid)
+    recycled = min(master.pids())
+    master.asks_recycling(recycled)
+    master.step()
+    for pid in master.pids():
+        master.registers(pid)
+    master.step()
+    assert master.retiring() == {recycled}
+    master.dies(recycled, EXITED_0)
+    master.step()
+    master.submit(Stop("test"))
+    master.step()
+    for pid in master.pids():
+        master.dies(pid, EXITED_0)
+    master.step()
+    assert master.child_exits == {"crash": 1, "killed": 1, "recycled": 1, "timeout": 1, "hung": 1, "stopped": 4}
+
+
 def test_the_fake_signal_numbers_are_wait_statuses() -> None:
     assert os.waitstatus_to_exitcode(SEGV) == -signal.SIGSEGV
 
@@ -360,6 +395,12 @@ class Recorder:
 
     def status(self, text: str) -> None:
         self.send(status=text)
+
+    def kick_watchdog(self) -> None:
+        pass
+
+    def watchdog_due(self) -> float | None:
+        return None
 
     def write(self, pid: int | None = None) -> None:
         self.told.append(("pidfile", pid))

@@ -33,11 +33,13 @@ from typing import Any, Protocol
 
 from . import config as configuration
 from . import log as logsetup
-from . import procfs, runtime, state
+from . import procfs, runtime, state, titles
 from .backoff import Backoff
 from .child import Limits, Worker, run_child
 from .commands import FROM_SIGNAL, Command, PublishData, Reload, Scale, Stop, Upgrade
 from .handover import Handover, Successor, record_outcome
+from .jobstats import JobStats
+from .metrics import EXIT_REASONS, Snapshot
 from .notify import Notifier
 from .pidfile import PidFile, read_pid
 from .poison import PoisonLedger
@@ -60,8 +62,19 @@ KILLED_STOP = "did not stop in time"
 class Control(Protocol):
     """What the master needs of a fleet-control listener (see control/)."""
 
+    up: bool  # subscribed to the channel now
+
     def start(self, arbiter: Arbiter) -> None: ...
     def stop(self) -> None: ...
+    def forget_in_child(self) -> None: ...
+
+
+class Exporter(Protocol):
+    """What the master needs of a metrics server (see metrics.py)."""
+
+    def start(self, source: Arbiter, pool: str, host: str, lock: threading.Lock) -> None: ...
+    def close(self) -> None: ...
+    def fileno(self) -> int: ...
     def forget_in_child(self) -> None: ...
 
 
@@ -98,6 +111,17 @@ def _warm_up_before_threads() -> None:
         socket.getaddrinfo("localhost", None)
 
 
+def exit_reason(child: Child, status: int, stopping: bool) -> str:
+    """Why CHILD left, in the words of gearman_workers_child_exits_total."""
+    if child.killed_because == KILLED_TIMEOUT:
+        return "timeout"
+    if child.killed_because == KILLED_HUNG:
+        return "hung"
+    if child.stop_deadline is not None or stopping:  # asked to leave (and maybe killed for being slow)
+        return "recycled" if child.replacing_because else "stopped"
+    return "killed" if os.waitstatus_to_exitcode(status) == -signal.SIGKILL else "crash"
+
+
 def _jittered(limit: float) -> float:
     return limit * (1 + random.uniform(0, JITTER))
 
@@ -105,13 +129,19 @@ def _jittered(limit: float) -> float:
 class Arbiter:
     def __init__(self, config: configuration.Config, tasks: dict[str, Callable[..., Any]],
                  pidfile: PidFile, notifier: Notifier | None = None, control: Control | None = None,
-                 handover: Handover | None = None, inherited: list[state.ProcessIdentity] | None = None) -> None:
+                 handover: Handover | None = None, inherited: list[state.ProcessIdentity] | None = None,
+                 exporter: Exporter | None = None) -> None:
         self.config = config
         self.tasks = tasks
         self.pidfile = pidfile
         self.notifier = notifier or Notifier()
         self.control = control
         self.board = Scoreboard(configuration.MAX_PROCESSES + 1)
+        self.exporter = exporter
+        self.stats = JobStats(self.board.slots)  # counted into by the children only when exported
+        self.stats.add_tasks(tasks)
+        self.child_exits = dict.fromkeys(EXIT_REASONS, 0)
+        self.title = titles.master(config.name)
         self.children: dict[int, Child] = {}
         self.desired = config.processes
         self.generation = 0
@@ -152,8 +182,32 @@ class Arbiter:
             os.write(self._wake_w, b"c")
 
     def summary(self) -> dict[str, Any]:
-        return {"pid": self.pid, "children": len(self.children), "desired": self.desired,
-                "registered": self.registered_count(), "started": self.started_at}
+        """What the heartbeat tells the fleet (gm-ctl pools, gm-ctl status)."""
+        return {"pid": self.pid, "desired": self.desired, "registered": self.registered_count(),
+                "started": self.started_at, "reported": time.time(),
+                "children": [self._child_row(c) for c in sorted(list(self.children.values()), key=lambda c: c.slot)]}
+
+    def _child_row(self, child: Child) -> dict[str, Any]:
+        info, now = self.board.read(child.slot), time.monotonic()
+        busy = info.state == State.BUSY and info.pid == child.pid
+        state_name = "stopping" if child.stop_deadline is not None or child.killed_because else info.state.name.lower()
+        return {"slot": child.slot, "pid": child.pid, "state": state_name,
+                "task": info.task if busy else None, "job": info.job_handle if busy else None,
+                "busy_for": round(now - info.busy_since, 3) if busy else None,
+                "jobs_done": info.jobs_done, "jobs_failed": info.jobs_failed,
+                "rss": procfs.resident_bytes(child.pid), "age": round(now - child.started, 3)}
+
+    def metrics_snapshot(self) -> Snapshot:
+        infos = [self.board.read(c.slot) for c in list(self.children.values())]
+        states: dict[str, int] = {}
+        for info in infos:
+            name = "starting" if info.state == State.EMPTY else info.state.name.lower()
+            states[name] = states.get(name, 0) + 1
+        registered = {str(server): sum(1 for info in infos if info.links >> index & 1)
+                      for index, server in enumerate(self.config.servers)}
+        return Snapshot(self.desired, states, dict(self.child_exits), registered,
+                        self.control.up if self.control is not None else None,
+                        self.stats.totals(self.board.header()[2]))
 
     # --- the main loop ------------------------------------------------------
 
@@ -164,6 +218,7 @@ class Arbiter:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         _warm_up_before_threads()
         gc.freeze()  # keep the collector off preloaded objects: pages stay shared
+        self.title.show()
         if self.handover is not None:
             self.notifier.muted = True  # systemd hears from us once our predecessor made us its main process
             log.info("master %d takes over from master %d", self.pid, self.handover.predecessor)
@@ -171,6 +226,8 @@ class Arbiter:
         self._write_state()
         if self.control is not None:
             self.control.start(self)
+        if self.exporter is not None:
+            self.exporter.start(self, self.config.name, self.config.hostname, self.fork_lock)
         log.info("master %d starting %d children for tasks %s on %s", self.pid, self.desired,
                  ", ".join(self.tasks), ", ".join(map(str, self.config.servers)))
         try:
@@ -186,6 +243,7 @@ class Arbiter:
 
     def step(self) -> None:
         """One turn of the main loop, without the wait."""
+        self.notifier.kick_watchdog()  # from here only: a wedged loop is what systemd must notice
         self._handle_commands()
         self._check_successor()
         self._reap()
@@ -223,6 +281,9 @@ class Arbiter:
         # wanted) is forgotten: counted, it would make this wait zero forever.
         self.slot_not_before = {slot: t for slot, t in self.slot_not_before.items() if t > now}
         due = [now + 1.0, *self.slot_not_before.values()]
+        watchdog = self.notifier.watchdog_due()
+        if watchdog is not None:
+            due.append(watchdog)
         if self.successor is not None:
             due.append(self.successor.deadline)
         if self.config.heartbeat_timeout:
@@ -284,6 +345,7 @@ class Arbiter:
     def stop(self, graceful: bool, why: str) -> None:
         if not self.stopping:
             log.info("%s: stopping %s", why, "gracefully" if graceful else "now")
+            self.title.show("stopping")
             self.notifier.send(stopping=1, status=f"stopping ({why})")
         self.stopping = True
         if self.successor is not None:
@@ -311,6 +373,7 @@ class Arbiter:
         logging.getLogger().setLevel(fresh.log_level.upper())
         self.config, self.tasks, self.desired = fresh, tasks, fresh.processes
         self.generation += 1
+        self.stats.add_tasks(tasks)
         log.info("configuration reloaded; replacing the children one at a time")
 
     # --- upgrades (handover.py) -------------------------------------------------
@@ -325,8 +388,10 @@ class Arbiter:
         if self.control is not None:
             self.control.stop()  # one listener at a time: the successor's from now on
         try:
-            successor = Successor.start(self.pidfile.fileno or -1, self.notifier.socket_path, time.time(),
-                                        self.config.upgrade_timeout, self.fork_lock)
+            successor = Successor.start(self.pidfile.fileno or -1,
+                                        self.exporter.fileno() if self.exporter is not None else -1,
+                                        self.notifier.environment(), time.time(), self.config.upgrade_timeout,
+                                        self.fork_lock)
         except OSError as err:
             log.error("upgrade failed, keeping this master: cannot start a new one: %s", err)
             record_outcome(self.config.pidfile, self.pid, None, f"cannot start a new master: {err}")
@@ -355,6 +420,8 @@ class Arbiter:
         record_outcome(self.config.pidfile, self.pid, successor.pid, "handed over")
         successor.close()
         self.successor, self.handed_over = None, True
+        if self.exporter is not None:
+            self.exporter.close()  # scrapes go to the new master (it shares our socket)
         log.info("master %d is in charge now; this one lets its children finish their jobs and leaves",
                  successor.pid)
         self.stop(graceful=True, why=f"handed over to master {successor.pid}")
@@ -557,6 +624,8 @@ class Arbiter:
             self._record_poison(child, info, how)
         # After the poison record, never before: see poison.py.
         self.board.clear(child.slot)
+        self.stats.retire(child.slot)
+        self.child_exits[exit_reason(child, status, self.stopping)] += 1
         if child.stop_deadline is not None or self.stopping:
             log.info("child %d stopped (%s)", child.pid, how)
             return
@@ -623,8 +692,12 @@ class Arbiter:
                 self.successor.close()
             if self.control is not None:
                 self.control.forget_in_child()
+            counter = None
+            if self.exporter is not None:
+                self.exporter.forget_in_child()
+                counter = self.stats.counter(slot)
             worker = Worker(self.config, self.tasks, self.board, self.board.writer(slot, os.getpid()),
-                            self.pid, self._events_w, limits)
+                            self.pid, self._events_w, limits, counter, titles.child(slot, self.config.name))
             return run_child(worker)
         except BaseException:
             log.exception("child failed to start")
@@ -662,7 +735,7 @@ class Arbiter:
 
     def _registered(self, child: Child) -> bool:
         info = self.board.read(child.slot)
-        return info.links_up > 0 and info.state in (State.IDLE, State.BUSY)
+        return info.links != 0 and info.state in (State.IDLE, State.BUSY)
 
     def registered_count(self) -> int:
         return sum(self._registered(c) for c in self._live())

@@ -27,9 +27,12 @@ from . import runtime
 from .config import Config
 from .connection import CONNECTING, DOWN, UP, ConnectionLost, GearmandConnection
 from .job import Job, encode_result
+from .jobstats import DONE, FAILED, POISON, TIMEOUT, JobCounter
 from .poison import PoisonCheck
+from .procfs import resident_bytes
 from .scoreboard import Recycle, Scoreboard, SlotWriter, State
 from .timelimit import JobTimeout, JobTimer
+from .titles import Title
 
 log = logging.getLogger("gearman_workers.child")
 
@@ -55,7 +58,8 @@ class Worker:
     """The work loop of one child. ``run()`` returns the exit status."""
 
     def __init__(self, config: Config, tasks: dict[str, Callable[..., Any]], board: Scoreboard,
-                 slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits) -> None:
+                 slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits,
+                 counter: JobCounter | None = None, title: Title | None = None) -> None:
         self.config = config
         self.tasks = {name.encode(): func for name, func in tasks.items()}
         self.time_limits = {name.encode(): config.time_limit(name) for name in tasks}
@@ -64,6 +68,9 @@ class Worker:
         self.master_pid = master_pid
         self.events_fd = events_fd
         self.limits = limits
+        self.counter = counter  # None: metrics are off, nothing to count
+        self.title = title or Title(f"child [{config.name}]")
+        self.busy_titles = {name: f"busy {name.decode()}" for name in self.tasks}
         self.recycling_limits = bool(limits.max_jobs or limits.max_memory)
         self.links = [GearmandConnection(server, i, config.connect_timeout) for i, server in enumerate(config.servers)]
         self.by_fd: dict[int, GearmandConnection] = {}
@@ -129,11 +136,13 @@ class Worker:
     def run(self) -> int:
         self._install_signals()
         self.slot.publish(State.STARTING)
+        self.title.show("starting")
         self._start_heartbeat()
         try:
             self._loop()
         finally:
             self.slot.publish(State.STOPPING)
+            self.title.show("stopping")
             for link in self.links:
                 self._drop(link)
         return EXIT_OK
@@ -154,6 +163,7 @@ class Worker:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + self.config.connect_timeout
                     self.slot.publish(State.STOPPING)
+                    self.title.show("stopping")
                 if not any(link.awaiting_grab for link in self.links) or time.monotonic() > stop_deadline:
                     return
             else:
@@ -194,7 +204,7 @@ class Worker:
             log.warning("master %d is gone; stopping", self.master_pid)
             self.stopping = True
         self._apply_runtime_data()
-        self.slot.publish(State.IDLE if self.slot.links_up else State.STARTING)
+        self._show_idle()
         now = time.monotonic()
         for link in self.links:
             if link.connect_overdue(now):
@@ -246,7 +256,7 @@ class Worker:
         was_registered = link.registered
         link.close()
         if was_registered:
-            self.slot.links_up -= 1
+            self.slot.links &= ~(1 << link.index)
             self._registration_changed()
 
     def _send(self, link: GearmandConnection, data: bytes) -> bool:
@@ -258,8 +268,15 @@ class Worker:
             return False
 
     def _registration_changed(self) -> None:
-        self.slot.publish(State.IDLE if self.slot.links_up else State.STARTING)
+        self._show_idle()
         self._tell_master()
+
+    def _show_idle(self) -> None:
+        """Waiting for work: registered somewhere (idle), or not yet (starting)."""
+        state = State.IDLE if self.slot.links else State.STARTING
+        self.slot.publish(state)
+        if not self.stopping:
+            self.title.show("idle" if state == State.IDLE else "starting")
 
     def _tell_master(self) -> None:
         try:
@@ -282,6 +299,8 @@ class Worker:
             elif kind == p.NO_JOB:
                 self._confirm_registration(link)
                 link.awaiting_grab = False
+                if not self.stopping:
+                    self.title.show("idle")
                 self._send(link, PRE_SLEEP)
             elif kind == p.NOOP:
                 if self._accepting() and not link.awaiting_grab:
@@ -298,7 +317,7 @@ class Worker:
         # CAN_DO sent before it has been processed.
         if not link.registered:
             link.registered = True
-            self.slot.links_up += 1
+            self.slot.links |= 1 << link.index
             self.slot.registered_once = True
             self._registration_changed()
 
@@ -345,6 +364,7 @@ class Worker:
         limit = self.time_limits[task]
         started = time.monotonic()
         self.slot.publish(State.BUSY, started, started + limit if limit else 0.0, link.index, task, handle)
+        self.title.show(self.busy_titles[task])
         timer = self.timer
         try:
             try:
@@ -360,19 +380,28 @@ class Worker:
                 timer.check()  # the task caught JobTimeout and returned anyway
             reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
             self.slot.jobs_done += 1
+            self._count(task, DONE, started)
             return reply, None
         except Exception as err:
+            self._count(task, FAILED, started)
             return self._failure(job, err), None
         except JobTimeout as err:  # the traceback shows where the task was when time ran out
+            self._count(task, TIMEOUT, started)
             return self._failure(job, err), None
         except BaseException as err:  # SystemExit, KeyboardInterrupt: answer, then leave
+            self._count(task, FAILED, started)
             return self._failure(job, err), err
+
+    def _count(self, task: bytes, outcome: int, started: float) -> None:
+        if self.counter is not None:
+            self.counter.count(task, outcome, time.monotonic() - started)
 
     def _refuse_poison(self, job: Job, kills: int, why: str) -> bytes:
         message = (f"job {job.handle} not run again: its runs killed {kills} children (last: {why}); "
                    f"poison_kills = {self.limits.poison_kills}")
         log.error("task %s: %s", job.task, message)
         self.slot.jobs_failed += 1
+        self._count(job.task.encode(), POISON, time.monotonic())
         return self._fail_reply(job, f"PoisonJob: {message}")
 
     def _failure(self, job: Job, err: BaseException) -> bytes:
@@ -398,7 +427,7 @@ class Worker:
             return
         if limits.max_jobs and slot.jobs_done + slot.jobs_failed >= limits.max_jobs:
             slot.recycle = Recycle.MAX_JOBS
-        elif limits.max_memory and resident_bytes() > limits.max_memory:
+        elif limits.max_memory and (resident_bytes() or 0) > limits.max_memory:
             slot.recycle = Recycle.MAX_MEMORY
         else:
             return
@@ -419,15 +448,6 @@ class Worker:
         link = job.connection
         if isinstance(link, GearmandConnection) and link.status == UP:
             self._send(link, p.request(kind, job.handle.encode(), *args))
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_bytes() -> int:
-    """This process's resident set size."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE
 
 
 def run_child(worker: Worker) -> int:

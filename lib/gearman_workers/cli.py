@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(prog, f"config error: {err}", EXIT_CONFIG, handover)
     if args.upgrade:
         return _upgrade(config)
-    logsetup.setup(config.log_level)
+    logsetup.setup(config.log_level, log_format=config.log_format)
     try:
         tasks = load_tasks(config)
     except TaskLoadError as err:
@@ -90,15 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         pidfile.release()
         return _fail(prog, f"config error: [pool] state_dir: refusing to use it: {err}", EXIT_CONFIG)
     try:
+        exporter = _build_exporter(config)  # before detaching: a taken port is said on the terminal
         if args.daemon:
-            _daemonize(config, pidfile)
+            _daemonize(config, pidfile, [exporter.fileno()] if exporter else [])
         else:
             pidfile.write()
         run_preload(config)
-        return Arbiter(config, tasks, pidfile, Notifier(), control).run()
+        return Arbiter(config, tasks, pidfile, Notifier(), control, exporter=exporter).run()
     except TaskLoadError as err:
         log.error("%s", err)
         return EXIT_TASKS
+    except MetricsUnavailable as err:
+        return _fail(prog, f"config error: {err}", EXIT_CONFIG)
     finally:
         pidfile.release()
 
@@ -113,15 +117,18 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
     except (PidFileLocked, OSError) as err:
         return _fail("gearman-workers", f"cannot take over: {err}", EXIT_LOCKED, handover)
     if config.args is not None and config.args.daemon:
-        logsetup.setup(config.log_level, _daemon_log_file(config))
+        logsetup.setup(config.log_level, _daemon_log_file(config), log_format=config.log_format)
     try:
         run_preload(config)
-        return Arbiter(config, tasks, pidfile, Notifier(), control, handover,
-                       handover.predecessor_processes(config.state_file)).run()  # type: ignore[arg-type]
+        exporter = _build_exporter(config, handover.metrics_fd)
+        return Arbiter(config, tasks, pidfile, Notifier(), control, handover,  # type: ignore[arg-type]
+                       handover.predecessor_processes(config.state_file), exporter).run()
     except TaskLoadError as err:
         log.error("%s", err)
         handover.announce_failure(str(err))
         return EXIT_TASKS
+    except MetricsUnavailable as err:
+        return _fail("gearman-workers", f"config error: {err}", EXIT_CONFIG, handover)
     finally:
         pidfile.release()
 
@@ -142,11 +149,31 @@ def _build_control(config: configuration.Config):  # type: ignore[no-untyped-def
     return ControlListener.from_config(config)
 
 
+class MetricsUnavailable(Exception):
+    """The metrics address cannot be listened on."""
+
+
+def _build_exporter(config: configuration.Config, inherited_fd: int = -1):  # type: ignore[no-untyped-def]
+    """The metrics server, listening (on the predecessor's socket when it
+    listens where we are told to); None when metrics are off."""
+    if config.metrics_listen is None:
+        if inherited_fd >= 0:
+            os.close(inherited_fd)
+        return None
+    from .metrics import MetricsServer
+
+    try:
+        return MetricsServer(config.metrics_listen, inherited_fd)
+    except OSError as err:
+        raise MetricsUnavailable(f"[metrics] listen: cannot listen on {config.metrics_listen}: "
+                                 f"{err.strerror or err}") from None
+
+
 def _daemon_log_file(config: configuration.Config) -> Path:
     return config.log_file or config.state_dir / f"{config.name}.log"
 
 
-def _daemonize(config: configuration.Config, pidfile: PidFile) -> None:
+def _daemonize(config: configuration.Config, pidfile: PidFile, keep_open: list[int]) -> None:
     import daemon  # python-daemon: fork twice, setsid, close fds, umask, cwd
 
     log_file = _daemon_log_file(config)
@@ -154,9 +181,9 @@ def _daemonize(config: configuration.Config, pidfile: PidFile) -> None:
     stream = log_file.open("a", buffering=1)
     context = daemon.DaemonContext(
         working_directory="/", umask=0o022, pidfile=pidfile, detach_process=True,
-        files_preserve=[pidfile.fileno], stdout=stream, stderr=stream)
+        files_preserve=[pidfile.fileno, *keep_open], stdout=stream, stderr=stream)
     context.open()
-    logsetup.setup(config.log_level, log_file)
+    logsetup.setup(config.log_level, log_file, log_format=config.log_format)
 
 
 def cleanup_main(argv: list[str] | None = None) -> int:

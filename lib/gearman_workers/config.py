@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 MAX_PROCESSES = 1024
+MAX_SERVERS = 64  # a child's registrations are one 64-bit mask in the scoreboard
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SPEC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -65,6 +67,7 @@ class Config:
     poison_kills: int
     upgrade_timeout: float
     log_level: str
+    log_format: str
     log_file: Path | None
     python_path: list[str]
     preload: str | None
@@ -75,6 +78,7 @@ class Config:
     max_message_age: float
     key_prefix: str
     allow_unsigned: bool
+    metrics_listen: Server | None
     source: Path | None = None
     args: argparse.Namespace | None = dataclasses.field(default=None, repr=False)
 
@@ -110,6 +114,8 @@ def _servers(value: Any) -> list[Server]:
     servers = [_server(item) for item in items if str(item).strip()]
     if not servers:
         raise ValueError("expected at least one host:port")
+    if len(servers) > MAX_SERVERS:
+        raise ValueError(f"expected at most {MAX_SERVERS} servers, got {len(servers)}")
     return servers
 
 
@@ -188,6 +194,19 @@ def _log_level(value: Any) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
     return level
+
+
+def _log_format(value: Any) -> str:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return value
+
+
+def _listen(value: Any) -> Server:
+    address = _server(value)
+    if address.host in ("*", ""):
+        raise ValueError(f"expected an address to listen on (0.0.0.0 for every one), got {value!r}")
+    return address
 
 
 def callable_spec(value: Any) -> str:
@@ -276,6 +295,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", "upgrade_timeout", _seconds, 60.0,
            "seconds a new master started by an upgrade (SIGUSR2, --upgrade) may take to register its children"),
     Option("pool", "log_level", _log_level, "info", "debug, info, warning or error"),
+    Option("pool", "log_format", _log_format, "text",
+           "text, or json (one object per line, for log shippers)"),
     Option("pool", "log_file", _optional(_path), None, "log file (with --daemon; default: STATE_DIR/NAME.log)"),
     Option("pool", "python_path", _paths, [], "directories added to sys.path before tasks load"),
     Option("pool", "preload", _optional(callable_spec), None, "module:callable run once before forking"),
@@ -287,6 +308,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", "key_prefix", _name, "gearman-workers", "prefix of every Redis key the pools use"),
     Option("control", "allow_unsigned", _bool, False,
            "accept unsigned commands (without secret_file): anyone who can publish controls the pool"),
+    Option("metrics", "listen", _optional(_listen), None,
+           "HOST:PORT to serve Prometheus metrics on (empty: off)", field="metrics_listen"),
 )
 
 

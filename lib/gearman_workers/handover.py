@@ -80,25 +80,26 @@ class Successor:
     _said: bytes = b""
 
     @classmethod
-    def start(cls, lock_fd: int, notify_socket: str | None, control_since: float, timeout: float,
-              fork_lock: threading.Lock) -> Successor:
+    def start(cls, lock_fd: int, metrics_fd: int, notify_env: dict[str, str], control_since: float,
+              timeout: float, fork_lock: threading.Lock) -> Successor:
         ready_r, ready_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         lock_copy = os.dup(lock_fd)
+        metrics_copy = os.dup(metrics_fd) if metrics_fd >= 0 else -1
         try:
-            os.set_inheritable(lock_copy, True)
-            os.set_inheritable(ready_w, True)
-            env = dict(os.environ)
+            for fd in (lock_copy, ready_w, metrics_copy):
+                if fd >= 0:
+                    os.set_inheritable(fd, True)
+            env = dict(os.environ) | notify_env
             env[ENVIRONMENT] = json.dumps({"lock_fd": lock_copy, "ready_fd": ready_w, "predecessor": os.getpid(),
-                                           "control_since": control_since})
-            if notify_socket:
-                env["NOTIFY_SOCKET"] = notify_socket
+                                           "control_since": control_since, "metrics_fd": metrics_copy})
             _spawn_orphan(successor_argv(), env, ready_w, fork_lock)
         except BaseException:
             os.close(ready_r)
             raise
         finally:
-            os.close(lock_copy)
-            os.close(ready_w)
+            for fd in (lock_copy, ready_w, metrics_copy):
+                if fd >= 0:
+                    os.close(fd)
         return cls(ready_r, time.monotonic() + timeout)
 
     def poll(self) -> None:
@@ -181,6 +182,7 @@ class Handover:
     ready_fd: int
     predecessor: int
     control_since: float
+    metrics_fd: int = -1  # the predecessor's metrics socket, listening (-1: none)
     _predecessor_fd: int = -1
 
     @classmethod
@@ -191,11 +193,12 @@ class Handover:
         try:
             fields = json.loads(raw)
             handover = cls(int(fields["lock_fd"]), int(fields["ready_fd"]), int(fields["predecessor"]),
-                           float(fields["control_since"]))
+                           float(fields["control_since"]), int(fields.get("metrics_fd", -1)))
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{ENVIRONMENT} is malformed ({err})") from None
-        for fd in (handover.lock_fd, handover.ready_fd):
-            os.set_inheritable(fd, False)  # our own children must not hold them
+        for fd in (handover.lock_fd, handover.ready_fd, handover.metrics_fd):
+            if fd >= 0:
+                os.set_inheritable(fd, False)  # our own children must not hold them
         with contextlib.suppress(OSError):
             handover._predecessor_fd = os.pidfd_open(handover.predecessor)  # not our parent: init adopted us
         return handover

@@ -1,12 +1,26 @@
-"""Logging set-up shared by the master and its children."""
+"""Logging set-up shared by the master and its children.
+
+Three shapes of line:
+- text (the default): ``TIME LEVEL logger role[pid]: message``
+- json: one object per line, for log shippers
+- either of them, when stderr is the systemd journal: every line starts
+  with its syslog priority (``<3>`` error ... ``<7>`` debug), which journald
+  takes as the entry's priority (so ``journalctl -p err`` finds errors), and
+  text lines carry no timestamp of their own (journald stamps each entry).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 _role = "master"
+
+# syslog priorities (sd-daemon.h) of Python's levels
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 class _RoleFilter(logging.Filter):
@@ -21,16 +35,57 @@ def set_role(role: str) -> None:
     _role = role
 
 
-def setup(level: str, log_file: Path | None = None, timestamps: bool = True) -> None:
+def stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM to the device and inode of the stream it
+    connected; a stderr redirected elsewhere since no longer matches."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+        return (info.st_dev, info.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name,
+                 "role": getattr(record, "role", _role), "pid": record.process, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class JournalFormatter(logging.Formatter):
+    """Wraps another formatter: the priority before every line, so that a
+    traceback's lines keep the priority of the error they belong to."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
+def formatter(log_format: str = "text", journal: bool = False, timestamps: bool = True) -> logging.Formatter:
+    if log_format == "json":
+        shape: logging.Formatter = JsonFormatter()
+    else:
+        stamp = "%(asctime)s " if timestamps and not journal else ""
+        shape = logging.Formatter(f"{stamp}%(levelname)s %(name)s %(role)s[%(process)d]: %(message)s")
+    return JournalFormatter(shape) if journal else shape
+
+
+def setup(level: str, log_file: Path | None = None, timestamps: bool = True, log_format: str = "text") -> None:
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    stamp = "%(asctime)s " if timestamps else ""
-    handler.setFormatter(logging.Formatter(
-        f"{stamp}%(levelname)s %(name)s %(role)s[%(process)d]: %(message)s"))
+    journal = log_file is None and stderr_is_journal()
+    handler.setFormatter(formatter(log_format, journal, timestamps))
     handler.addFilter(_RoleFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -29,3 +32,12 @@ def children_of(parent: int) -> set[int]:
             if fields is not None and int(fields[1]) == parent and fields[0] not in (b"Z", b"X"):
                 found.add(int(entry.name))
     return found
+
+
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """The process's resident set size, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (FileNotFoundError, ProcessLookupError):
+        return None

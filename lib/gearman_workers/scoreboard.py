@@ -20,11 +20,12 @@ import time
 
 # data version, poison version, slots in use
 _HEADER = struct.Struct("<QQI4x")
-# pid, state, links up, registered once, recycle, server of the job,
-# started, busy since, deadline, heartbeat, jobs done, jobs failed, task, job handle
-_SLOT = struct.Struct("<iBBBBB3xddddQQ64s64s")
+# pid, state, registered once, recycle, server of the job, registered links
+# (bit I: server I), started, busy since, deadline, heartbeat, jobs done,
+# jobs failed, task, job handle
+_SLOT = struct.Struct("<iBBBBQddddQQ64s64s")
 _BEAT = struct.Struct("<d")
-_BEAT_OFFSET = struct.calcsize("<iBBBBB3xddd")
+_BEAT_OFFSET = struct.calcsize("<iBBBBQddd")
 _STATE_OFFSET = 4
 _HANDLE_OFFSET = _SLOT.size - 64
 # server, kills, pid of the last child it killed, job handle, why
@@ -52,10 +53,10 @@ class Recycle(enum.IntEnum):
 class SlotInfo:
     pid: int
     state: State
-    links_up: int
     registered_once: bool
     recycle: Recycle
     server: int
+    links: int  # bit I set: registered with server I
     started: float
     busy_since: float
     deadline: float
@@ -158,9 +159,9 @@ class Scoreboard:
     # --- slots -------------------------------------------------------------
 
     def read(self, slot: int) -> SlotInfo:
-        (pid, state, links, once, recycle, server, started, busy, deadline, beat, done, failed,
+        (pid, state, once, recycle, server, links, started, busy, deadline, beat, done, failed,
          task, handle) = _SLOT.unpack_from(self._mem, self._offset(slot))
-        return SlotInfo(pid, State(state), links, bool(once), Recycle(recycle), server, started, busy,
+        return SlotInfo(pid, State(state), bool(once), Recycle(recycle), server, links, started, busy,
                         deadline, beat, done, failed, _text(task), _text(handle))
 
     def reset(self, slot: int) -> None:
@@ -180,14 +181,14 @@ class Scoreboard:
 class SlotWriter:
     """The child's side: cheap writes on the job path."""
 
-    __slots__ = ("_mem", "_offset", "jobs_done", "jobs_failed", "links_up", "pid", "recycle",
+    __slots__ = ("_mem", "_offset", "jobs_done", "jobs_failed", "links", "pid", "recycle",
                  "registered_once", "started")
 
     def __init__(self, mem: mmap.mmap, offset: int, pid: int) -> None:
         self._mem = mem
         self._offset = offset
         self.pid, self.started = pid, _SLOT.unpack_from(mem, offset)[6]
-        self.links_up = self.jobs_done = self.jobs_failed = 0
+        self.links = self.jobs_done = self.jobs_failed = 0
         self.registered_once = False
         self.recycle = Recycle.NO
 
@@ -199,7 +200,7 @@ class SlotWriter:
     def publish(self, state: State, busy_since: float = 0.0, deadline: float = 0.0, server: int = 0,
                 task: bytes = b"", handle: bytes = b"") -> None:
         self._mem[self._offset:self._offset + _SLOT.size] = _SLOT.pack(
-            self.pid, state, self.links_up, self.registered_once, self.recycle, server, self.started, busy_since,
+            self.pid, state, self.registered_once, self.recycle, server, self.links, self.started, busy_since,
             deadline, time.monotonic(), self.jobs_done, self.jobs_failed, task[:64], handle[:64])
 
     def beat(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -163,7 +164,8 @@ def ctl_main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("set", "set runtime data KEY to a JSON VALUE"), ("del", "remove runtime data KEY"),
                        ("get", "show the stored runtime data"), ("scale", "change the number of children"),
-                       ("pools", "list live pools from their heartbeats")):
+                       ("pools", "list live pools from their heartbeats"),
+                       ("status", "one row per child of every live pool: state, job, counts, memory")):
         sub = commands.add_parser(name, parents=[common], help=text, description=text)
         if name in ("set", "del", "get"):
             sub.add_argument("key", nargs="?" if name == "get" else None)
@@ -171,6 +173,8 @@ def ctl_main(argv: list[str] | None = None) -> int:
             sub.add_argument("value", help='a JSON value: 42, true, "text", {"a": 1}')
         if name == "scale":
             sub.add_argument("n", type=int)
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print JSON (see README: fields are stable)")
         if name != "pools":
             target_options(sub)
     args = parser.parse_args(argv)
@@ -210,6 +214,12 @@ def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redi
         print(f"scale {args.n} published; received by {receivers} listener(s)")
     elif args.command == "get":
         _print_data(client, keys, args.key)
+    elif args.command == "status":
+        pools = sorted(_targeted(store.live_pools(client, keys), args.host, args.pool).values(), key=_pool_id)
+        if args.json:
+            print(json.dumps(status_document(pools), indent=2, sort_keys=True))
+        else:
+            _print_status(status_document(pools)["children"])
     else:
         _print_pools(store.live_pools(client, keys))
     return EXIT_OK
@@ -231,10 +241,74 @@ def _print_data(client: redis.Redis, keys: store.Keys, only: str | None) -> None
                 print(f"{scope:24s} {key} = {json.dumps(command.value)}")
 
 
+def _children(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """A heartbeat's child rows (a master older than gm-ctl status sent a count)."""
+    children = info.get("children")
+    return [c for c in children if isinstance(c, dict)] if isinstance(children, list) else []
+
+
+def _child_count(info: dict[str, Any]) -> int:
+    children = info.get("children", 0)
+    return len(children) if isinstance(children, list) else int(children or 0)
+
+
+CHILD_FIELDS = ("slot", "pid", "state", "task", "job", "busy_for", "jobs_done", "jobs_failed", "rss", "age")
+POOL_FIELDS = ("pid", "desired", "registered", "started", "reported")
+
+
+def status_document(pools: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `gm-ctl status --json` prints: every pool, and every child with
+    its pool's host, name and master. Values are as of the pool's last
+    heartbeat (`reported`, seconds since the epoch; a few seconds old)."""
+    document: dict[str, list[dict[str, Any]]] = {"pools": [], "children": []}
+    for info in pools:
+        where = {"host": info.get("host"), "pool": info.get("name")}
+        document["pools"].append(where | {key: info.get(key) for key in POOL_FIELDS} |
+                                 {"children": _child_count(info)})
+        for child in _children(info):
+            document["children"].append(where | {"master": info.get("pid"), "reported": info.get("reported")} |
+                                        {key: child.get(key) for key in CHILD_FIELDS})
+    return document
+
+
+def _span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _mib(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.0f}M"
+
+
+def _print_status(children: list[dict[str, Any]]) -> None:
+    """A table sized to the terminal: the job handle column goes first when narrow."""
+    columns = [("HOST", "host"), ("POOL", "pool"), ("PID", "pid"), ("STATE", "state"), ("TASK", "task"),
+               ("JOB", "job"), ("BUSY", "busy_for"), ("DONE", "jobs_done"), ("FAILED", "jobs_failed"),
+               ("RSS", "rss"), ("AGE", "age")]
+    shown = {"busy_for": _span, "age": _span, "rss": _mib}
+    rows = [[shown.get(key, lambda v: "-" if v is None else str(v))(child.get(key)) for _, key in columns]
+            for child in children]
+    widths = [max([len(title), *(len(row[i]) for row in rows)]) for i, (title, _) in enumerate(columns)]
+    keep = list(range(len(columns)))
+    if sum(widths) + len(widths) > shutil.get_terminal_size((100, 24)).columns:
+        keep.remove(5)
+    numeric = {2, 6, 7, 8, 9, 10}
+    for row in [[title for title, _ in columns], *rows]:
+        print(" ".join(row[i].rjust(widths[i]) if i in numeric else row[i].ljust(widths[i]) for i in keep).rstrip())
+    if not children:
+        print("(no live pool matched)")
+
+
 def _print_pools(pools: list[dict[str, Any]]) -> None:
     print(f"{'HOST':20s} {'POOL':16s} {'PID':>7s} {'CHILDREN':>9s} {'REGISTERED':>10s} {'UP':>8s}")
     for info in sorted(pools, key=_pool_id):
         up = time.time() - float(info.get("started", time.time()))
         print(f"{info.get('host', '?'):20s} {info.get('name', '?'):16s} {info.get('pid', 0):>7} "
-              f"{info.get('children', 0):>4}/{info.get('desired', 0):<4} {info.get('registered', 0):>10} "
+              f"{_child_count(info):>4}/{info.get('desired', 0):<4} {info.get('registered', 0):>10} "
               f"{up:>7.0f}s")

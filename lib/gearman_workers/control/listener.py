@@ -46,7 +46,7 @@ class Master(Protocol):
 
 log = logging.getLogger("gearman_workers.control")
 
-HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_INTERVAL = 2.0  # what gm-ctl status shows is at most this old
 HEARTBEAT_TTL = 15
 MAX_RETRY_DELAY = 5.0
 
@@ -85,6 +85,7 @@ class ControlListener:
         self._guard = threading.Lock()
         self._client: redis.Redis | None = None
         self._outage_since: float | None = None
+        self.up = False  # subscribed and caught up (gearman_workers_control_up)
 
     @classmethod
     def from_config(cls, config: Config) -> ControlListener:
@@ -104,6 +105,7 @@ class ControlListener:
 
     def stop(self) -> None:
         self._stop.set()
+        self.up = False
         client = self._client
         if client is not None and self.arbiter is not None and self._outage_since is None:
             try:
@@ -149,6 +151,7 @@ class ControlListener:
                     log.info("redis reachable again after %.1f s", time.monotonic() - self._outage_since)
                     self._outage_since = None
                 self._catch_up(client)
+            self.up = True
             next_beat = 0.0
             while not stop.is_set():
                 with self._guard:
@@ -163,6 +166,7 @@ class ControlListener:
                     with self._guard:
                         self._on_message(client, message["data"])
         finally:
+            self.up = False
             pubsub.close()
             client.close()
 

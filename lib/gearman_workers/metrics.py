@@ -1,0 +1,227 @@
+"""Prometheus metrics, served by the master from what its children counted.
+
+The children never see this module: they count into shared memory
+(jobstats.py, scoreboard.py) and the master reads it when scraped. One
+thread serves HTTP; it takes the master's fork lock while it reads and
+renders, so that a child is never forked while this thread holds a lock.
+
+Every series carries `pool` and `host`, so that a fleet adds up by them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from . import __version__
+from .config import Server
+from .jobstats import BUCKETS, OUTCOMES, TaskTotals
+
+CHILD_STATES = ("starting", "idle", "busy", "stopping")
+# Why a child left (see Arbiter.exit_reason).
+EXIT_REASONS = ("crash", "killed", "recycled", "timeout", "hung", "stopped")
+SCRAPE_TIMEOUT = 10.0  # seconds a client may take to send its request
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """The master's state, read at one moment."""
+
+    desired: int
+    children: dict[str, int]    # state -> children in it
+    exits: dict[str, int]       # reason -> children that left for it
+    registered: dict[str, int]  # gearmand host:port -> children registered with it
+    control_up: bool | None     # None: no control channel configured
+    jobs: list[TaskTotals]
+
+
+class Source(Protocol):
+    """What the exporter reads of the master (arbiter.py)."""
+
+    def metrics_snapshot(self) -> Snapshot: ...
+
+
+class PoolCollector:
+    """Turns a Snapshot into metric families (prometheus-client's Collector)."""
+
+    def __init__(self, source: Source, pool: str, host: str) -> None:
+        self.source = source
+        self.labels = {"pool": pool, "host": host}
+
+    def _family(self, kind: type, name: str, documentation: str, *labels: str) -> Metric:
+        return kind(name, documentation, labels=[*self.labels, *labels])
+
+    def _values(self, *extra: str) -> list[str]:
+        return [*self.labels.values(), *extra]
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.source.metrics_snapshot()
+        yield from self._jobs(snap.jobs)
+        yield from self._children(snap)
+        yield from self._links(snap)
+        info = self._family(GaugeMetricFamily, "gearman_workers_build_info", "The running version.", "version")
+        info.add_metric(self._values(__version__), 1)
+        yield info
+
+    def _jobs(self, jobs: list[TaskTotals]) -> Iterator[Metric]:
+        counts = self._family(CounterMetricFamily, "gearman_workers_jobs",
+                              "Jobs ended, by task and outcome (done, failed, timeout: hit its time limit, "
+                              "poison: not run, its runs had killed poison_kills children).", "task", "outcome")
+        durations = self._family(HistogramMetricFamily, "gearman_workers_job_duration_seconds",
+                                 "Time the task ran, per job (poison jobs are not run).", "task")
+        for task in jobs:
+            for outcome in OUTCOMES:
+                counts.add_metric(self._values(task.task, outcome), task.outcomes[outcome])
+            cumulative, buckets = 0, []
+            for bound, count in zip([*map(str, BUCKETS), "+Inf"], task.buckets, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            durations.add_metric(self._values(task.task), buckets, task.seconds)
+        yield counts
+        yield durations
+
+    def _children(self, snap: Snapshot) -> Iterator[Metric]:
+        children = self._family(GaugeMetricFamily, "gearman_workers_children", "Children, by state.", "state")
+        for state in CHILD_STATES:
+            children.add_metric(self._values(state), snap.children.get(state, 0))
+        yield children
+        desired = self._family(GaugeMetricFamily, "gearman_workers_children_desired",
+                               "Children the master keeps alive.")
+        desired.add_metric(self._values(), snap.desired)
+        yield desired
+        exits = self._family(CounterMetricFamily, "gearman_workers_child_exits",
+                             "Children that left, by reason (crash, killed: by a signal nobody in the pool "
+                             "sent, recycled, timeout, hung, stopped).", "reason")
+        for reason in EXIT_REASONS:
+            exits.add_metric(self._values(reason), snap.exits.get(reason, 0))
+        yield exits
+
+    def _links(self, snap: Snapshot) -> Iterator[Metric]:
+        up = self._family(GaugeMetricFamily, "gearman_workers_gearmand_up",
+                          "1 while at least one child is registered with this gearmand.", "server")
+        registered = self._family(GaugeMetricFamily, "gearman_workers_children_registered",
+                                  "Children registered with this gearmand.", "server")
+        for server, count in snap.registered.items():
+            up.add_metric(self._values(server), 1 if count else 0)
+            registered.add_metric(self._values(server), count)
+        yield up
+        yield registered
+        if snap.control_up is not None:
+            control = self._family(GaugeMetricFamily, "gearman_workers_control_up",
+                                   "1 while the master is subscribed to the Redis control channel.")
+            control.add_metric(self._values(), 1 if snap.control_up else 0)
+            yield control
+
+
+def registry_for(source: Source, pool: str, host: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(source, pool, host))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)  # the master's own CPU, memory, open files
+    return registry
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = SCRAPE_TIMEOUT
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path not in ("/", "/metrics"):
+            self.send_error(404, "only /metrics here")
+            return
+        encode, content_type = choose_encoder(self.headers.get("Accept", ""))
+        with self.server.lock:
+            body = encode(self.server.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a scrape every few seconds is not news
+
+
+class _Server(HTTPServer):
+    lock: threading.Lock
+    registry: CollectorRegistry
+
+    def server_bind(self) -> None:
+        # Not HTTPServer's: it asks DNS for our name (getfqdn), which may hang.
+        super(HTTPServer, self).server_bind()
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+class MetricsServer:
+    """Listens on ADDRESS (or on an inherited socket listening there)."""
+
+    def __init__(self, address: Server, inherited_fd: int = -1) -> None:
+        self.address = address
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        _Server.address_family = family
+        self._http = _Server((address.host, address.port), _Handler, bind_and_activate=False)
+        inherited = _adopt(inherited_fd, family, address)
+        if inherited is not None:
+            self._http.socket.close()
+            self._http.socket = inherited
+        else:
+            try:
+                self._http.server_bind()
+                self._http.server_activate()
+            except OSError:
+                self._http.server_close()
+                raise
+        self._thread: threading.Thread | None = None
+
+    def fileno(self) -> int:
+        return self._http.socket.fileno()
+
+    def start(self, source: Source, pool: str, host: str, lock: threading.Lock) -> None:
+        registry = registry_for(source, pool, host)
+        choose_encoder("")[0](registry)  # render once here: its imports happen before the thread exists
+        self._http.registry, self._http.lock = registry, lock
+        self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name="metrics", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving, without waiting for the thread to notice (it does
+        within its poll interval, then closes the socket)."""
+        if self._thread is None:
+            self._http.server_close()
+            return
+        self._thread = None
+
+        def stop() -> None:
+            self._http.shutdown()
+            self._http.server_close()
+
+        threading.Thread(target=stop, name="metrics-stop", daemon=True).start()
+
+    def forget_in_child(self) -> None:
+        """After fork: the thread does not exist here; only the socket does."""
+        self._http.socket.close()
+
+
+def _adopt(fd: int, family: int, address: Server) -> socket.socket | None:
+    """The predecessor's listening socket, if it listens where we are told to."""
+    if fd < 0:
+        return None
+    sock = socket.socket(fileno=fd)
+    try:
+        host, port = sock.getsockname()[:2]
+        if sock.family == family and port == address.port and host == socket.getaddrinfo(
+                address.host, None, family)[0][4][0]:
+            return sock
+    except OSError:
+        pass
+    sock.close()
+    return None
