@@ -6,6 +6,7 @@ production one, then checked as an operator would."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import gearman
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, gearmand_status, wait_for
 
@@ -403,6 +405,64 @@ def test_a_rolling_code_rollout_under_load_loses_nothing(fleet: Fleet, tmp_path:
         assert new[name] and not new[name] & old[name], (old, new)
     answers = {fleet.job("whoami", str(i)) for i in range(20)}
     assert all(answer.endswith("hello from v2") for answer in answers), answers
+
+
+METRICS_PORTS = {"default": 9810, "batch": 9811}  # the role's: its first port, then the next per pool
+
+
+def scrape(host: SystemdHost, pool: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The pool's metrics, fetched on the host (they listen on its loopback only)."""
+    text = host.out(f"python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:"
+                    f"{METRICS_PORTS[pool]}/metrics\").read().decode())'")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    (value,) = [v for (n, found), v in samples.items() if n == name and labels.items() <= dict(found).items()]
+    return value
+
+
+def test_metrics_status_and_journal_priorities_on_the_hosts(fleet: Fleet) -> None:
+    fleet.wait_serving()
+    since = {name: fleet.hosts[name].now() for name in WORKERS}
+    request = fleet.client().submit_job("fail", "on purpose", poll_timeout=30)
+    assert request.state == "FAILED"
+    failed = 0.0
+    for name in WORKERS:
+        host = fleet.hosts[name]
+        for pool, count in POOLS.items():
+            samples = scrape(host, pool)
+            assert sample(samples, "gearman_workers_children_desired", pool=pool, host=name) == count
+            assert sample(samples, "gearman_workers_children", state="idle", pool=pool, host=name) == count
+            assert sample(samples, "gearman_workers_gearmand_up") == 1
+            assert sample(samples, "gearman_workers_control_up") == 1
+            if pool == "default":
+                failed += sample(samples, "gearman_workers_jobs_total", task="fail", outcome="failed")
+    assert failed == 1  # the one failing job, counted on the host that ran it
+    errors = {name: fleet.hosts[name].run(f"journalctl --no-pager -p err -u 'gearman-workers@*' "
+                                          f"--since '{since[name]}'").stdout for name in WORKERS}
+    ran_it = [name for name, text in errors.items() if "task fail failed on job" in text]
+    assert len(ran_it) == 1, errors
+    assert "RuntimeError: asked to fail with b'on purpose'" in errors[ran_it[0]]  # the traceback is err too
+    status = json.loads(fleet.hosts["worker1"].out("gm-ctl status --json"))
+    for pool in POOLS:
+        for name in WORKERS:
+            listed = {c["pid"] for c in status["children"] if (c["host"], c["pool"]) == (name, pool)}
+            assert listed == fleet.registered(pool)[name], (pool, name, status)
+
+
+def test_a_wedged_master_is_restarted_by_the_watchdog(fleet: Fleet) -> None:
+    worker = fleet.hosts["worker2"]
+    fleet.wait_serving()
+    old_main = worker.main_pid("batch")
+    worker.out(f"kill -STOP {old_main}")  # its loop stops; its children still serve
+    wait_for(lambda: worker.main_pid("batch") not in (0, old_main), timeout=60,
+             what="systemd's watchdog to restart the stopped master")
+    journal = worker.journal()
+    assert "gearman-workers@batch.service: Watchdog timeout" in journal
+    assert "Fatal Python error: Aborted" in journal  # and where it was stuck, from faulthandler
+    fleet.wait_serving()
 
 
 def test_restart_runs_the_cleanup_and_comes_back(fleet: Fleet) -> None:

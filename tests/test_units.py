@@ -201,7 +201,7 @@ class FakeSource:
         stats.counter(0).count(b"echo", DONE, 0.02)
         return Snapshot(desired=3, children={"idle": 2, "busy": 1}, exits={"crash": 4},
                         registered={"10.0.0.1:4730": 3, "10.0.0.2:4730": 0}, control_up=False,
-                        jobs=stats.totals(1))
+                        jobs=stats.totals(1), resident={"master": 30_000_000, "children": 90_000_000})
 
 
 def test_the_collector_labels_every_series_with_pool_and_host() -> None:
@@ -227,6 +227,7 @@ def test_the_collector_labels_every_series_with_pool_and_host() -> None:
     assert get("gearman_workers_gearmand_up", server="10.0.0.1:4730") == 1
     assert get("gearman_workers_gearmand_up", server="10.0.0.2:4730") == 0
     assert get("gearman_workers_control_up") == 0
+    assert get("gearman_workers_resident_bytes", role="children") == 90_000_000
 
 
 def test_watchdog_kicks_are_due_four_times_per_period(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import faulthandler
 import gc
 import json
 import logging
@@ -198,7 +199,8 @@ class Arbiter:
                 "rss": procfs.resident_bytes(child.pid), "age": round(now - child.started, 3)}
 
     def metrics_snapshot(self) -> Snapshot:
-        infos = [self.board.read(c.slot) for c in list(self.children.values())]
+        children = list(self.children.values())
+        infos = [self.board.read(c.slot) for c in children]
         states: dict[str, int] = {}
         for info in infos:
             name = "starting" if info.state == State.EMPTY else info.state.name.lower()
@@ -207,11 +209,16 @@ class Arbiter:
                       for index, server in enumerate(self.config.servers)}
         return Snapshot(self.desired, states, dict(self.child_exits), registered,
                         self.control.up if self.control is not None else None,
-                        self.stats.totals(self.board.header()[2]))
+                        self.stats.totals(self.board.header()[2]),
+                        {"master": procfs.resident_bytes(self.pid) or 0,
+                         "children": sum(procfs.resident_bytes(c.pid) or 0 for c in children)})
 
     # --- the main loop ------------------------------------------------------
 
     def run(self) -> int:
+        # systemd's watchdog ends a wedged master with SIGABRT: the journal
+        # then shows where every thread was stuck.
+        faulthandler.enable()
         self._install_signals()
         # Orphans of a child's task (a forked grandchild) come to us, not to
         # PID 1, so that they can be stopped with their child.

@@ -42,6 +42,7 @@ class Snapshot:
     registered: dict[str, int]  # gearmand host:port -> children registered with it
     control_up: bool | None     # None: no control channel configured
     jobs: list[TaskTotals]
+    resident: dict[str, int] = dataclasses.field(default_factory=dict)  # "master"/"children" -> bytes
 
 
 class Source(Protocol):
@@ -104,6 +105,11 @@ class PoolCollector:
         for reason in EXIT_REASONS:
             exits.add_metric(self._values(reason), snap.exits.get(reason, 0))
         yield exits
+        memory = self._family(GaugeMetricFamily, "gearman_workers_resident_bytes",
+                              "Resident memory of the master, and of all its children together.", "role")
+        for role, size in snap.resident.items():
+            memory.add_metric(self._values(role), size)
+        yield memory
 
     def _links(self, snap: Snapshot) -> Iterator[Metric]:
         up = self._family(GaugeMetricFamily, "gearman_workers_gearmand_up",
