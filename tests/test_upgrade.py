@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import gearman
 import pytest
 
 from gearman_workers.pidfile import read_pid
-from helpers import Gearmand, JobStream, Pool, pid_alive, run_cli, submit, wait_for
+from helpers import Gearmand, JobStream, Pool, free_port, pid_alive, run_cli, submit, wait_for
 
 TASKS = '''
 import os
@@ -167,3 +169,51 @@ def test_a_daemon_started_with_a_relative_config_upgrades(gearmand: Gearmand, tm
         assert upgrade.returncode == 0, upgrade.stderr + (tmp_path / "state" / "test.log").read_text()
         assert read_pid(pidfile) not in (None, old_master)
         wait_for(lambda: submit(gearmand, "stamp", "x").result.startswith(b"v2 v2 "), what="the new code")
+
+
+class Scraper:
+    """Scrapes /metrics every 20 ms while a `with` block runs, noting which
+    master answered (its process start time) and any failed scrape."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.masters: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as answer:
+                    text = answer.read().decode()
+                self.masters.append(float(re.search(r"^process_start_time_seconds (\S+)$", text, re.M).group(1)))
+            except (OSError, AttributeError) as err:
+                self.failures.append(repr(err))
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        wait_for(lambda: len(self.masters) >= 3, what="the first scrapes")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_metrics_are_served_throughout_an_upgrade(gearmand: Gearmand, tmp_path: Path, versioned: Path) -> None:
+    port = free_port()
+    pool = Pool(gearmand, tmp_path, "--metrics-listen", f"127.0.0.1:{port}", config=versioned, processes=2)
+    with stopped_after(pool.pidfile):
+        pool.start()
+        with Scraper(port) as scraper:
+            first = scraper.masters[-1]
+            upgrade = run_cli("gearman-workers", "--config", str(versioned), "--name", "test",
+                              "--state-dir", str(pool.state_dir), "--upgrade")
+            assert upgrade.returncode == 0, upgrade.stderr + pool.log()
+            assert pool.wait_exit() == 0
+            seen = len(scraper.masters)
+            wait_for(lambda: len(scraper.masters) > seen + 3, what="scrapes after the old master left")
+    assert scraper.failures == []
+    assert scraper.masters[-1] != first  # the new master answers, on the socket it inherited
+    assert set(scraper.masters[seen:]) == {scraper.masters[-1]}

@@ -166,14 +166,18 @@ class _Server(HTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """Listens on ADDRESS (or on an inherited socket listening there)."""
 
     def __init__(self, address: Server, inherited_fd: int = -1) -> None:
         self.address = address
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        _Server.address_family = family
-        self._http = _Server((address.host, address.port), _Handler, bind_and_activate=False)
+        server_class = _Server6 if ":" in address.host else _Server
+        family = server_class.address_family
+        self._http = server_class((address.host, address.port), _Handler, bind_and_activate=False)
         inherited = _adopt(inherited_fd, family, address)
         if inherited is not None:
             self._http.socket.close()
