@@ -16,6 +16,7 @@ from gearman_workers import arbiter as arbiter_module
 from gearman_workers import config as configuration
 from gearman_workers import scoreboard as scoreboard_module
 from gearman_workers.arbiter import Arbiter
+from gearman_workers.autoscale import Autoscaler, Decision, QueueDepth
 from gearman_workers.child import Limits
 from gearman_workers.commands import Scale, Stop
 from gearman_workers.poison import PoisonCheck
@@ -50,7 +51,7 @@ class FakeArbiter(Arbiter):
         self.sent: list[tuple[int, str]] = []
         self.exits: list[tuple[int, int]] = []
 
-    def _fork(self, slot: int, limits: Limits) -> int:
+    def _fork(self, slot: int, limits: Limits, group: str | None) -> int:
         self.next_pid += 1
         return self.next_pid
 
@@ -498,3 +499,105 @@ def test_a_successor_whose_predecessor_died_mid_handover_takes_charge(tmp_path: 
     handover.alive = False
     master._report()
     assert ("pidfile", None) in recorder.told and not recorder.muted and master.handover is None
+
+
+# --- groups: dedicated children, and autoscaling ------------------------------------
+
+
+def make_grouped(tmp_path: Path, pool: str = "", tasks: str = "") -> FakeArbiter:
+    path = tmp_path / "pool.toml"
+    path.write_text(f'[pool]\nstate_dir = "{tmp_path}"\nheartbeat_timeout = 0\n{pool}\n[tasks]\n'
+                    f'resize = "m:f"\nmail = {{ call = "m:g", processes = 2 }}\n{tasks}')
+    return FakeArbiter(configuration.load(path=path))
+
+
+def by_group(master: FakeArbiter) -> dict[str | None, int]:
+    counts: dict[str | None, int] = {}
+    for child in master._live():
+        counts[child.dedicated_to] = counts.get(child.dedicated_to, 0) + 1
+    return counts
+
+
+def test_dedicated_children_are_kept_apart_from_the_shared_ones(tmp_path: Path, clock: Clock) -> None:
+    master = make_grouped(tmp_path, "processes = 1")
+    master.step()
+    assert by_group(master) == {None: 1, "mail": 2}
+    mail = next(pid for pid, c in master.children.items() if c.dedicated_to == "mail")
+    for pid in master.pids():
+        master.registers(pid)
+    master.dies(mail)
+    master.step()
+    assert by_group(master) == {None: 1, "mail": 2}  # replaced in its own group
+    master.submit(Scale(to=3))
+    master.step()
+    assert by_group(master) == {None: 3, "mail": 2}  # scaling moves the shared children only
+
+
+def test_a_reload_that_drops_a_dedicated_group_retires_its_children(tmp_path: Path, clock: Clock) -> None:
+    master = make_grouped(tmp_path, "processes = 1")
+    master.step()
+    mail = {pid for pid, c in master.children.items() if c.dedicated_to == "mail"}
+    master.config = configuration.load(path=master.config.source)
+    master.config.tasks["mail"] = configuration.TaskSpec("m:g")  # as if reloaded: mail is shared now
+    master.step()
+    assert master.retiring() >= mail and by_group(master).get("mail") is None
+
+
+def test_a_crash_looping_dedicated_task_never_holds_back_the_shared_children(tmp_path: Path, clock: Clock) -> None:
+    master = make_grouped(tmp_path, "processes = 2")
+    master.step()
+    for _ in range(3):  # mail's children crash before registering: their slots back off
+        for pid, child in list(master.children.items()):
+            if child.dedicated_to == "mail":
+                master.dies(pid, SEGV)
+        master.step()
+    assert by_group(master).get("mail", 0) < 2  # backing off
+    master.submit(Scale(to=4))
+    master.step()
+    assert by_group(master)[None] == 4  # at once, in slots of their own, not mail's backing-off ones
+
+
+def depth(waiting: int, answered: int = 1) -> QueueDepth:
+    return QueueDepth(waiting, answered, 2)
+
+
+def test_autoscaling_follows_the_queue_within_its_bounds(tmp_path: Path, clock: Clock) -> None:
+    master = make_grouped(tmp_path, "min_processes = 1\nmax_processes = 4\nscale_down_after = 30")
+    master.step()
+    assert master.desired == 1
+    (shared,) = [pid for pid, c in master.children.items() if c.dedicated_to is None]
+    master.runs(shared, b"H:gm:1")
+    master.autoscale(depth(10))
+    assert master.desired == 4  # all busy, 10 waiting: up to max at once
+    master.step()
+    master.autoscale(depth(10))
+    assert master.desired == 4 and master.autoscaler.decisions == {"up": 1, "down": 0}
+    master.submit(Scale(to=10))  # an operator's scale is refused while autoscaling
+    master.step()
+    assert master.desired == 4
+    for pid, child in master.children.items():
+        if child.dedicated_to is None:
+            master.registers(pid)
+    master.autoscale(depth(0))
+    clock.advance(29)
+    master.autoscale(depth(0))
+    assert master.desired == 4  # not quiet long enough
+    master.autoscale(depth(1))  # a waiting job starts the clock again
+    clock.advance(29)
+    master.autoscale(depth(0))
+    assert master.desired == 4
+    clock.advance(30)
+    master.autoscale(depth(0))
+    assert master.desired == 3
+    master.autoscale(depth(0, answered=0))  # no gearmand answered: no news, no decision
+    assert master.desired == 3
+    for _ in range(5):
+        master.autoscale(depth(0))
+    assert master.desired == 1 and master.autoscaler.decisions == {"up": 1, "down": 3}
+
+
+def test_starting_children_count_as_spare(tmp_path: Path, clock: Clock) -> None:
+    scaler = Autoscaler(1, 8, 10)
+    assert scaler.decide(0, depth(5), desired=2, spare=1) is None  # one still starting: wait for it
+    assert scaler.decide(0, depth(5), desired=2, spare=0) == Decision(7, "5 job(s) waiting and all 2 children busy")
+    assert scaler.decide(0, depth(0), desired=9, spare=3).to == 8  # bounds moved by a reload: back inside

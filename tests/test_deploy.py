@@ -562,6 +562,31 @@ def test_background_jobs_survive_a_kill_9_of_gearmand_and_run_exactly_once(fleet
     fleet.wait_serving()
 
 
+def test_the_role_deploys_autoscaling_and_dedicated_children(fleet: Fleet) -> None:
+    pools = {"gearman_workers_pools": [
+        {"name": "default", "processes": 2},
+        {"name": "batch", "min_processes": 1, "max_processes": 3, "scale_down_after": 5,
+         "tasks": {"slow": "tasks:slow", "reverse": {"call": "tasks:reverse", "processes": 1}}}]}
+    done = fleet.playbook("-e", json.dumps(pools))
+    assert done.returncode == 0, done.stdout[-5000:]
+    for name in WORKERS:
+        config = fleet.hosts[name].out("cat /etc/gearman-workers/batch.toml")
+        assert "min_processes = 1\nmax_processes = 3\nscale_down_after = 5" in config
+        assert '"reverse" = { call = "tasks:reverse", processes = 1 }' in config
+
+    def batch_workers() -> list[list[str]]:
+        found = []
+        for line in fleet.admin("workers"):
+            head, _, functions = line.partition(" : ")
+            if ":batch:" in head.split()[-1] and functions.strip():
+                found.append(sorted(functions.split()))
+        return sorted(found)
+
+    wait_for(lambda: batch_workers() == [["reverse"], ["reverse"], ["slow"], ["slow"]],
+             what="per host: one child only for reverse, one shared")
+    assert fleet.job("reverse", "abc") == "cba"
+
+
 def test_a_pool_removed_from_the_list_is_stopped_and_removed(fleet: Fleet) -> None:
     only_default = '{"gearman_workers_pools": [{"name": "default", "processes": 2}]}'
     done = fleet.playbook("-e", only_default)

@@ -256,11 +256,26 @@ def test_watchdog_kicks_are_due_four_times_per_period(monkeypatch: pytest.Monkey
     ({"metrics": {"listen": "127.0.0.1:99999"}}, "[metrics] listen: expected host:port"),
     ({"pool": {"log_format": "xml"}}, "[pool] log_format: expected one of text, json, got 'xml'"),
     ({"gearman": {"servers": [f"h{i}:4730" for i in range(65)]}}, "[gearman] servers: expected at most 64"),
+    ({"pool": {"min_processes": 2}}, "[pool] min_processes: autoscaling needs max_processes too"),
+    ({"pool": {"max_processes": 2}}, "[pool] max_processes: autoscaling needs min_processes too"),
+    ({"pool": {"min_processes": 3, "max_processes": 2}}, "[pool] min_processes: 3 is above max_processes 2"),
+    ({"pool": {"min_processes": 1, "max_processes": 2, "processes": 4}},
+     "[pool] processes: 4 is outside min_processes 1 .. max_processes 2"),
+    ({"pool": {"scale_down_after": 0}}, "[pool] scale_down_after: expected seconds greater than 0"),
+    ({"tasks": {"echo": {"call": "m:f", "processes": 0}}},
+     "[tasks]: task 'echo': expected a number from 1 to 1024, got 0"),
+    ({"pool": {"min_processes": 1, "max_processes": 2}, "tasks": {"echo": {"call": "m:f", "processes": 1}}},
+     "[pool] min_processes: every task has dedicated children; nothing is left to autoscale"),
 ])
-def test_observability_settings_are_checked(tmp_path: Path, bad: dict, problem: str) -> None:
+def test_new_settings_are_checked(tmp_path: Path, bad: dict, problem: str) -> None:
+    def toml(value: object) -> str:
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+        return json.dumps(value)
+
     path = tmp_path / "pool.toml"
     tables = {"tasks": {"echo": "m:f"}, **bad}
-    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in table.items())
                             for name, table in tables.items()))
     with pytest.raises(configuration.ConfigError, match=re.escape(problem)):
         configuration.load(path=path)
@@ -268,12 +283,13 @@ def test_observability_settings_are_checked(tmp_path: Path, bad: dict, problem: 
 
 def test_status_table_drops_the_job_column_before_it_wraps(monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture) -> None:
-    child = {"slot": 0, "pid": 4242, "state": "busy", "task": "resize_images", "job": "H:worker-host-17:90210",
-             "busy_for": 75.2, "jobs_done": 12345, "jobs_failed": 3, "rss": 52_000_000, "age": 7300.0}
+    child = {"slot": 0, "pid": 4242, "state": "busy", "dedicated_to": None, "task": "resize_images",
+             "job": "H:worker-host-17:90210", "busy_for": 75.2, "jobs_done": 12345, "jobs_failed": 3,
+             "rss": 52_000_000, "age": 7300.0}
     pools = [{"host": "worker-host-17", "name": "images", "pid": 4000, "desired": 1, "children": [child]}]
     document = control_cli.status_document(pools)
     assert document["children"][0] == {"host": "worker-host-17", "pool": "images", "master": 4000,
-                                             "reported": None, **child}
+                                       "reported": None, **child}
     for columns, job_shown in ((200, True), (80, False)):
         monkeypatch.setenv("COLUMNS", str(columns))
         control_cli._print_status(document["children"])

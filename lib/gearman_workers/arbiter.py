@@ -35,9 +35,10 @@ from typing import Any, Protocol
 from . import config as configuration
 from . import log as logsetup
 from . import procfs, runtime, state, titles
+from .autoscale import Autoscaler, QueueDepth
 from .backoff import Backoff
 from .child import Limits, Worker, run_child
-from .commands import FROM_SIGNAL, Command, PublishData, Reload, Scale, Stop, Upgrade
+from .commands import FROM_SIGNAL, Command, PublishData, QueueSeen, Reload, Scale, Stop, Upgrade
 from .handover import Handover, Successor, record_outcome
 from .jobstats import JobStats
 from .metrics import EXIT_REASONS, Snapshot
@@ -70,6 +71,16 @@ class Control(Protocol):
     def forget_in_child(self) -> None: ...
 
 
+class Watcher(Protocol):
+    """What the master needs of a queue watcher (see autoscale.py)."""
+
+    servers: list[configuration.Server]
+    tasks: set[str]
+
+    def start(self, master: Arbiter) -> None: ...
+    def stop(self) -> None: ...
+
+
 class Exporter(Protocol):
     """What the master needs of a metrics server (see metrics.py)."""
 
@@ -92,6 +103,7 @@ class Child:
     stop_deadline: float | None = None
     killed_because: str | None = None
     poison_recorded: bool = False
+    dedicated_to: str | None = None  # the one task it registers; None: a shared child (every other task)
 
 
 def describe_exit(status: int) -> str:
@@ -131,7 +143,7 @@ class Arbiter:
     def __init__(self, config: configuration.Config, tasks: dict[str, Callable[..., Any]],
                  pidfile: PidFile, notifier: Notifier | None = None, control: Control | None = None,
                  handover: Handover | None = None, inherited: list[state.ProcessIdentity] | None = None,
-                 exporter: Exporter | None = None) -> None:
+                 exporter: Exporter | None = None, watcher: Watcher | None = None) -> None:
         self.config = config
         self.tasks = tasks
         self.pidfile = pidfile
@@ -144,7 +156,11 @@ class Arbiter:
         self.child_exits = dict.fromkeys(EXIT_REASONS, 0)
         self.title = titles.master(config.name)
         self.children: dict[int, Child] = {}
-        self.desired = config.processes
+        self.desired = config.processes  # shared children; dedicated ones are config.dedicated()
+        self.autoscaler = Autoscaler(config.min_processes, config.max_processes,  # type: ignore[arg-type]
+                                     config.scale_down_after) if config.autoscaling else None
+        self.watcher = watcher
+        self.slot_owner: dict[int, str | None] = {}  # a slot, once used, serves one group: its back-off is that group's
         self.generation = 0
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.stopping = False
@@ -185,14 +201,22 @@ class Arbiter:
     def summary(self) -> dict[str, Any]:
         """What the heartbeat tells the fleet (gm-ctl pools, gm-ctl status)."""
         return {"pid": self.pid, "desired": self.desired, "registered": self.registered_count(),
-                "started": self.started_at, "reported": time.time(),
+                "started": self.started_at, "reported": time.time(), "autoscale": self._autoscale_summary(),
                 "children": [self._child_row(c) for c in sorted(list(self.children.values()), key=lambda c: c.slot)]}
+
+    def _autoscale_summary(self) -> dict[str, Any] | None:
+        scaler = self.autoscaler
+        if scaler is None:
+            return None
+        last = scaler.last
+        return {"min": scaler.low, "max": scaler.high, "waiting": scaler.waiting, "up": scaler.decisions["up"],
+                "down": scaler.decisions["down"], "last": None if last is None else {"to": last.to, "why": last.why}}
 
     def _child_row(self, child: Child) -> dict[str, Any]:
         info, now = self.board.read(child.slot), time.monotonic()
         busy = info.state == State.BUSY and info.pid == child.pid
         state_name = "stopping" if child.stop_deadline is not None or child.killed_because else info.state.name.lower()
-        return {"slot": child.slot, "pid": child.pid, "state": state_name,
+        return {"slot": child.slot, "pid": child.pid, "state": state_name, "dedicated_to": child.dedicated_to,
                 "task": info.task if busy else None, "job": info.job_handle if busy else None,
                 "busy_for": round(now - info.busy_since, 3) if busy else None,
                 "jobs_done": info.jobs_done, "jobs_failed": info.jobs_failed,
@@ -211,7 +235,8 @@ class Arbiter:
                         self.control.up if self.control is not None else None,
                         self.stats.totals(self.board.header()[2]),
                         {"master": procfs.resident_bytes(self.pid) or 0,
-                         "children": sum(procfs.resident_bytes(c.pid) or 0 for c in children)})
+                         "children": sum(procfs.resident_bytes(c.pid) or 0 for c in children)},
+                        self._autoscale_summary())
 
     # --- the main loop ------------------------------------------------------
 
@@ -235,8 +260,11 @@ class Arbiter:
             self.control.start(self)
         if self.exporter is not None:
             self.exporter.start(self, self.config.name, self.config.hostname, self.fork_lock)
-        log.info("master %d starting %d children for tasks %s on %s", self.pid, self.desired,
-                 ", ".join(self.tasks), ", ".join(map(str, self.config.servers)))
+        if self.watcher is not None:
+            self.watcher.start(self)
+        log.info("master %d starting %d children for tasks %s on %s%s", self.pid, sum(self.groups().values()),
+                 ", ".join(self.tasks), ", ".join(map(str, self.config.servers)),
+                 "".join(f"; {n} of them only for {task}" for task, n in self.config.dedicated().items()))
         try:
             while True:
                 self.step()
@@ -346,6 +374,8 @@ class Arbiter:
                 self.scale(command.to if command.to is not None else self.desired + command.by)
             elif isinstance(command, PublishData):
                 self.publish_data(command.values)
+            elif isinstance(command, QueueSeen):
+                self.autoscale(command.depth)
 
     # --- actions ------------------------------------------------------------
 
@@ -355,6 +385,8 @@ class Arbiter:
             self.title.show("stopping")
             self.notifier.send(stopping=1, status=f"stopping ({why})")
         self.stopping = True
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.successor is not None:
             self.successor.give_up("the pool is stopping")
             self._upgrade_failed(self.successor)
@@ -365,10 +397,27 @@ class Arbiter:
                 self._retire(child)
 
     def scale(self, processes: int) -> None:
+        """An operator's scale (gm-ctl scale, TTIN, TTOU): refused while the
+        pool autoscales, whose bounds are the configuration's to change."""
+        if self.autoscaler is not None:
+            log.warning("scale to %d refused: this pool autoscales between min_processes %d and max_processes %d; "
+                        "change those in its configuration and reload it", processes, self.autoscaler.low,
+                        self.autoscaler.high)
+            return
         processes = max(0, min(configuration.MAX_PROCESSES, processes))
         if processes != self.desired:
             log.info("scaling from %d to %d children", self.desired, processes)
             self.desired = processes
+
+    def autoscale(self, depth: QueueDepth) -> None:
+        if self.autoscaler is None or self.stopping:
+            return
+        shared = [c for c in self._live() if c.dedicated_to is None]
+        spare = sum(1 for c in shared if self.board.read(c.slot).state != State.BUSY)
+        decision = self.autoscaler.decide(time.monotonic(), depth, self.desired, spare)
+        if decision is not None:
+            log.info("autoscaling from %d to %d children: %s", self.desired, decision.to, decision.why)
+            self.desired = decision.to
 
     def reload(self) -> None:
         try:
@@ -378,7 +427,16 @@ class Arbiter:
             log.error("reload failed, keeping the running configuration: %s", err)
             return
         logging.getLogger().setLevel(fresh.log_level.upper())
-        self.config, self.tasks, self.desired = fresh, tasks, fresh.processes
+        self.config, self.tasks = fresh, tasks
+        if fresh.autoscaling and self.autoscaler is not None:  # keep the capacity: decide from here
+            self.autoscaler.low, self.autoscaler.high = fresh.min_processes, fresh.max_processes  # type: ignore
+            self.autoscaler.scale_down_after = fresh.scale_down_after
+        else:
+            self.desired = fresh.processes
+            self.autoscaler = Autoscaler(fresh.min_processes, fresh.max_processes,  # type: ignore[arg-type]
+                                         fresh.scale_down_after) if fresh.autoscaling else None
+        if self.watcher is not None:
+            self.watcher.servers, self.watcher.tasks = fresh.servers, set(fresh.shared_tasks())
         self.generation += 1
         self.stats.add_tasks(tasks)
         log.info("configuration reloaded; replacing the children one at a time")
@@ -484,24 +542,38 @@ class Arbiter:
         the control thread asks too (registered_count)."""
         return [c for c in list(self.children.values()) if c.stop_deadline is None and c.killed_because is None]
 
+    def groups(self) -> dict[str | None, int]:
+        """Children wanted per group: the shared ones (None), and each task's
+        dedicated ones."""
+        wanted: dict[str | None, int] = {None: self.desired} if self.config.shared_tasks() else {}
+        return wanted | self.config.dedicated()
+
     def _maintain(self) -> None:
-        live = self._live()
+        groups = self.groups()
+        for child in self._live():
+            if child.dedicated_to not in groups:  # a reload dropped its task or the task's own children
+                self._retire(child)
+        for group, wanted in groups.items():
+            self._maintain_group(group, wanted)
+
+    def _maintain_group(self, group: str | None, wanted: int) -> None:
+        live = [c for c in self._live() if c.dedicated_to == group]
         outgoing = [c for c in live if self._due_for_replacement(c)]
         if outgoing:
             # Replace one at a time, and let an old child go only while
             # enough others are registered: recycling never leaves gearmand
-            # with fewer than `desired` registered workers.
+            # with fewer than `wanted` registered workers.
             staying = [c for c in live if c not in outgoing]
-            if sum(self._registered(c) for c in live) > self.desired:
+            if sum(self._registered(c) for c in live) > wanted:
                 self._retire(self._pick_retiree(outgoing))
-            elif len(staying) < self.desired and all(self._registered(c) for c in staying):
-                self._spawn_missing(1)
+            elif len(staying) < wanted and all(self._registered(c) for c in staying):
+                self._spawn_missing(1, group)
             return
-        missing = self.desired - len(live)
+        missing = wanted - len(live)
         if missing > 0:
-            self._spawn_missing(missing)
+            self._spawn_missing(missing, group)
         for _ in range(-missing):
-            self._retire(self._pick_retiree(self._live()))
+            self._retire(self._pick_retiree([c for c in self._live() if c.dedicated_to == group]))
 
     def _due_for_replacement(self, child: Child) -> bool:
         if child.replacing_because is None:
@@ -529,30 +601,33 @@ class Arbiter:
             return self.board.read(child.slot).state == State.BUSY
         return min(candidates, key=lambda c: (busy(c), -c.started))
 
-    def _spawn_missing(self, count: int) -> None:
-        """Fill the COUNT lowest free slots whose crash back-off is over.
+    def _spawn_missing(self, count: int, group: str | None = None) -> None:
+        """Fill GROUP's COUNT lowest free slots whose crash back-off is over.
         A slot backing off waits; its crashes never delay another slot."""
         used = {child.slot for child in self.children.values()}
-        free = [slot for slot in range(self.board.slots) if slot not in used][:count]
+        free = [slot for slot in range(self.board.slots)
+                if slot not in used and self.slot_owner.get(slot, group) == group][:count]
         now = time.monotonic()
         for slot in free:
             if now >= self.slot_not_before.get(slot, 0.0):
                 self.slot_not_before.pop(slot, None)
-                self.spawn(slot)
+                self.spawn(slot, group)
 
     def _limits(self) -> Limits:
         config = self.config
         return Limits(max_jobs=int(_jittered(config.max_jobs)), max_memory=config.max_memory * MIB,
                       heartbeat_interval=config.heartbeat_timeout / 5, poison_kills=config.poison_kills)
 
-    def spawn(self, slot: int) -> Child:
+    def spawn(self, slot: int, group: str | None = None) -> Child:
         limits = self._limits()
         self.board.reset(slot)  # before the fork: the master must never read the last owner's heartbeat
         self.board.set_slots_in_use(max(self.board.header()[2], slot + 1))
-        pid = self._fork(slot, limits)
+        self.slot_owner[slot] = group
+        pid = self._fork(slot, limits, group)
         started = time.monotonic()
         recycle_at = started + _jittered(self.config.max_age) if self.config.max_age else None
-        child = Child(pid, slot, self.generation, started, state.ProcessIdentity.of(pid), limits, recycle_at)
+        child = Child(pid, slot, self.generation, started, state.ProcessIdentity.of(pid), limits, recycle_at,
+                      dedicated_to=group)
         self.children[pid] = child
         log.debug("spawned child %d in slot %d", pid, slot)
         self._write_state()
@@ -666,13 +741,13 @@ class Arbiter:
 
     # --- the process table (what tests replace with fakes) ----------------------
 
-    def _fork(self, slot: int, limits: Limits) -> int:
+    def _fork(self, slot: int, limits: Limits, group: str | None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         with self.fork_lock:
             pid = os.fork()
         if pid == 0:
-            code = self._become_child(slot, limits)
+            code = self._become_child(slot, limits, group)
             logging.shutdown()
             os._exit(code)
         # Both sides set the process group, so it exists before either uses it.
@@ -680,7 +755,7 @@ class Arbiter:
             os.setpgid(pid, pid)
         return pid
 
-    def _become_child(self, slot: int, limits: Limits) -> int:
+    def _become_child(self, slot: int, limits: Limits, group: str | None) -> int:
         try:
             # SIGKILL, not TERM: even a wedged child must not outlive its
             # master; gearmand hands a dead worker's job to another worker.
@@ -703,8 +778,10 @@ class Arbiter:
             if self.exporter is not None:
                 self.exporter.forget_in_child()
                 counter = self.stats.counter(slot)
-            worker = Worker(self.config, self.tasks, self.board, self.board.writer(slot, os.getpid()),
-                            self.pid, self._events_w, limits, counter, titles.child(slot, self.config.name))
+            names = [group] if group is not None else self.config.shared_tasks()
+            worker = Worker(self.config, {name: self.tasks[name] for name in names}, self.board,
+                            self.board.writer(slot, os.getpid()), self.pid, self._events_w, limits, counter,
+                            titles.child(slot, self.config.name, group))
             return run_child(worker)
         except BaseException:
             log.exception("child failed to start")
@@ -749,7 +826,8 @@ class Arbiter:
 
     def _report(self) -> None:
         registered = self.registered_count()
-        if not self.ready and not self.stopping and registered >= self.desired:
+        wanted = sum(self.groups().values())
+        if not self.ready and not self.stopping and registered >= wanted:
             self.ready = True
             log.info("pool ready: %d children registered", registered)
             self._announce_ready()
@@ -757,7 +835,7 @@ class Arbiter:
             self._taken_over()
         if not self.stopping:
             busy = sum(1 for c in self.children.values() if self.board.read(c.slot).state == State.BUSY)
-            self.notifier.status(f"{registered}/{self.desired} children registered, {busy} busy")
+            self.notifier.status(f"{registered}/{wanted} children registered, {busy} busy")
 
     def _write_state(self) -> None:
         if self.handed_over:

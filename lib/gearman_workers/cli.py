@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except TaskLoadError as err:
         return _fail(prog, str(err), EXIT_TASKS, handover)
     if args.check_config:
-        print(f"configuration OK: pool {config.name}, {config.processes} processes, "
+        size = (f"{config.min_processes}-{config.max_processes} processes (autoscaling)" if config.autoscaling
+                else f"{config.processes} processes")
+        dedicated = "".join(f", {n} only for {task}" for task, n in config.dedicated().items())
+        print(f"configuration OK: pool {config.name}, {size}{dedicated}, "
               f"tasks {', '.join(tasks)}, servers {', '.join(map(str, config.servers))}")
         return EXIT_OK
     try:
@@ -92,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(prog, f"config error: [pool] state_dir: refusing to use it: {err}", EXIT_CONFIG)
     try:
         exporter = _build_exporter(config)  # before detaching: a taken port is said on the terminal
+        watcher = _build_watcher(config)
         if args.daemon:
             _daemonize(config, pidfile, [exporter.fileno()] if exporter else [])
         else:
             pidfile.write()
         run_preload(config)
-        return Arbiter(config, tasks, pidfile, Notifier(), control, exporter=exporter).run()
+        return Arbiter(config, tasks, pidfile, Notifier(), control, exporter=exporter, watcher=watcher).run()
     except TaskLoadError as err:
         log.error("%s", err)
         return EXIT_TASKS
@@ -122,7 +126,7 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
         run_preload(config)
         exporter = _build_exporter(config, handover.metrics_fd)
         return Arbiter(config, tasks, pidfile, Notifier(), control, handover,  # type: ignore[arg-type]
-                       handover.predecessor_processes(config.state_file), exporter).run()
+                       handover.predecessor_processes(config.state_file), exporter, _build_watcher(config)).run()
     except TaskLoadError as err:
         log.error("%s", err)
         handover.announce_failure(str(err))
@@ -147,6 +151,15 @@ def _build_control(config: configuration.Config):  # type: ignore[no-untyped-def
     from .control.listener import ControlListener
 
     return ControlListener.from_config(config)
+
+
+def _build_watcher(config: configuration.Config):  # type: ignore[no-untyped-def]
+    """The thread that polls gearmand's queues, for an autoscaling pool."""
+    if not config.autoscaling:
+        return None
+    from .autoscale import QueueWatcher
+
+    return QueueWatcher(config.servers, config.shared_tasks())
 
 
 class MetricsUnavailable(Exception):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .autoscale import QueueDepth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,14 @@ class PublishData:
     values: dict[str, Any]
 
 
-Command = Stop | Reload | Upgrade | Scale | PublishData
+@dataclasses.dataclass(frozen=True)
+class QueueSeen:
+    """What gearmand's queues held for the shared tasks (autoscale.py)."""
+
+    depth: QueueDepth
+
+
+Command = Stop | Reload | Upgrade | Scale | PublishData | QueueSeen
 
 FROM_SIGNAL: dict[int, Command] = {
     signal.SIGTERM: Stop("SIGTERM"),

@@ -40,11 +40,13 @@ class Server:
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """One entry of [tasks]: what to call, and its own time limit (None:
-    the pool's job_timeout; 0: none)."""
+    """One entry of [tasks]: what to call, its own time limit (None: the
+    pool's job_timeout; 0: none), and its dedicated children (None: it is
+    served by the pool's shared children)."""
 
     call: str
     timeout: float | None = None
+    processes: int | None = None
 
 
 @dataclasses.dataclass
@@ -55,6 +57,9 @@ class Config:
     name: str
     hostname: str
     processes: int
+    min_processes: int | None
+    max_processes: int | None
+    scale_down_after: float
     state_dir: Path
     pidfile: Path
     graceful_timeout: float
@@ -89,6 +94,18 @@ class Config:
     @property
     def runtime_file(self) -> Path:
         return self.state_dir / f"{self.name}.runtime.json"
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_processes is not None
+
+    def dedicated(self) -> dict[str, int]:
+        """Tasks with children of their own: name -> how many."""
+        return {name: spec.processes for name, spec in self.tasks.items() if spec.processes}
+
+    def shared_tasks(self) -> list[str]:
+        """Tasks the pool's shared children register (all but the dedicated ones)."""
+        return [name for name, spec in self.tasks.items() if not spec.processes]
 
     def time_limit(self, task: str) -> float:
         """Seconds TASK may run (0: no limit)."""
@@ -216,7 +233,7 @@ def callable_spec(value: Any) -> str:
     return value.strip()
 
 
-TASK_KEYS = ("call", "timeout")
+TASK_KEYS = ("call", "timeout", "processes")
 
 
 def _task(value: Any) -> TaskSpec:
@@ -228,12 +245,14 @@ def _task(value: Any) -> TaskSpec:
     if "call" not in value:
         raise ValueError('a table needs call = "module:callable"')
     timeout = _seconds_or_off(value["timeout"]) if "timeout" in value else None
-    return TaskSpec(callable_spec(value["call"]), timeout)
+    processes = _int_range(1, MAX_PROCESSES)(value["processes"]) if "processes" in value else None
+    return TaskSpec(callable_spec(value["call"]), timeout, processes)
 
 
 def _tasks(value: Any) -> dict[str, TaskSpec]:
     if not isinstance(value, dict):
-        raise ValueError("expected a table of NAME = \"module:callable\" or NAME = { call = ..., timeout = ... }")
+        raise ValueError("expected a table of NAME = \"module:callable\" or "
+                         "NAME = { call = ..., timeout = ..., processes = ... }")
     tasks = {}
     for name, spec in value.items():
         if not name or any(c.isspace() or c == "\0" for c in name):
@@ -276,7 +295,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("gearman", "poll_timeout", _seconds, 5.0, "longest idle wait before a child checks on its master"),
     Option("pool", "name", _name, "default", "pool name (several pools may run on one host)"),
     Option("pool", "hostname", _name, None, "host name the pool answers to (default: this host's)"),
-    Option("pool", "processes", _int_range(1, MAX_PROCESSES), None, "number of children (default: CPU count)"),
+    Option("pool", "processes", _int_range(1, MAX_PROCESSES), None,
+           "number of shared children (default: CPU count; with autoscaling: where it starts, default min)"),
+    Option("pool", "min_processes", _int_range(1, MAX_PROCESSES), None,
+           "autoscaling (with max_processes): never fewer shared children than this"),
+    Option("pool", "max_processes", _int_range(1, MAX_PROCESSES), None,
+           "autoscaling (with min_processes): never more shared children than this"),
+    Option("pool", "scale_down_after", _seconds, 60.0,
+           "autoscaling: seconds without a waiting job before idle children leave, one at a time"),
     Option("pool", "state_dir", _path, "/run/gearman-workers", "directory for PID and state files"),
     Option("pool", "pidfile", _path, None, "PID file (default: STATE_DIR/NAME.pid)"),
     Option("pool", "graceful_timeout", _seconds, 30.0, "seconds a stopping child may finish its job"),
@@ -431,8 +457,9 @@ def load(args: argparse.Namespace | None = None, path: Path | None = None,
 
 
 def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) -> Config:
+    _check_autoscaling(values)
     if values["processes"] is None:
-        values["processes"] = os.cpu_count() or 1
+        values["processes"] = values["min_processes"] or os.cpu_count() or 1
     if values["hostname"] is None:
         values["hostname"] = socket.gethostname().split(".")[0] or "localhost"
     if values["pidfile"] is None:
@@ -450,6 +477,23 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
         base = source.resolve().parent
         values["python_path"] = [str(base / p) for p in values["python_path"]]
     return Config(**values, source=source)
+
+
+def _check_autoscaling(values: dict[str, Any]) -> None:
+    low, high, start = values["min_processes"], values["max_processes"], values["processes"]
+    if (low is None) != (high is None):
+        given, missing = ("min_processes", "max_processes") if high is None else ("max_processes", "min_processes")
+        raise ConfigError(f"[pool] {given}: autoscaling needs {missing} too")
+    if low is not None and low > high:
+        raise ConfigError(f"[pool] min_processes: {low} is above max_processes {high}")
+    if low is not None and start is not None and not low <= start <= high:
+        raise ConfigError(f"[pool] processes: {start} is outside min_processes {low} .. max_processes {high}")
+    dedicated = sum(spec.processes or 0 for spec in values["tasks"].values())
+    if (high or start or 0) + dedicated > MAX_PROCESSES:
+        raise ConfigError(f"[tasks]: {dedicated} dedicated children and up to {high or start} shared ones "
+                          f"are more than {MAX_PROCESSES}")
+    if low is not None and values["tasks"] and all(spec.processes for spec in values["tasks"].values()):
+        raise ConfigError("[pool] min_processes: every task has dedicated children; nothing is left to autoscale")
 
 
 def _check_heartbeat_timeout(values: dict[str, Any]) -> None:

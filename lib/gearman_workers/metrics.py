@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -43,6 +43,7 @@ class Snapshot:
     control_up: bool | None     # None: no control channel configured
     jobs: list[TaskTotals]
     resident: dict[str, int] = dataclasses.field(default_factory=dict)  # "master"/"children" -> bytes
+    autoscale: dict[str, Any] | None = None  # min, max, waiting, up, down (None: a fixed pool)
 
 
 class Source(Protocol):
@@ -69,6 +70,8 @@ class PoolCollector:
         yield from self._jobs(snap.jobs)
         yield from self._children(snap)
         yield from self._links(snap)
+        if snap.autoscale is not None:
+            yield from self._autoscale(snap.autoscale)
         info = self._family(GaugeMetricFamily, "gearman_workers_build_info", "The running version.", "version")
         info.add_metric(self._values(__version__), 1)
         yield info
@@ -126,6 +129,21 @@ class PoolCollector:
                                    "1 while the master is subscribed to the Redis control channel.")
             control.add_metric(self._values(), 1 if snap.control_up else 0)
             yield control
+
+
+    def _autoscale(self, scaling: dict[str, Any]) -> Iterator[Metric]:
+        decisions = self._family(CounterMetricFamily, "gearman_workers_autoscale_decisions",
+                                 "Autoscaling decisions, up or down.", "direction")
+        for direction in ("up", "down"):
+            decisions.add_metric(self._values(direction), scaling[direction])
+        yield decisions
+        for name, key, text in (("gearman_workers_queue_waiting", "waiting",
+                                 "Jobs of the shared tasks waiting in gearmand, as last polled."),
+                                ("gearman_workers_children_min", "min", "min_processes: fewest shared children."),
+                                ("gearman_workers_children_max", "max", "max_processes: most shared children.")):
+            gauge = self._family(GaugeMetricFamily, name, text)
+            gauge.add_metric(self._values(), scaling[key])
+            yield gauge
 
 
 def registry_for(source: Source, pool: str, host: str) -> CollectorRegistry:

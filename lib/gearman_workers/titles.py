@@ -2,6 +2,7 @@
 
     gearman-workers: master [POOL]
     gearman-workers: child 3 [POOL] busy resize
+    gearman-workers: child 4 [POOL] mail only idle
 
 The title changes only when what it says changes: a child that runs job
 after job of one task keeps "busy TASK", so a stream of jobs costs nothing
@@ -30,5 +31,6 @@ def master(pool: str) -> Title:
     return Title(f"master [{pool}]")
 
 
-def child(slot: int, pool: str) -> Title:
-    return Title(f"child {slot} [{pool}]")
+def child(slot: int, pool: str, dedicated_to: str | None = None) -> Title:
+    """A shared child: `child 3 [POOL]`; one with a task of its own: `child 3 [POOL] TASK only`."""
+    return Title(f"child {slot} [{pool}]" + (f" {dedicated_to} only" if dedicated_to else ""))

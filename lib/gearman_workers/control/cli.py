@@ -252,8 +252,9 @@ def _child_count(info: dict[str, Any]) -> int:
     return len(children) if isinstance(children, list) else int(children or 0)
 
 
-CHILD_FIELDS = ("slot", "pid", "state", "task", "job", "busy_for", "jobs_done", "jobs_failed", "rss", "age")
-POOL_FIELDS = ("pid", "desired", "registered", "started", "reported")
+CHILD_FIELDS = ("slot", "pid", "state", "dedicated_to", "task", "job", "busy_for", "jobs_done", "jobs_failed",
+                "rss", "age")
+POOL_FIELDS = ("pid", "desired", "registered", "started", "reported", "autoscale")
 
 
 def status_document(pools: list[dict[str, Any]]) -> dict[str, Any]:

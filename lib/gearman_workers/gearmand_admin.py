@@ -1,0 +1,59 @@
+"""gearmand's text admin protocol: what is queued, per function.
+
+`status` answers one line per function, ``NAME\\tTOTAL\\tRUNNING\\tWORKERS``,
+then a line with a single dot. TOTAL counts the jobs gearmand holds for the
+function, RUNNING those of them a worker has taken: TOTAL - RUNNING wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+MAX_ANSWER = 4 * 1024 * 1024  # a gearmand with tens of thousands of functions still fits
+
+
+class AdminError(OSError):
+    """gearmand did not answer, or not with a status table."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionStatus:
+    total: int
+    running: int
+    workers: int
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.total - self.running)
+
+
+def parse_status(answer: bytes) -> dict[str, FunctionStatus]:
+    table = {}
+    for line in answer.decode("utf-8", "replace").splitlines():
+        if line == ".":
+            return table
+        fields = line.split("\t")
+        if len(fields) != 4 or not all(f.isdigit() for f in fields[1:]):
+            raise AdminError(f"not a status line: {line[:80]!r}")
+        table[fields[0]] = FunctionStatus(int(fields[1]), int(fields[2]), int(fields[3]))
+    raise AdminError("status answer ended before its closing '.'")
+
+
+def status(address: tuple, timeout: float) -> dict[str, FunctionStatus]:
+    """Ask the gearmand at ADDRESS (a resolved socket address) for its
+    status table; AdminError (an OSError) when it cannot."""
+    family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(b"status\n")
+        answer = bytearray()
+        while not (answer.endswith(b"\n.\n") or answer == b".\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AdminError("connection closed before the end of the status table")
+            answer += chunk
+            if len(answer) > MAX_ANSWER:
+                raise AdminError(f"status answer larger than {MAX_ANSWER} bytes")
+    return parse_status(bytes(answer))
