@@ -1,8 +1,9 @@
-/* C libgearman client: keeps BATCH foreground echo jobs outstanding for
- * SECONDS and prints how many completed. */
+/* C libgearman client: keeps BATCH foreground echo jobs of PAYLOAD_BYTES
+ * (default 1) outstanding for SECONDS and prints how many completed. */
 #include <libgearman/gearman.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static long completed;
@@ -23,7 +24,10 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-  if (argc != 5) { fprintf(stderr, "usage: %s HOST PORT SECONDS BATCH\n", argv[0]); return 2; }
+  if (argc != 5 && argc != 6) {
+    fprintf(stderr, "usage: %s HOST PORT SECONDS BATCH [PAYLOAD_BYTES]\n", argv[0]);
+    return 2;
+  }
   gearman_client_st *client = gearman_client_create(NULL);
   if (client == NULL) return 1;
   if (gearman_client_add_server(client, argv[1], (in_port_t)atoi(argv[2])) != GEARMAN_SUCCESS) {
@@ -34,11 +38,15 @@ int main(int argc, char **argv)
   gearman_client_set_complete_fn(client, on_complete);
   double seconds = atof(argv[3]);
   int batch = atoi(argv[4]);
+  size_t size = argc == 6 ? (size_t)atol(argv[5]) : 1;
+  char *payload = malloc(size ? size : 1);
+  if (payload == NULL) return 1;
+  memset(payload, 'x', size ? size : 1);
   double start = now();
   while (now() - start < seconds) {
     for (int i = 0; i < batch; i++) {
       gearman_return_t ret;
-      if (gearman_client_add_task(client, NULL, NULL, "echo", NULL, "x", 1, &ret) == NULL) {
+      if (gearman_client_add_task(client, NULL, NULL, "echo", NULL, payload, size, &ret) == NULL) {
         fprintf(stderr, "%s\n", gearman_client_error(client));
         return 1;
       }
