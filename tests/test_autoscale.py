@@ -141,8 +141,14 @@ def test_dedicated_children_register_only_their_task(gearmand: Gearmand, tmp_pat
         wait_for(lambda: {pid for _, pid, f in gearmand.workers("test") if f == ["echo"]} - {victim}
                  and len([1 for _, _, f in gearmand.workers("test") if f == ["echo"]]) == 2
                  and victim not in gearmand.worker_pids("test"), what="a new dedicated child")
-        titles = {Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode() for pid in pool.children()}
-        assert sum(t.startswith("gearman-workers: child") and "[test] echo only" in t for t in titles) == 2
+        def titles() -> list[str]:
+            return sorted(Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode()
+                          for pid in pool.children())
+
+        # gearmand lists a worker once it has read its CAN_DO; the child calls
+        # itself idle once it has gearmand's answer: a moment later.
+        wait_for(lambda: sorted(t.split("] ", 1)[1] for t in titles()) == ["echo only idle", "echo only idle", "idle"],
+                 what=f"two 'echo only' children and a shared one in ps (now: {titles()})")
     finally:
         pool.stop()
 
