@@ -297,11 +297,13 @@ class Worker:
                 self._confirm_registration(link)
                 self._run_job(link, body)
             elif kind == p.NO_JOB:
-                self._confirm_registration(link)
+                # PRE_SLEEP first: until gearmand has it, a new job does not
+                # wake us, so whatever we do before it delays the next job.
                 link.awaiting_grab = False
-                if not self.stopping:
-                    self.title.show("idle")
-                self._send(link, PRE_SLEEP)
+                if self._send(link, PRE_SLEEP):
+                    self._confirm_registration(link)
+                    if not self.stopping:
+                        self.title.show("idle")
             elif kind == p.NOOP:
                 if self._accepting() and not link.awaiting_grab:
                     link.awaiting_grab = self._send(link, GRAB)
