@@ -40,6 +40,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
+def wait_until(predicate: object, timeout: float, what: str, step: float = 0.001) -> None:
+    """Poll PREDICATE every STEP seconds (a millisecond: the figures are in
+    milliseconds, so the tests' 20 ms polling would be most of them)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of PID so far (0 if gone)."""
     try:
