@@ -212,11 +212,19 @@ class Arbiter:
         return {"min": scaler.low, "max": scaler.high, "waiting": scaler.waiting, "up": scaler.decisions["up"],
                 "down": scaler.decisions["down"], "last": None if last is None else {"to": last.to, "why": last.why}}
 
+    @staticmethod
+    def _state_name(child: Child, info: SlotInfo) -> str:
+        """The child's state as status and metrics name it: asked to leave
+        is stopping already; a slot not yet written is starting."""
+        if child.stop_deadline is not None or child.killed_because is not None:
+            return "stopping"
+        return "starting" if info.state == State.EMPTY else info.state.name.lower()
+
     def _child_row(self, child: Child) -> dict[str, Any]:
         info, now = self.board.read(child.slot), time.monotonic()
         busy = info.state == State.BUSY and info.pid == child.pid
-        state_name = "stopping" if child.stop_deadline is not None or child.killed_because else info.state.name.lower()
-        return {"slot": child.slot, "pid": child.pid, "state": state_name, "dedicated_to": child.dedicated_to,
+        return {"slot": child.slot, "pid": child.pid, "state": self._state_name(child, info),
+                "dedicated_to": child.dedicated_to,
                 "task": info.task if busy else None, "job": info.job_handle if busy else None,
                 "busy_for": round(now - info.busy_since, 3) if busy else None,
                 "jobs_done": info.jobs_done, "jobs_failed": info.jobs_failed,
@@ -226,8 +234,8 @@ class Arbiter:
         children = list(self.children.values())
         infos = [self.board.read(c.slot) for c in children]
         states: dict[str, int] = {}
-        for info in infos:
-            name = "starting" if info.state == State.EMPTY else info.state.name.lower()
+        for child, info in zip(children, infos, strict=True):
+            name = self._state_name(child, info)
             states[name] = states.get(name, 0) + 1
         registered = {str(server): sum(1 for info in infos if info.links >> index & 1)
                       for index, server in enumerate(self.config.servers)}
@@ -428,13 +436,16 @@ class Arbiter:
             return
         logging.getLogger().setLevel(fresh.log_level.upper())
         self.config, self.tasks = fresh, tasks
+        if fresh.autoscaling and self.watcher is None:
+            log.warning("min_processes and max_processes take effect at the next restart: this master was "
+                        "started without autoscaling, so nothing watches gearmand's queue")
         if fresh.autoscaling and self.autoscaler is not None:  # keep the capacity: decide from here
             self.autoscaler.low, self.autoscaler.high = fresh.min_processes, fresh.max_processes  # type: ignore
             self.autoscaler.scale_down_after = fresh.scale_down_after
         else:
             self.desired = fresh.processes
             self.autoscaler = Autoscaler(fresh.min_processes, fresh.max_processes,  # type: ignore[arg-type]
-                                         fresh.scale_down_after) if fresh.autoscaling else None
+                                         fresh.scale_down_after) if fresh.autoscaling and self.watcher else None
         if self.watcher is not None:
             self.watcher.servers, self.watcher.tasks = fresh.servers, set(fresh.shared_tasks())
         self.generation += 1
