@@ -50,6 +50,16 @@ class PacketReader:
         self._pending = bytearray()
         self._need = HEADER_SIZE
 
+    def feed_received(self, view: memoryview, size: int) -> list[tuple[int, bytes]]:
+        """The SIZE bytes one recv_into(VIEW) returned. The usual read is one
+        whole packet with nothing pending (a NOOP, a JOB_ASSIGN): that one is
+        cut straight out of the receive buffer."""
+        if not self._pending and size >= HEADER_SIZE:
+            magic, kind, body_size = HEADER.unpack_from(view)
+            if HEADER_SIZE + body_size == size and magic == RES:
+                return [(kind, view[HEADER_SIZE:size].tobytes())]
+        return self.feed(view[:size].tobytes())
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         if self._pending:
             self._pending += data
