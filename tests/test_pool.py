@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gearman_workers import protocol as p
 from gearman_workers import state
 from helpers import EXAMPLES, Gearmand, Pool, pid_alive, run_cli, running, submit, wait_for
 
@@ -100,6 +101,47 @@ def test_idle_pool_stops_at_once(gearmand: Gearmand, tmp_path: Path) -> None:
         assert pool.wait_exit() == 0
         # Far below the poll timeout (5 s) and the graceful timeout (10 s).
         assert time.monotonic() - started < 2.0
+
+
+def unread_from(pid: int, port: int) -> int | None:
+    """Bytes waiting unread in PID's socket connected to PORT on loopback
+    (the Recv-Q that `ss` shows), from /proc: None if it has none."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == port and fields[9] in inodes:
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def test_after_a_job_the_child_leaves_the_no_job_unread_until_the_next_noop(gearmand: Gearmand,
+                                                                          tmp_path: Path) -> None:
+    # The result goes out with GRAB and PRE_SLEEP together. gearmand's NO_JOB
+    # (12 bytes) needs nothing from the child, so it stays in the socket and
+    # is read with the next NOOP: one wake-up per job less.
+    with running(Pool(gearmand, tmp_path, processes=1)) as pool:
+        (child,) = pool.children()
+        for number in range(3):
+            assert submit(gearmand, "echo", str(number)).result == str(number).encode()
+            wait_for(lambda: unread_from(child, gearmand.port) == p.HEADER_SIZE,
+                     what="the NO_JOB to wait unread in the child's socket")
+
+
+def test_term_right_after_a_job_stops_at_once(gearmand: Gearmand, tmp_path: Path) -> None:
+    # After a job the child dozes through gearmand's NO_JOB; a stopping child
+    # must still read it at once rather than wait connect_timeout (here 30 s,
+    # beyond wait_exit's limit) for an answer it already has.
+    with running(Pool(gearmand, tmp_path, "--connect-timeout", "30", "--heartbeat-timeout", "60",
+                      processes=1)) as pool:
+        for number in range(3):
+            assert submit(gearmand, "echo", str(number)).result == str(number).encode()
+        pool.signal(signal.SIGTERM)
+        assert pool.wait_exit() == 0
 
 
 @pytest.mark.parametrize(("task", "expected"), [

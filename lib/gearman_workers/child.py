@@ -39,7 +39,17 @@ log = logging.getLogger("gearman_workers.child")
 GRAB = p.request(p.GRAB_JOB_UNIQ)
 NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
 PRE_SLEEP = p.request(p.PRE_SLEEP)
+# After a job that a NOOP woke us for: the next job most likely comes alone
+# too, so the PRE_SLEEP goes with the GRAB instead of after its NO_JOB. It
+# reaches gearmand with the result, before the client can send the next job.
+# (A GRAB clears gearmand's sleep flag and a PRE_SLEEP that finds a job
+# waiting is answered with a NOOP at once: the pair is safe either way.)
+GRAB_THEN_SLEEP = GRAB + PRE_SLEEP
 RECV_BUFFER = 256 * 1024
+# The title says "idle" once the child has waited this long for a job: a
+# child fed one job at a time keeps "busy TASK" between them instead of
+# paying two title changes (each a copy and a system call) per job.
+IDLE_TITLE_AFTER = 0.05
 EXIT_OK = 0
 EXIT_ERROR = 1
 
@@ -76,6 +86,7 @@ class Worker:
         self.by_fd: dict[int, GearmandConnection] = {}
         self.stopping = False
         self.in_task = False
+        self.idle_title_due = False
         self.data_version = board.data_version
         self.timer = JobTimer()
         self.poison = PoisonCheck(board)
@@ -164,11 +175,13 @@ class Worker:
                     stop_deadline = time.monotonic() + self.config.connect_timeout
                     self.slot.publish(State.STOPPING)
                     self.title.show("stopping")
+                for link in self.links:
+                    self._settle_low_water(link)  # the NO_JOB we wait for must wake us now
                 if not any(link.awaiting_grab for link in self.links) or time.monotonic() > stop_deadline:
                     return
             else:
                 self._connect_due()
-                if single is not None and single.awaiting_grab and single.status == UP:
+                if single is not None and single.awaiting_grab and not single.dozing and single.status == UP:
                     # gearmand answers a GRAB at once: skip the poll and wait
                     # in recv (bounded by SO_RCVTIMEO); a signal still stops us
                     # right after the answer.
@@ -188,7 +201,7 @@ class Worker:
                     self._on_connected(link)
 
     def _poll_timeout_ms(self) -> int:
-        timeout = self.config.poll_timeout
+        timeout = IDLE_TITLE_AFTER if self.idle_title_due else self.config.poll_timeout
         now = time.monotonic()
         for link in self.links:
             if link.status == DOWN:
@@ -275,6 +288,7 @@ class Worker:
         """Waiting for work: registered somewhere (idle), or not yet (starting)."""
         state = State.IDLE if self.slot.links else State.STARTING
         self.slot.publish(state)
+        self.idle_title_due = False
         if not self.stopping:
             self.title.show("idle" if state == State.IDLE else "starting")
 
@@ -300,19 +314,34 @@ class Worker:
                 # PRE_SLEEP first: until gearmand has it, a new job does not
                 # wake us, so whatever we do before it delays the next job.
                 link.awaiting_grab = False
-                if self._send(link, PRE_SLEEP):
+                if link.sleep_sent or self._send(link, PRE_SLEEP):
+                    link.sleep_sent = True
                     self._confirm_registration(link)
-                    if not self.stopping:
-                        self.title.show("idle")
             elif kind == p.NOOP:
-                if self._accepting() and not link.awaiting_grab:
-                    link.awaiting_grab = self._send(link, GRAB)
+                if self._accepting() and not link.awaiting_grab and self._send(link, GRAB):
+                    link.awaiting_grab = link.grabbed_on_noop = True
+                    link.sleep_sent = False
             elif kind == p.ERROR:
                 code, _, text = body.partition(b"\0")
                 log.error("gearmand %s reports %s: %s", link.server, code.decode(errors="replace"),
                           text.decode(errors="replace"))
             if link.status != UP:
                 return
+        self._settle_low_water(link)
+
+    def _settle_low_water(self, link: GearmandConnection) -> None:
+        """Doze while the answer to GRAB + PRE_SLEEP is pending (see
+        GearmandConnection.doze), not otherwise, and not when stopping: then
+        that answer is what we wait for."""
+        wanted = link.awaiting_grab and link.sleep_sent and not self.stopping
+        if wanted != link.dozing and link.status == UP:
+            try:
+                if wanted:
+                    link.doze()
+                else:
+                    link.undoze()
+            except ConnectionLost as err:
+                self._lost(link, str(err))
 
     def _confirm_registration(self, link: GearmandConnection) -> None:
         # gearmand answers in order: an answer to our GRAB means every
@@ -349,14 +378,17 @@ class Worker:
         if self.recycling_limits:
             self._check_recycling()
         if fatal is None and self._accepting():
-            reply += GRAB
+            reply += GRAB_THEN_SLEEP if link.grabbed_on_noop else GRAB
             link.awaiting_grab = True
+            link.sleep_sent = link.grabbed_on_noop
+        link.grabbed_on_noop = False
         if link.status == UP:
             self._send(link, reply)
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
         self.slot.publish(State.IDLE)
+        self.idle_title_due = True
         if fatal is not None:
             raise fatal
 

@@ -24,6 +24,12 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5
 
 DOWN, CONNECTING, UP = 0, 1, 2
 
+# While dozing, a lone NO_JOB (a bare 12-byte header) does not make the
+# socket readable; a NO_JOB with the NOOP after it, a JOB_ASSIGN (its body
+# holds a handle, a function name and three NULs), an ERROR (a code and a
+# text) or the connection's end all do.
+DOZING_LOW_WATER = p.HEADER_SIZE + 1
+
 
 class ConnectionLost(Exception):
     """The connection is gone; the text says why."""
@@ -36,11 +42,14 @@ class GearmandConnection:
         "connect_deadline",
         "connect_timeout",
         "down_since",
+        "dozing",
+        "grabbed_on_noop",
         "index",
         "reader",
         "registered",
         "retry_at",
         "server",
+        "sleep_sent",
         "sock",
         "status",
     )
@@ -58,6 +67,10 @@ class GearmandConnection:
         self.down_since: float | None = None
         self.awaiting_grab = False
         self.registered = False
+        # Where this link stands in gearmand's sleep protocol:
+        self.grabbed_on_noop = False  # the GRAB in flight answered a NOOP: jobs come one at a time
+        self.sleep_sent = False  # gearmand has our PRE_SLEEP, and no GRAB since
+        self.dozing = False  # see doze()
 
     def start_connect(self) -> socket.socket:
         """Begin a non-blocking connect; the socket becomes writable when done."""
@@ -109,9 +122,27 @@ class GearmandConnection:
         if not size:
             raise ConnectionLost("connection closed by gearmand")
         try:
-            return self.reader.feed(view[:size].tobytes())
+            return self.reader.feed_received(view, size)
         except p.ProtocolError as err:
             raise ConnectionLost(str(err)) from None
+
+    def doze(self) -> None:
+        """After GRAB and PRE_SLEEP went out together: the usual answer, a
+        lone NO_JOB, needs nothing from us, so it should not wake us. Raise
+        the socket's low-water mark until the next read (undoze): the child
+        then wakes once per job, for the NO_JOB and the NOOP together."""
+        self._set_low_water(DOZING_LOW_WATER)
+        self.dozing = True
+
+    def undoze(self) -> None:
+        self._set_low_water(1)
+        self.dozing = False
+
+    def _set_low_water(self, size: int) -> None:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)  # type: ignore[union-attr]
+        except OSError as err:
+            raise ConnectionLost(f"setsockopt failed: {err.strerror or err}") from None
 
     def close(self) -> None:
         if self.sock is not None:
@@ -119,6 +150,7 @@ class GearmandConnection:
         self.sock, self.status = None, DOWN
         self.awaiting_grab = False
         self.registered = False
+        self.grabbed_on_noop = self.sleep_sent = self.dozing = False
 
     def schedule_retry(self, reason: str) -> None:
         """After close(): when to try again; logs once per outage."""
