@@ -114,8 +114,11 @@ def test_packet_reader_takes_one_whole_read_as_is_and_falls_back_otherwise() -> 
     reader = p.PacketReader()
     assert received(reader, assign[:5]) == []
     assert received(reader, assign[5:]) == [(p.JOB_ASSIGN_UNIQ, b"H:1\0f\0u\0d")]
+    reader = p.PacketReader()
+    assert received(reader, noop + assign[:15]) == [(p.NOOP, b"")]
+    assert received(reader, assign[15:] + noop) == [(p.JOB_ASSIGN_UNIQ, b"H:1\0f\0u\0d"), (p.NOOP, b"")]
     with pytest.raises(p.ProtocolError):
-        received(p.PacketReader(), b"\0REQ" + b"\0" * 8)
+        received(p.PacketReader(), noop + b"\0REQ" + b"\0" * 8)
 
 
 def test_encode_result() -> None:

@@ -37,6 +37,7 @@ from .titles import Title
 log = logging.getLogger("gearman_workers.child")
 
 GRAB = p.request(p.GRAB_JOB_UNIQ)
+JOB_ASSIGN_UNIQ, NO_JOB, NOOP = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP  # compared on every packet
 NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
 PRE_SLEEP = p.request(p.PRE_SLEEP)
 # After a job that a NOOP woke us for: the next job most likely comes alone
@@ -202,12 +203,11 @@ class Worker:
 
     def _poll_timeout_ms(self) -> int:
         timeout = IDLE_TITLE_AFTER if self.idle_title_due else self.config.poll_timeout
-        now = time.monotonic()
-        for link in self.links:
+        for link in self.links:  # the clock is read only for a link that is not up: rare
             if link.status == DOWN:
-                timeout = min(timeout, link.retry_at - now)
+                timeout = min(timeout, link.retry_at - time.monotonic())
             elif link.status == CONNECTING:
-                timeout = min(timeout, link.connect_deadline - now)
+                timeout = min(timeout, link.connect_deadline - time.monotonic())
         if self.stopping:
             timeout = min(timeout, 0.05)
         return max(0, int(timeout * 1000))
@@ -233,9 +233,8 @@ class Worker:
     # --- connections ----------------------------------------------------
 
     def _connect_due(self) -> None:
-        now = time.monotonic()
         for link in self.links:
-            if link.status == DOWN and now >= link.retry_at:
+            if link.status == DOWN and time.monotonic() >= link.retry_at:
                 try:
                     sock = link.start_connect()
                 except (OSError, ConnectionLost) as err:
@@ -307,17 +306,19 @@ class Worker:
             self._lost(link, str(err))
             return
         for kind, body in packets:
-            if kind == p.JOB_ASSIGN_UNIQ:
-                self._confirm_registration(link)
+            if kind == JOB_ASSIGN_UNIQ:
+                if not link.registered:
+                    self._confirm_registration(link)
                 self._run_job(link, body)
-            elif kind == p.NO_JOB:
+            elif kind == NO_JOB:
                 # PRE_SLEEP first: until gearmand has it, a new job does not
                 # wake us, so whatever we do before it delays the next job.
                 link.awaiting_grab = False
                 if link.sleep_sent or self._send(link, PRE_SLEEP):
                     link.sleep_sent = True
-                    self._confirm_registration(link)
-            elif kind == p.NOOP:
+                    if not link.registered:
+                        self._confirm_registration(link)
+            elif kind == NOOP:
                 if self._accepting() and not link.awaiting_grab and self._send(link, GRAB):
                     link.awaiting_grab = link.grabbed_on_noop = True
                     link.sleep_sent = False
@@ -371,10 +372,12 @@ class Worker:
         job = Job(handle.decode(), task.decode(), unique.decode("utf-8", "replace"), data, link)
         kills, why = self.poison.kills(link.index, handle)
         fatal: BaseException | None = None
+        started = time.monotonic()
         if kills >= self.limits.poison_kills:
-            reply = self._refuse_poison(job, kills, why)
+            reply, outcome = self._refuse_poison(job, kills, why), POISON
         else:
-            reply, fatal = self._execute(link, job, task, handle)
+            reply, outcome, fatal = self._execute(link, job, task, handle, started)
+        finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
         if fatal is None and self._accepting():
@@ -387,17 +390,21 @@ class Worker:
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
-        self.slot.publish(State.IDLE)
+        # The client has its answer: what is left waits no longer for us.
+        # Counted before the slot says idle, so that idle means counted.
+        if self.counter is not None:
+            self.counter.count(task, outcome, finished - started)
+        self.slot.publish(State.IDLE, now=finished)
         self.idle_title_due = True
         if fatal is not None:
             raise fatal
 
-    def _execute(self, link: GearmandConnection, job: Job, task: bytes,
-                 handle: bytes) -> tuple[bytes, BaseException | None]:
-        """Run the task under its time limit; (reply, exception to re-raise)."""
+    def _execute(self, link: GearmandConnection, job: Job, task: bytes, handle: bytes,
+                 started: float) -> tuple[bytes, int, BaseException | None]:
+        """Run the task under its time limit: (reply, outcome, exception to re-raise)."""
         limit = self.time_limits[task]
-        started = time.monotonic()
-        self.slot.publish(State.BUSY, started, started + limit if limit else 0.0, link.index, task, handle)
+        self.slot.publish(State.BUSY, started, started + limit if limit else 0.0, link.index, task, handle,
+                          now=started)
         self.title.show(self.busy_titles[task])
         timer = self.timer
         try:
@@ -414,28 +421,19 @@ class Worker:
                 timer.check()  # the task caught JobTimeout and returned anyway
             reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
             self.slot.jobs_done += 1
-            self._count(task, DONE, started)
-            return reply, None
+            return reply, DONE, None
         except Exception as err:
-            self._count(task, FAILED, started)
-            return self._failure(job, err), None
+            return self._failure(job, err), FAILED, None
         except JobTimeout as err:  # the traceback shows where the task was when time ran out
-            self._count(task, TIMEOUT, started)
-            return self._failure(job, err), None
+            return self._failure(job, err), TIMEOUT, None
         except BaseException as err:  # SystemExit, KeyboardInterrupt: answer, then leave
-            self._count(task, FAILED, started)
-            return self._failure(job, err), err
-
-    def _count(self, task: bytes, outcome: int, started: float) -> None:
-        if self.counter is not None:
-            self.counter.count(task, outcome, time.monotonic() - started)
+            return self._failure(job, err), FAILED, err
 
     def _refuse_poison(self, job: Job, kills: int, why: str) -> bytes:
         message = (f"job {job.handle} not run again: its runs killed {kills} children (last: {why}); "
                    f"poison_kills = {self.limits.poison_kills}")
         log.error("task %s: %s", job.task, message)
         self.slot.jobs_failed += 1
-        self._count(job.task.encode(), POISON, time.monotonic())
         return self._fail_reply(job, f"PoisonJob: {message}")
 
     def _failure(self, job: Job, err: BaseException) -> bytes:

@@ -51,14 +51,25 @@ class PacketReader:
         self._need = HEADER_SIZE
 
     def feed_received(self, view: memoryview, size: int) -> list[tuple[int, bytes]]:
-        """The SIZE bytes one recv_into(VIEW) returned. The usual read is one
-        whole packet with nothing pending (a NOOP, a JOB_ASSIGN): that one is
-        cut straight out of the receive buffer."""
-        if not self._pending and size >= HEADER_SIZE:
-            magic, kind, body_size = HEADER.unpack_from(view)
-            if HEADER_SIZE + body_size == size and magic == RES:
-                return [(kind, view[HEADER_SIZE:size].tobytes())]
-        return self.feed(view[:size].tobytes())
+        """The SIZE bytes one recv_into(VIEW) returned. The usual read holds
+        whole packets only (a NOOP; a JOB_ASSIGN; a NO_JOB and the NOOP after
+        it) with nothing pending: those are cut straight out of the receive
+        buffer. A packet cut short, or a bad one, goes through feed()."""
+        if self._pending:
+            return self.feed(view[:size].tobytes())
+        packets = []
+        unpack = HEADER.unpack_from
+        at = 0
+        while size - at >= HEADER_SIZE:
+            magic, kind, body_size = unpack(view, at)
+            end = at + HEADER_SIZE + body_size
+            if magic != RES or end > size:
+                break
+            packets.append((kind, view[at + HEADER_SIZE:end].tobytes()))
+            at = end
+        if at < size:
+            packets += self.feed(view[at:size].tobytes())
+        return packets
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         if self._pending:

@@ -198,10 +198,12 @@ class SlotWriter:
     # child as hung. A copy leaves every field either old or new.
 
     def publish(self, state: State, busy_since: float = 0.0, deadline: float = 0.0, server: int = 0,
-                task: bytes = b"", handle: bytes = b"") -> None:
+                task: bytes = b"", handle: bytes = b"", now: float | None = None) -> None:
+        """Write the slot; NOW (the heartbeat) when the caller has just read the clock."""
         self._mem[self._offset:self._offset + _SLOT.size] = _SLOT.pack(
             self.pid, state, self.registered_once, self.recycle, server, self.links, self.started, busy_since,
-            deadline, time.monotonic(), self.jobs_done, self.jobs_failed, task[:64], handle[:64])
+            deadline, time.monotonic() if now is None else now, self.jobs_done, self.jobs_failed, task[:64],
+            handle[:64])
 
     def beat(self) -> None:
         """The heartbeat alone (from the child's heartbeat thread)."""
