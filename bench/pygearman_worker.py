@@ -1,4 +1,7 @@
-"""A bare pygearman echo worker: the Python baseline the pool is compared to."""
+"""A bare pygearman echo worker: the Python baseline the pool is compared to.
+
+    pygearman_worker.py HOST:PORT [FUNCTION]
+"""
 
 import sys
 
@@ -10,5 +13,6 @@ def echo(worker, job):
 
 
 worker = gearman.GearmanWorker([sys.argv[1]])
-worker.register_task(b"echo", echo)  # bytes: pygearman 0.2.6 asserts on str names
+function = sys.argv[2] if len(sys.argv) > 2 else "echo"
+worker.register_task(function.encode(), echo)  # bytes: pygearman 0.2.6 asserts on str names
 worker.work(poll_timeout=1.0)

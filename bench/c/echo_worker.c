@@ -18,11 +18,12 @@ static void *echo(gearman_job_st *job, void *context, size_t *size, gearman_retu
 
 int main(int argc, char **argv)
 {
-  if (argc != 3) { fprintf(stderr, "usage: %s HOST PORT\n", argv[0]); return 2; }
+  if (argc != 3 && argc != 4) { fprintf(stderr, "usage: %s HOST PORT [FUNCTION]\n", argv[0]); return 2; }
+  const char *function = argc == 4 ? argv[3] : "echo";
   gearman_worker_st *worker = gearman_worker_create(NULL);
   if (worker == NULL) return 1;
   if (gearman_worker_add_server(worker, argv[1], (in_port_t)atoi(argv[2])) != GEARMAN_SUCCESS
-      || gearman_worker_add_function(worker, "echo", 0, echo, NULL) != GEARMAN_SUCCESS) {
+      || gearman_worker_add_function(worker, function, 0, echo, NULL) != GEARMAN_SUCCESS) {
     fprintf(stderr, "%s\n", gearman_worker_error(worker));
     return 1;
   }
