@@ -345,13 +345,13 @@ class Worker:
                 self._lost(link, str(err))
 
     def _confirm_registration(self, link: GearmandConnection) -> None:
-        # gearmand answers in order: an answer to our GRAB means every
-        # CAN_DO sent before it has been processed.
-        if not link.registered:
-            link.registered = True
-            self.slot.links |= 1 << link.index
-            self.slot.registered_once = True
-            self._registration_changed()
+        """The first answer to a GRAB on LINK (callers check link.registered:
+        this is on every job's path). gearmand answers in order, so every
+        CAN_DO sent before that GRAB has been processed."""
+        link.registered = True
+        self.slot.links |= 1 << link.index
+        self.slot.registered_once = True
+        self._registration_changed()
 
     def _apply_runtime_data(self) -> None:
         version = self.board.data_version

@@ -54,22 +54,10 @@ class PacketReader:
         """The SIZE bytes one recv_into(VIEW) returned. The usual read holds
         whole packets only (a NOOP; a JOB_ASSIGN; a NO_JOB and the NOOP after
         it) with nothing pending: those are cut straight out of the receive
-        buffer. A packet cut short, or a bad one, goes through feed()."""
+        buffer, without copying the read first."""
         if self._pending:
             return self.feed(view[:size].tobytes())
-        packets = []
-        unpack = HEADER.unpack_from
-        at = 0
-        while size - at >= HEADER_SIZE:
-            magic, kind, body_size = unpack(view, at)
-            end = at + HEADER_SIZE + body_size
-            if magic != RES or end > size:
-                break
-            packets.append((kind, view[at + HEADER_SIZE:end].tobytes()))
-            at = end
-        if at < size:
-            packets += self.feed(view[at:size].tobytes())
-        return packets
+        return self._packets(view, size)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         if self._pending:
@@ -78,21 +66,26 @@ class PacketReader:
                 return []
             data = bytes(self._pending)
             self._pending = bytearray()
+        return self._packets(data, len(data))
+
+    def _packets(self, data: bytes | memoryview, end: int) -> list[tuple[int, bytes]]:
+        """The whole packets in DATA[:END]; the start of one cut short is kept
+        for the next read."""
         packets = []
         unpack = HEADER.unpack_from
-        pos, end = 0, len(data)
+        pos = 0
         need = HEADER_SIZE
         while end - pos >= HEADER_SIZE:
             magic, kind, size = unpack(data, pos)
             if magic != RES or size > MAX_BODY:
-                raise ProtocolError(f"bad packet header {data[pos:pos + HEADER_SIZE]!r}")
+                raise ProtocolError(f"bad packet header {bytes(data[pos:pos + HEADER_SIZE])!r}")
             stop = pos + HEADER_SIZE + size
             if stop > end:
                 need = stop - pos
                 break
-            packets.append((kind, data[pos + HEADER_SIZE:stop]))
+            packets.append((kind, bytes(data[pos + HEADER_SIZE:stop])))  # bytes of bytes: no copy
             pos = stop
         if pos < end:
-            self._pending = bytearray(data[pos:])
+            self._pending = bytearray(data[pos:end])
             self._need = need
         return packets
