@@ -1,6 +1,6 @@
 """What the benchmark scripts share: loading one script's functions from
-another, the machine's description, percentiles, and process figures from
-/proc."""
+another, starting a pool, the machine's description, percentiles, and
+process figures from /proc."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -24,6 +25,16 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
     loader.exec_module(module)
     return module
+
+
+def start_pool(servers: str, state_dir: Path, *args: str,
+               python_path: Path = ROOT / "examples") -> subprocess.Popen:
+    """bin/gearman-workers on SERVERS, quiet but for warnings; ARGS name its
+    tasks, size and the rest."""
+    return subprocess.Popen(
+        [str(ROOT / "bin/gearman-workers"), "--servers", servers, "--python-path", str(python_path),
+         "--state-dir", str(state_dir), "--log-level", "warning", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def machine() -> dict[str, object]:
