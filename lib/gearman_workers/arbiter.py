@@ -420,8 +420,7 @@ class Arbiter:
     def autoscale(self, depth: QueueDepth) -> None:
         if self.autoscaler is None or self.stopping:
             return
-        shared = [c for c in self._live() if c.dedicated_to is None]
-        spare = sum(1 for c in shared if self.board.read(c.slot).state != State.BUSY)
+        spare = sum(1 for c in self._live_in(None) if self.board.read(c.slot).state != State.BUSY)
         decision = self.autoscaler.decide(time.monotonic(), depth, self.desired, spare)
         if decision is not None:
             log.info("autoscaling from %d to %d children: %s", self.desired, decision.to, decision.why)
@@ -553,6 +552,10 @@ class Arbiter:
         the control thread asks too (registered_count)."""
         return [c for c in list(self.children.values()) if c.stop_deadline is None and c.killed_because is None]
 
+    def _live_in(self, group: str | None) -> list[Child]:
+        """The live children of GROUP: a task's dedicated ones, or (None) the shared ones."""
+        return [c for c in self._live() if c.dedicated_to == group]
+
     def groups(self) -> dict[str | None, int]:
         """Children wanted per group: the shared ones (None), and each task's
         dedicated ones."""
@@ -568,7 +571,7 @@ class Arbiter:
             self._maintain_group(group, wanted)
 
     def _maintain_group(self, group: str | None, wanted: int) -> None:
-        live = [c for c in self._live() if c.dedicated_to == group]
+        live = self._live_in(group)
         outgoing = [c for c in live if self._due_for_replacement(c)]
         if outgoing:
             # Replace one at a time, and let an old child go only while
@@ -584,7 +587,7 @@ class Arbiter:
         if missing > 0:
             self._spawn_missing(missing, group)
         for _ in range(-missing):
-            self._retire(self._pick_retiree([c for c in self._live() if c.dedicated_to == group]))
+            self._retire(self._pick_retiree(self._live_in(group)))
 
     def _due_for_replacement(self, child: Child) -> bool:
         if child.replacing_because is None:
