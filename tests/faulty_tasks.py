@@ -10,7 +10,8 @@ import time
 
 from gearman_workers.procfs import resident_bytes
 
-TASKS = ("pid", "sleep", "spin", "stubborn", "gil_hog", "leak", "segfault", "grandchild", "daemon", "ledger")
+TASKS = ("pid", "sleep", "spin", "stubborn", "gil_hog", "leak", "segfault", "grandchild", "daemon", "ledger",
+         "close_fds", "own_alarm", "stubborn_ledger")
 LEAKED: list[bytearray] = []
 
 
@@ -94,3 +95,35 @@ def ledger(worker, job):
     with open(os.environ["GEARMAN_WORKERS_LEDGER"], "ab") as out:
         out.write(job.data + b"\n")
     return job.data
+
+
+def close_fds(worker, job):
+    """Closes every descriptor but the standard three (as daemonizing code
+    does): the child can no longer answer gearmand."""
+    os.closerange(3, 1024)
+    return "unreachable answer"
+
+
+def own_alarm(worker, job):
+    """Takes SIGALRM for itself, as task code using signal.alarm for its own
+    timeouts does, and leaves it so: job.data says how."""
+    how = job.data.decode()
+    if how == "raising-handler":
+        def handler(signum, frame):
+            raise RuntimeError("the task's own alarm")
+        signal.signal(signal.SIGALRM, handler)
+    elif how == "quiet-handler":
+        signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    elif how == "alarm":
+        signal.signal(signal.SIGALRM, lambda signum, frame: None)
+        signal.alarm(3600)
+    elif how == "setitimer":
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+    return how
+
+
+def stubborn_ledger(worker, job):
+    """Records its run (a side effect), then ignores its time limit."""
+    ledger(worker, job)
+    stubborn(worker, job)

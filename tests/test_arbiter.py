@@ -177,7 +177,7 @@ def test_a_back_off_that_ended_unused_does_not_make_the_master_spin(tmp_path: Pa
     assert master._next_check_in() > 0.5  # a wait, not a busy loop
 
 
-def test_a_slot_whose_child_registers_forgets_its_crashes(tmp_path: Path, clock: Clock) -> None:
+def test_a_slot_whose_child_registers_and_lives_forgets_its_crashes(tmp_path: Path, clock: Clock) -> None:
     master = make(tmp_path, processes=1)
     master.step()
     for _ in range(3):
@@ -188,9 +188,42 @@ def test_a_slot_whose_child_registers_forgets_its_crashes(tmp_path: Path, clock:
         master.step()
     (pid,) = master.pids()
     master.registers(pid)
+    clock.advance(arbiter_module.CRASH_LOOP_LIFETIME)
     master.dies(pid, SEGV)
     master.step()
-    assert len(master.children) == 1  # replaced at once: it had registered
+    assert len(master.children) == 1  # replaced at once: it had registered, and lived
+    assert master.slot_not_before == {}
+
+
+def test_registered_children_that_crash_at_once_back_off_per_slot(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path)
+    master.step()
+    healthy, looping = sorted(master.pids())
+    master.registers(healthy)
+    delays = []
+    for _ in range(4):  # each one registers, takes a job, and dies by its task's hand
+        master.registers(looping)
+        master.dies(looping, SEGV)
+        master.step()
+        delays.append(round(master.slot_not_before.get(1, clock.now) - clock.now, 2))
+        clock.advance(delays[-1])
+        master.step()
+        (looping,) = master.pids() - {healthy}
+    assert delays == [0.0, 0.25, 0.5, 1.0]
+    master.dies(healthy, KILLED)  # killed from outside meanwhile: its slot does not wait
+    master.step()
+    assert len(master.children) == 2 and master.slot_not_before == {}
+
+
+def test_children_killed_from_outside_in_a_storm_never_wait(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, processes=1)
+    master.step()
+    for _ in range(5):
+        (pid,) = master.pids()
+        master.registers(pid)
+        master.dies(pid, KILLED)
+        master.step()
+        assert len(master.children) == 1 and master.slot_not_before == {}
 
 
 def test_recycling_lets_the_old_child_go_only_after_its_successor_registered(tmp_path: Path, clock: Clock) -> None:

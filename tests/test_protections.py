@@ -5,6 +5,7 @@ back-off, start-up errors. The tasks are in faulty_tasks.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -92,20 +93,33 @@ def test_a_task_table_sets_its_own_time_limit(gearmand: Gearmand, tmp_path: Path
         assert "exceeded its time limit of 0.5 s" in warnings_of(request)
 
 
-def test_a_task_that_ignores_its_time_limit_is_killed_then_failed_as_poison(
-        gearmand: Gearmand, tmp_path: Path) -> None:
-    pool = faulty_pool(gearmand, tmp_path, "--job-timeout", "0.5", "--kill-grace", "0.5", "--poison-kills", "2")
+@pytest.mark.parametrize("task", ["stubborn_ledger"])
+def test_a_job_killed_for_its_time_limit_is_answered_and_never_run_again(
+        gearmand: Gearmand, tmp_path: Path, task: str) -> None:
+    ledger = tmp_path / "runs"
+    pool = faulty_pool(gearmand, tmp_path, "--job-timeout", "0.5", "--kill-grace", "0.5", "--poison-kills", "5",
+                       env={**os.environ, "GEARMAN_WORKERS_LEDGER": str(ledger)})
     with running(pool):
-        request = submit(gearmand, "stubborn", "x", timeout=30)
+        request = submit(gearmand, task, "once", timeout=0.5 + 0.5 + 1)  # limit + grace + 1 s
         assert request.state == "FAILED"
-        text = warnings_of(request)
-        assert "PoisonJob" in text and "killed 2 children" in text and "time limit exceeded" in text
+        assert (f"JobTimeout: task {task} exceeded its time limit of 0.5 s and its child was killed after "
+                f"kill_grace 0.5 s; job {request.job.handle.decode()} is not run again") in warnings_of(request)
         pool.wait_registered(2)
-        log = pool.log()
-        assert log.count("past its time limit of 0.5 s and did not give up within kill_grace 0.5 s") == 2
-        assert f"task stubborn job {request.job.handle.decode()}" in log
-        pool.wait_registered(2)
+        assert ledger.read_bytes() == b"once\n"  # its side effect happened exactly once
+        assert pool.log().count("past its time limit of 0.5 s and did not give up within kill_grace 0.5 s") == 1
         assert submit(gearmand, "pid", "").state == "COMPLETE"
+
+
+@pytest.mark.parametrize("how", ["raising-handler", "quiet-handler", "alarm", "setitimer"])
+def test_task_code_that_takes_sigalrm_does_not_take_the_next_jobs_time_limit(
+        gearmand: Gearmand, tmp_path: Path, how: str) -> None:
+    # kill_grace 30: only the soft limit can answer the sleep within the client's 10 s.
+    with running(faulty_pool(gearmand, tmp_path, "--job-timeout", "1", "--kill-grace", "30", processes=1)) as pool:
+        (child,) = pool.children()
+        assert submit(gearmand, "own_alarm", how).result == how.encode()
+        request = submit(gearmand, "sleep", "20", timeout=10)
+        assert "JobTimeout: task sleep exceeded its time limit of 1 s" in warnings_of(request)
+        assert submit(gearmand, "pid", "").result == str(child).encode()  # the same child, still serving
 
 
 # --- poison jobs -------------------------------------------------------------------
@@ -131,6 +145,28 @@ def test_one_poison_kill_is_not_enough_and_the_job_runs_again(gearmand: Gearmand
         wait_for(lambda: deaths(pool, "segfault") == 3, what="three deaths logged")
         pool.wait_registered(2)
         assert deaths(pool, "segfault") == 3
+
+
+def test_a_task_that_closes_its_childs_descriptors_is_answered_and_the_pool_heals(
+        gearmand: Gearmand, tmp_path: Path) -> None:
+    with running(faulty_pool(gearmand, tmp_path, "--poison-kills", "2", processes=2)) as pool:
+        request = submit(gearmand, "close_fds", "x", timeout=2)
+        assert request.state == "FAILED"
+        assert "PoisonJob" in warnings_of(request) and "killed 2 children" in warnings_of(request)
+        pool.wait_registered(2)
+        assert submit(gearmand, "pid", "").state == "COMPLETE"
+        log = pool.log()
+        assert deaths(pool, "close_fds") == 2
+        assert log.count("Traceback") <= 2  # at most one per death
+
+
+def test_a_task_that_kills_every_child_it_runs_in_makes_its_slot_back_off(gearmand: Gearmand, tmp_path: Path) -> None:
+    with running(faulty_pool(gearmand, tmp_path, "--poison-kills", "1", processes=1)) as pool:
+        for _ in range(4):  # each job a new one: poison handling does not stop them
+            assert "PoisonJob" in warnings_of(submit(gearmand, "close_fds", "x", timeout=30))
+            pool.wait_registered(1)
+        log = pool.log()
+        assert "once registered (crash 4 in a row in slot 0); replacing it in 1.00 s" in log
 
 
 # --- hung children ----------------------------------------------------------------
@@ -264,6 +300,33 @@ def test_whatever_a_task_forked_dies_with_its_child(gearmand: Gearmand, tmp_path
     wait_for(lambda: not gearmand.worker_pids(), what="gearmand to list no worker of the pool")
 
 
+def test_no_ghost_worker_after_a_master_kill_and_its_strays_are_stopped_at_the_next_start(
+        gearmand: Gearmand, tmp_path: Path) -> None:
+    pool = faulty_pool(gearmand, tmp_path, processes=1)
+    with running(pool):
+        grandchild = int(submit(gearmand, "grandchild", "").result)
+        daemon = int(submit(gearmand, "daemon", "").result)
+        pool.signal(signal.SIGKILL)
+        pool.wait_exit()
+        # The task's processes outlive it, but hold none of the pool's gearmand connections.
+        wait_for(lambda: not gearmand.worker_pids(pool.name), timeout=1, what="no connection of the pool left")
+        assert pid_alive(grandchild) and pid_alive(daemon)
+    with running(pool):
+        assert not pid_alive(grandchild) and not pid_alive(daemon)
+        assert pool.log().count("stopping leftover process") >= 2
+    assert not list(pool.state_dir.glob("*.forks.*"))  # a clean stop leaves no record behind
+
+
+def test_a_long_job_is_logged_once(gearmand: Gearmand, tmp_path: Path) -> None:
+    with running(faulty_pool(gearmand, tmp_path, "--long-job-warning", "0.3", processes=1)) as pool:
+        (child,) = pool.children()
+        request = submit(gearmand, "sleep", "2.5")  # the master looks at least once a second
+        handle = request.job.handle.decode()
+        lines = [line for line in pool.log().splitlines() if "long_job_warning" in line]
+        assert len(lines) == 1, lines
+        assert f"child {child} has been busy with task sleep job {handle} for" in lines[0]
+
+
 # --- gearmand comes back --------------------------------------------------------------------
 
 
@@ -291,7 +354,10 @@ def test_after_a_long_gearmand_outage_children_register_again_promptly(gearmand:
     (["--heartbeat-timeout", "2", "--poll-timeout", "1", "--connect-timeout", "3"],
      "[pool] heartbeat_timeout: must be longer than [gearman] connect_timeout (3 s), got 2"),
     (["--job-timeout", "-1"], "--job-timeout: expected seconds from 0 to 86400, got '-1'"),
-    (["--poison-kills", "0"], "--poison-kills: expected a number from 1 to 1000, got 0"),
+    (["--poison-kills", "-1"], "--poison-kills: expected a number from 0 to 1000, got -1"),
+    (["--state-dir", "/proc/nope"], "[pool] state_dir: cannot create /proc/nope: No such file or directory"),
+    (["--max-memory", "1"], "[pool] max_memory: 1 MiB is below what an idle child holds already (about {rss} MiB): "
+                            "every child would be replaced after every job; raise it, or 0 for no limit"),
 ])
 def test_start_up_problems_are_one_line_and_exit_2(tmp_path: Path, flags: list[str], message: str) -> None:
     regular = tmp_path / "regular-file"
@@ -301,5 +367,7 @@ def test_start_up_problems_are_one_line_and_exit_2(tmp_path: Path, flags: list[s
     result = run_cli("gearman-workers", "--config", str(EXAMPLES / "gearman-workers.toml"),
                      "--state-dir", str(state_dir), *flags)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines() == [f"gearman-workers: config error: {message.replace('{file}', str(regular))}"]
+    expected = f"gearman-workers: config error: {message.replace('{file}', str(regular))}"
+    rss = re.search(r"about (\d+) MiB", result.stderr)  # the master's own size, measured at start
+    assert result.stderr.splitlines() == [expected.replace("{rss}", rss.group(1) if rss else "")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["regular-file"]  # nothing created

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from . import config as configuration
 from . import log as logsetup
-from . import procfs, runtime, state, titles
+from . import procfs, runtime, state, strays, titles
 from .autoscale import Autoscaler, QueueDepth
 from .backoff import Backoff
 from .child import Limits, Worker, run_child
@@ -44,19 +44,24 @@ from .jobstats import JobStats
 from .metrics import EXIT_REASONS, Snapshot
 from .notify import Notifier
 from .pidfile import PidFile, read_pid
-from .poison import PoisonLedger
+from .poison import TIME_LIMIT_EXCEEDED, PoisonLedger
 from .prctl import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
 from .scoreboard import Recycle, Scoreboard, SlotInfo, State
+from .strays import StrayLog
 from .tasks import TaskLoadError, load_tasks
 
 log = logging.getLogger("gearman_workers.master")
 
 CRASH_BACKOFF_FIRST, CRASH_BACKOFF_MAX = 0.25, 30.0
+# A registered child that dies by itself sooner than this after its start
+# is crash-looping (task code that kills every child it runs in): its slot
+# backs off. A child killed from outside (SIGKILL) never makes it wait.
+CRASH_LOOP_LIFETIME = 5.0
 JITTER = 0.1  # recycling limits vary by up to 10 % per child, so children do not leave together
 MIB = 1024 * 1024
 
 # Why the master killed a child (logged, and recorded against its job).
-KILLED_TIMEOUT = "time limit exceeded"
+KILLED_TIMEOUT = TIME_LIMIT_EXCEEDED  # the next child answers its job JobTimeout (poison.py)
 KILLED_HUNG = "no heartbeat"
 KILLED_STOP = "did not stop in time"
 
@@ -103,6 +108,7 @@ class Child:
     stop_deadline: float | None = None
     killed_because: str | None = None
     poison_recorded: bool = False
+    warned_long_job: str = ""  # the job handle long_job_warning was logged for
     dedicated_to: str | None = None  # the one task it registers; None: a shared child (every other task)
 
 
@@ -630,7 +636,8 @@ class Arbiter:
     def _limits(self) -> Limits:
         config = self.config
         return Limits(max_jobs=int(_jittered(config.max_jobs)), max_memory=config.max_memory * MIB,
-                      heartbeat_interval=config.heartbeat_timeout / 5, poison_kills=config.poison_kills)
+                      heartbeat_interval=config.heartbeat_timeout / 5, poison_kills=config.poison_kills,
+                      kill_grace=config.kill_grace)
 
     def spawn(self, slot: int, group: str | None = None) -> Child:
         limits = self._limits()
@@ -685,6 +692,16 @@ class Arbiter:
                           "within kill_grace %g s; killing it", child.pid, info.task, info.job_handle,
                           info.deadline - info.busy_since, self.config.kill_grace)
                 self._kill(child, KILLED_TIMEOUT)
+            elif info.state == State.BUSY:
+                self._warn_long_job(child, info, now)
+
+    def _warn_long_job(self, child: Child, info: SlotInfo, now: float) -> None:
+        """Once per job: a job without a time limit gives no other sign."""
+        limit = self.config.long_job_warning
+        if limit and now - info.busy_since > limit and child.warned_long_job != info.job_handle:
+            child.warned_long_job = info.job_handle
+            log.warning("child %d has been busy with task %s job %s for %.0f s (long_job_warning %g s)",
+                        child.pid, info.task, info.job_handle, now - info.busy_since, limit)
 
     def _silent(self, info: SlotInfo, now: float) -> bool:
         """No heartbeat for heartbeat_timeout. A child busy with a task that
@@ -721,12 +738,16 @@ class Arbiter:
         # After the poison record, never before: see poison.py.
         self.board.clear(child.slot)
         self.stats.retire(child.slot)
-        self.child_exits[exit_reason(child, status, self.stopping)] += 1
+        # Its group is dead (see _wait) and what it forked elsewhere is ours to stop (_stop_orphans).
+        strays.forks_file(self.config.state_dir, self.config.name, child.pid).unlink(missing_ok=True)
+        reason = exit_reason(child, status, self.stopping)
+        self.child_exits[reason] += 1
         if child.stop_deadline is not None or self.stopping:
             log.info("child %d stopped (%s)", child.pid, how)
             return
         lived = time.monotonic() - child.started
-        if info.registered_once:
+        crash_loop = reason == "crash" and lived < CRASH_LOOP_LIFETIME
+        if info.registered_once and not crash_loop:
             self.slot_backoff.pop(child.slot, None)
             log.warning("child %d %s after %.1f s; replacing it", child.pid, how, lived)
             return
@@ -734,8 +755,9 @@ class Arbiter:
                                                                    immediate_first=True))
         delay = backoff.next()
         self.slot_not_before[child.slot] = time.monotonic() + delay
-        log.error("child %d %s after %.1f s before it ever registered (crash %d in a row in slot %d); "
-                  "replacing it in %.2f s", child.pid, how, lived, backoff.failures, child.slot, delay)
+        log.error("child %d %s after %.1f s %s (crash %d in a row in slot %d); replacing it in %.2f s", child.pid,
+                  how, lived, "once registered" if info.registered_once else "before it ever registered",
+                  backoff.failures, child.slot, delay)
 
     def _record_poison(self, child: Child, info: SlotInfo, how: str) -> None:
         child.poison_recorded = True
@@ -795,7 +817,8 @@ class Arbiter:
             names = [group] if group is not None else self.config.shared_tasks()
             worker = Worker(self.config, {name: self.tasks[name] for name in names}, self.board,
                             self.board.writer(slot, os.getpid()), self.pid, self._events_w, limits, counter,
-                            titles.child(slot, self.config.name, group))
+                            titles.child(slot, self.config.name, group),
+                            StrayLog(strays.forks_file(self.config.state_dir, self.config.name, os.getpid())))
             return run_child(worker)
         except BaseException:
             log.exception("child failed to start")

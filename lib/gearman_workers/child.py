@@ -10,6 +10,7 @@ does: see _start_heartbeat); the master kills a child that falls silent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,12 +26,13 @@ from typing import Any
 from . import protocol as p
 from . import runtime
 from .config import Config
-from .connection import CONNECTING, DOWN, UP, ConnectionLost, GearmandConnection
+from .connection import CONNECTING, DOWN, UP, ConnectionLost, DescriptorsClosed, GearmandConnection
 from .job import Job, encode_result
 from .jobstats import DONE, FAILED, POISON, TIMEOUT, JobCounter
-from .poison import PoisonCheck
+from .poison import KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
 from .scoreboard import Recycle, Scoreboard, SlotWriter, State
+from .strays import StrayLog
 from .timelimit import JobTimeout, JobTimer
 from .titles import Title
 
@@ -53,6 +55,8 @@ RECV_BUFFER = 256 * 1024
 IDLE_TITLE_AFTER = 0.05
 EXIT_OK = 0
 EXIT_ERROR = 1
+# The master's signals, which mean nothing to a child (see arbiter.py).
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +66,8 @@ class Limits:
     max_jobs: int = 0                # recycle after this many jobs; 0: never
     max_memory: int = 0              # recycle when RSS exceeds this many bytes after a job; 0: never
     heartbeat_interval: float = 0.0  # seconds between heartbeats; 0: no heartbeat
-    poison_kills: int = 2            # fail, not run, a job that killed this many children
+    poison_kills: int = 2            # fail, not run, a job that killed this many children; 0: never
+    kill_grace: float = 5.0          # how long past its time limit a job ran before the master killed it
 
 
 class Worker:
@@ -70,8 +75,10 @@ class Worker:
 
     def __init__(self, config: Config, tasks: dict[str, Callable[..., Any]], board: Scoreboard,
                  slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits,
-                 counter: JobCounter | None = None, title: Title | None = None) -> None:
+                 counter: JobCounter | None = None, title: Title | None = None,
+                 stray_log: StrayLog | None = None) -> None:
         self.config = config
+        self.stray_log = stray_log
         self.tasks = {name.encode(): func for name, func in tasks.items()}
         self.time_limits = {name.encode(): config.time_limit(name) for name in tasks}
         self.board = board
@@ -87,6 +94,10 @@ class Worker:
         self.by_fd: dict[int, GearmandConnection] = {}
         self.stopping = False
         self.in_task = False
+        # From a job's arrival until its answer is written: a death in
+        # between leaves the job in the slot, where the master counts it.
+        self.holding_job = False
+        self.forked_by_task = False  # set in a process that task code forked (see _forget_pool_after_fork)
         self.idle_title_due = False
         self.data_version = board.data_version
         self.timer = JobTimer()
@@ -103,7 +114,7 @@ class Worker:
     # --- set-up and teardown ------------------------------------------
 
     def _install_signals(self) -> None:
-        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
+        for sig in IGNORED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
@@ -112,6 +123,26 @@ class Worker:
         self.timer.install()
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.poller.register(self._wake_r, select.POLLIN)
+        os.register_at_fork(after_in_child=self._forget_pool_after_fork)
+
+    def _forget_pool_after_fork(self) -> None:
+        """In a process that task code forked: it must never act as this
+        worker. Its copies of the gearmand connections would keep a dead
+        child registered (a ghost that takes jobs nobody runs), so they go
+        at once; and if the fork returns into our loop, it leaves there."""
+        self.forked_by_task = True
+        for link in self.links:
+            if link.sock is not None:
+                link.sock.close()
+        for fd in (self._wake_r, self._wake_w, self.events_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        signal.set_wakeup_fd(-1)
+        for sig in (*IGNORED_SIGNALS, signal.SIGTERM, signal.SIGALRM):  # the pool's meanings, not this process's
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.stray_log is not None:
+            self.stray_log.record_self()
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -153,7 +184,8 @@ class Worker:
         try:
             self._loop()
         finally:
-            self.slot.publish(State.STOPPING)
+            if not self.holding_job:  # else the slot must go on naming the job (see holding_job)
+                self.slot.publish(State.STOPPING)
             self.title.show("stopping")
             for link in self.links:
                 self._drop(link)
@@ -259,12 +291,11 @@ class Worker:
         link.schedule_retry(reason)
 
     def _drop(self, link: GearmandConnection) -> None:
-        if link.sock is not None:
-            self.by_fd.pop(link.sock.fileno(), None)
-            try:
-                self.poller.unregister(link.sock)
-            except KeyError:
-                pass
+        fd = link.sock.fileno() if link.sock is not None else -1
+        if fd >= 0:
+            self.by_fd.pop(fd, None)
+            with contextlib.suppress(KeyError):
+                self.poller.unregister(fd)
         was_registered = link.registered
         link.close()
         if was_registered:
@@ -284,7 +315,10 @@ class Worker:
         self._tell_master()
 
     def _show_idle(self) -> None:
-        """Waiting for work: registered somewhere (idle), or not yet (starting)."""
+        """Waiting for work: registered somewhere (idle), or not yet (starting).
+        Not while a job is held: the slot names it until it is answered."""
+        if self.holding_job:
+            return
         state = State.IDLE if self.slot.links else State.STARTING
         self.slot.publish(state)
         self.idle_title_due = False
@@ -366,6 +400,7 @@ class Worker:
 
     def _run_job(self, link: GearmandConnection, body: bytes) -> None:
         link.awaiting_grab = False
+        self.holding_job = True
         handle, task, unique, data = body.split(b"\0", 3)
         if self.board.data_version != self.data_version:
             self._apply_runtime_data()
@@ -373,10 +408,14 @@ class Worker:
         kills, why = self.poison.kills(link.index, handle)
         fatal: BaseException | None = None
         started = time.monotonic()
-        if kills >= self.limits.poison_kills:
+        if kills and why == KILLED_FOR_TIME:
+            reply, outcome = self._refuse_timed_out(job, task), TIMEOUT
+        elif kills and kills >= self.limits.poison_kills > 0:
             reply, outcome = self._refuse_poison(job, kills, why), POISON
         else:
             reply, outcome, fatal = self._execute(link, job, task, handle, started)
+            if self.forked_by_task:  # a process task code forked, returning from the task: not a worker
+                os._exit(EXIT_ERROR)
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
@@ -390,6 +429,7 @@ class Worker:
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
+        self.holding_job = False
         # The client has its answer: what is left waits no longer for us.
         # Counted before the slot says idle, so that idle means counted.
         if self.counter is not None:
@@ -417,6 +457,7 @@ class Worker:
                 if limit:
                     timer.disarm()
                 self.in_task = False
+                timer.reclaim()
             if limit:
                 timer.check()  # the task caught JobTimeout and returned anyway
             reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
@@ -428,6 +469,15 @@ class Worker:
             return self._failure(job, err), TIMEOUT, None
         except BaseException as err:  # SystemExit, KeyboardInterrupt: answer, then leave
             return self._failure(job, err), FAILED, err
+
+    def _refuse_timed_out(self, job: Job, task: bytes) -> bytes:
+        """A job whose run was killed for its time limit: its side effects
+        may have happened; running it again could double them."""
+        message = (f"task {job.task} exceeded its time limit of {self.time_limits[task]:g} s and its child was "
+                   f"killed after kill_grace {self.limits.kill_grace:g} s; job {job.handle} is not run again")
+        log.error("%s", message)
+        self.slot.jobs_failed += 1
+        return self._fail_reply(job, f"JobTimeout: {message}")
 
     def _refuse_poison(self, job: Job, kills: int, why: str) -> bytes:
         message = (f"job {job.handle} not run again: its runs killed {kills} children (last: {why}); "
@@ -485,6 +535,9 @@ class Worker:
 def run_child(worker: Worker) -> int:
     try:
         return worker.run()
+    except DescriptorsClosed as err:
+        log.error("child cannot go on: %s", err)
+        return EXIT_ERROR
     except BaseException:
         traceback.print_exc(file=sys.stderr)
         return EXIT_ERROR

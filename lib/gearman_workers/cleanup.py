@@ -22,7 +22,7 @@ import stat
 import time
 from pathlib import Path
 
-from . import pidfile, state
+from . import pidfile, state, strays
 
 log = logging.getLogger("gearman_workers.cleanup")
 
@@ -52,12 +52,12 @@ def is_ours(pid: int) -> bool:
     return b"gearman_workers" in cmdline or b"gearman-workers" in cmdline
 
 
-def _open_if_ours(identity: state.ProcessIdentity) -> int | None:
+def _open_if_ours(identity: state.ProcessIdentity, by_command_line: bool = True) -> int | None:
     try:
         fd = os.pidfd_open(identity.pid)
     except ProcessLookupError:
         return None
-    if identity.is_alive() and is_ours(identity.pid):
+    if identity.is_alive() and (not by_command_line or is_ours(identity.pid)):
         return fd
     os.close(fd)
     return None
@@ -71,12 +71,14 @@ def _pidfd_alive(fd: int) -> bool:
         return False
 
 
-def stop_processes(identities: list[state.ProcessIdentity], grace: float) -> int:
+def stop_processes(identities: list[state.ProcessIdentity], grace: float, by_command_line: bool = True) -> int:
     """TERM every recorded process that is still ours, KILL what outlives
-    GRACE seconds. Returns how many were ours."""
+    GRACE seconds. Returns how many were ours. A process that task code
+    forked may have exec'd anything: BY_COMMAND_LINE False trusts the
+    recorded identity (PID and start time, this boot) alone."""
     ours: dict[int, int] = {}
     for identity in identities:
-        fd = _open_if_ours(identity)
+        fd = _open_if_ours(identity, by_command_line)
         if fd is None:
             log.info("pid %d is not a leftover of ours (gone or reused); left alone", identity.pid)
             continue
@@ -121,11 +123,27 @@ def clean_state_file(path: Path, grace: float, pid_path: Path, we_hold_the_lock:
     if pool.boot_id == state.boot_id():
         # Children first: with their master gone they would only drain and leave.
         stopped = stop_processes([*pool.children, pool.master], grace)
+    stopped += _stop_strays(path.parent, pool.pool, grace, same_boot=pool.boot_id == state.boot_id())
     path.unlink(missing_ok=True)
     if not we_hold_the_lock and not pidfile.is_locked(pid_path) and pid_path.exists():
         log.info("removing stale PID file %s", pid_path)
         pid_path.unlink(missing_ok=True)
     return stopped
+
+
+def _stop_strays(state_dir: Path, pool: str, grace: float, same_boot: bool) -> int:
+    """Stop what the dead master's tasks forked (strays.py), then forget it."""
+    recorded: list[state.ProcessIdentity] = []
+    for path in strays.forks_files(state_dir, pool):
+        try:
+            check_trusted(path)
+            if same_boot:
+                recorded += strays.read(path)
+        except (UntrustedState, OSError) as err:
+            log.warning("ignoring %s: %s", path, err)
+            continue
+        path.unlink(missing_ok=True)
+    return stop_processes(recorded, grace, by_command_line=False) if recorded else 0
 
 
 def clean(state_dir: Path, pool: str | None, grace: float, pid_path: Path | None = None) -> int:

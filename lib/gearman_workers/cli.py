@@ -20,6 +20,7 @@ from .arbiter import Arbiter
 from .handover import Handover, UpgradeFailed, request_upgrade
 from .notify import Notifier
 from .pidfile import PidFile, PidFileLocked
+from .procfs import resident_bytes
 from .tasks import TaskLoadError, load_tasks, run_preload
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         tasks = load_tasks(config)
     except TaskLoadError as err:
         return _fail(prog, str(err), EXIT_TASKS, handover)
+    try:
+        configuration.check_limits(config, resident_bytes() or 0)
+    except configuration.ConfigError as err:
+        return _fail(prog, f"config error: {err}", EXIT_CONFIG, handover)
     if args.check_config:
         size = (f"{config.min_processes}-{config.max_processes} processes (autoscaling)" if config.autoscaling
                 else f"{config.processes} processes")
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except PidFileLocked as err:
         return _fail(prog, str(err), EXIT_LOCKED)
     except OSError as err:
-        return _fail(prog, f"cannot lock {config.pidfile}: {err.strerror}", EXIT_CONFIG)
+        return _fail(prog, f"config error: [pool] pidfile: cannot lock {config.pidfile}: {err.strerror}", EXIT_CONFIG)
     try:
         cleanup.clean_state_file(config.state_file, config.graceful_timeout, config.pidfile, we_hold_the_lock=True)
     except cleanup.UntrustedState as err:

@@ -70,6 +70,7 @@ class Config:
     max_memory: int
     heartbeat_timeout: float
     poison_kills: int
+    long_job_warning: float
     upgrade_timeout: float
     log_level: str
     log_format: str
@@ -316,8 +317,10 @@ OPTIONS: tuple[Option, ...] = (
            "recycle a child whose RSS is above this many MiB after a job (0: never)"),
     Option("pool", "heartbeat_timeout", _seconds_or_off, 30.0,
            "kill and replace a child silent this many seconds (0: never; above poll and connect timeouts)"),
-    Option("pool", "poison_kills", _int_range(1, 1000), 2,
-           "fail a job instead of running it again once its runs killed this many children"),
+    Option("pool", "poison_kills", _int_range(0, 1000), 2,
+           "fail a job instead of running it again once its runs killed this many children (0: never)"),
+    Option("pool", "long_job_warning", _seconds_or_off, 300.0,
+           "log once when a job has been running this many seconds (0: never)"),
     Option("pool", "upgrade_timeout", _seconds, 60.0,
            "seconds a new master started by an upgrade (SIGUSR2, --upgrade) may take to register its children"),
     Option("pool", "log_level", _log_level, "info", "debug, info, warning or error"),
@@ -422,6 +425,22 @@ def check_paths(config: Config) -> None:
     _writable_dir(config.pidfile.parent, "[pool] pidfile")
     if config.pidfile.is_dir():
         raise ConfigError(f"[pool] pidfile: {config.pidfile} is a directory")
+    # Checked, now made: a place that passes the checks and still cannot be
+    # made (a read-only or virtual file system) is said against its key.
+    for directory, where in ((config.state_dir, "[pool] state_dir"), (config.pidfile.parent, "[pool] pidfile")):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{where}: cannot create {directory}: {err.strerror or err}") from None
+
+
+def check_limits(config: Config, idle_bytes: int) -> None:
+    """Limits that cannot work, against what an idle child already holds
+    (IDLE_BYTES: the master's resident memory once the tasks are loaded)."""
+    if config.max_memory and config.max_memory * 1024 * 1024 <= idle_bytes:
+        raise ConfigError(f"[pool] max_memory: {config.max_memory} MiB is below what an idle child holds "
+                          f"already (about {idle_bytes // (1024 * 1024)} MiB): every child would be replaced "
+                          f"after every job; raise it, or 0 for no limit")
 
 
 def _section_label(option: Option) -> str:

@@ -5,6 +5,7 @@ is the child's business (child.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -33,6 +34,18 @@ DOZING_LOW_WATER = p.HEADER_SIZE + 1
 
 class ConnectionLost(Exception):
     """The connection is gone; the text says why."""
+
+
+class DescriptorsClosed(Exception):
+    """Task code closed this child's socket under it (os.closerange, say):
+    the child cannot answer its job and must leave, so that the job counts
+    against the task (poison.py) instead of being taken and lost again."""
+
+
+def _lost(err: OSError, doing: str) -> Exception:
+    if err.errno == errno.EBADF:
+        return DescriptorsClosed(f"{doing} failed: task code closed the child's gearmand socket")
+    return ConnectionLost(f"{doing} failed: {err.strerror or err}")
 
 
 class GearmandConnection:
@@ -112,13 +125,13 @@ class GearmandConnection:
         try:
             self.sock.sendall(data)  # type: ignore[union-attr]
         except OSError as err:
-            raise ConnectionLost(f"send failed: {err.strerror or err}") from None
+            raise _lost(err, "send") from None
 
     def receive(self, buffer: bytearray, view: memoryview) -> list[tuple[int, bytes]]:
         try:
             size = self.sock.recv_into(buffer)  # type: ignore[union-attr]
         except OSError as err:
-            raise ConnectionLost(err.strerror or str(err)) from None
+            raise _lost(err, "receive") from None
         if not size:
             raise ConnectionLost("connection closed by gearmand")
         try:
@@ -142,11 +155,12 @@ class GearmandConnection:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)  # type: ignore[union-attr]
         except OSError as err:
-            raise ConnectionLost(f"setsockopt failed: {err.strerror or err}") from None
+            raise _lost(err, "setsockopt") from None
 
     def close(self) -> None:
         if self.sock is not None:
-            self.sock.close()
+            with contextlib.suppress(OSError):  # EBADF: task code closed it first
+                self.sock.close()
         self.sock, self.status = None, DOWN
         self.awaiting_grab = False
         self.registered = False

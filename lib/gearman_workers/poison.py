@@ -41,6 +41,10 @@ class PoisonLedger:
 
 
 NO_KILLS = (0, "")
+# Why the master killed a child that ran past its time limit plus
+# kill_grace: a job that died so is answered JobTimeout and never run again.
+TIME_LIMIT_EXCEEDED = "time limit exceeded"
+KILLED_FOR_TIME = f"killed ({TIME_LIMIT_EXCEEDED})"
 
 
 class PoisonCheck:

@@ -4,6 +4,11 @@ is the master's: a child still busy ``kill_grace`` seconds later is killed.
 
 ``JobTimeout`` derives from BaseException, like KeyboardInterrupt: a task's
 ``except Exception`` does not swallow it by accident.
+
+Task code may install its own SIGALRM handler or arm its own alarm. The
+timer takes the signal back before every time-limited job and after every
+job (one identity comparison while nobody touched it), so such code can
+cost at most its own job the soft limit, never a later one.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ class JobTimer:
         self.running = False
         self.expired = False
         self._message = ""
+        self._handler = self._on_alarm  # one object: getsignal() returns what we installed
 
     def install(self) -> None:
-        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGALRM, self._handler)
 
     def arm(self, seconds: float, task: str) -> None:
         self.expired = False
         if seconds > 0:
+            self.reclaim()
             self._message = f"task {task} exceeded its time limit of {seconds:g} s"
             self.running = True
             signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -35,6 +42,12 @@ class JobTimer:
         if self.running:
             self.running = False  # first: an alarm that fires now is ignored
             signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def reclaim(self) -> None:
+        """Our handler back, and no alarm of the task's left pending."""
+        if signal.getsignal(signal.SIGALRM) is not self._handler:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._handler)
 
     def check(self) -> None:
         """Raise JobTimeout if the limit passed (for a task that caught it)."""
