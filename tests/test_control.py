@@ -211,7 +211,9 @@ def test_a_pool_whose_redis_is_down_still_serves(gearmand: Gearmand, tmp_path: P
 def test_gm_exit_wait_times_out_naming_the_pool(redis_server: RedisServer) -> None:
     # A heartbeat of a pool that will not stop (nobody listens for it).
     redis_server.client().set("gearman-workers:pool:h9:stuck",
-                              json.dumps({"host": "h9", "name": "stuck", "pid": 1, "started": 1.0}), ex=60)
+                              json.dumps({"host": "h9", "name": "stuck", "pid": 1, "started": 1.0, "reported": 1.0,
+                                             "desired": 1, "registered": 1, "autoscale": None, "children": []}),
+                                  ex=60)
     done = run_cli("gm-exit", "--redis-url", redis_server.url, "--wait", "--timeout", "1")
     assert done.returncode == 1
     assert "still running: h9/stuck" in done.stderr

@@ -148,6 +148,7 @@ def test_an_older_value_never_replaces_a_newer_one_even_after_a_restart(tmp_path
     assert book.offer("all", newer) and not book.offer("all", older)
     book.save()
     restarted = DataBook(path)
+    restarted.load()
     assert not restarted.offer("all", older)
     assert restarted.values("h", "p") == {"k": "new"}
     assert restarted.offer("all", Command("del", key="k", ts=300.0))

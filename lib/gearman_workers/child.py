@@ -489,8 +489,7 @@ class Worker:
     def _failure(self, job: Job, err: BaseException) -> bytes:
         self.slot.jobs_failed += 1
         message = f"{type(err).__name__}: {err}"
-        log.error("task %s failed on job %s: %s\n%s", job.task, job.handle, message,
-                  "".join(traceback.format_exception(err)).rstrip())
+        log.error("task %s failed on job %s: %s", job.task, job.handle, message, exc_info=err)
         return self._fail_reply(job, message)
 
     def _fail_reply(self, job: Job, message: str) -> bytes:

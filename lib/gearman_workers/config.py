@@ -21,7 +21,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_PROCESSES = 1024
 MAX_SERVERS = 64  # a child's registrations are one 64-bit mask in the scoreboard
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SPEC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -184,7 +184,7 @@ def _text(value: Any) -> str:
 
 
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.match(value):
         raise ValueError(f"expected 1-64 letters, digits, '.', '_' or '-', got {value!r}")
     return value
 

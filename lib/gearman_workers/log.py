@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 _role = "master"
 
@@ -46,13 +47,37 @@ def stderr_is_journal() -> bool:
         return False
 
 
+# Control characters in a message (a publisher's field name, a payload in
+# an exception) must not start fake log lines or drive the operator's
+# terminal: each is written as an escape instead.
+_CONTROL = [*range(0x20), *range(0x7F, 0xA0)]
+_ESCAPED = {code: f"\\x{code:02x}" for code in _CONTROL} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+_ESCAPED_KEEPING_LINES = {code: text for code, text in _ESCAPED.items() if code != 0x0A}
+_JSON_UNESCAPED = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}  # json.dumps escapes only < 0x20
+
+
+def escape(text: str) -> str:
+    return text.translate(_ESCAPED)
+
+
+class TextFormatter(logging.Formatter):
+    """One line per message; a traceback keeps its lines, but no other control character."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return super().formatException(ei).translate(_ESCAPED_KEEPING_LINES)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name,
                  "role": getattr(record, "role", _role), "pid": record.process, "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False).translate(_JSON_UNESCAPED)
 
 
 class JournalFormatter(logging.Formatter):
@@ -73,7 +98,7 @@ def formatter(log_format: str = "text", journal: bool = False, timestamps: bool 
         shape: logging.Formatter = JsonFormatter()
     else:
         stamp = "%(asctime)s " if timestamps and not journal else ""
-        shape = logging.Formatter(f"{stamp}%(levelname)s %(name)s %(role)s[%(process)d]: %(message)s")
+        shape = TextFormatter(f"{stamp}%(levelname)s %(name)s %(role)s[%(process)d]: %(message)s")
     return JournalFormatter(shape) if journal else shape
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from .. import config as configuration
+from ..log import escape
 from . import store
 from .listener import connect, read_secret
 from .messages import BadMessage, Command, decode, encode
@@ -27,6 +28,7 @@ class Settings:
     channel: str
     prefix: str
     secret: bytes | None
+    source: Path | None = None  # the configuration file they came from
 
 
 def connection_options(after_subcommand: bool = False) -> argparse.ArgumentParser:
@@ -36,7 +38,9 @@ def connection_options(after_subcommand: bool = False) -> argparse.ArgumentParse
     default = argparse.SUPPRESS if after_subcommand else None
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection (default: from --config, else local Redis)")
-    group.add_argument("--config", type=Path, default=default, help="a pool's configuration file ([control] table)")
+    group.add_argument("--config", type=Path, default=default,
+                       help=f"a configuration file's [control] table (default: the operator's, {OPERATOR_CONFIG}, "
+                       "where it exists; a pool's own file has the pool's Redis user, which may not send commands)")
     group.add_argument("--redis-url", default=default, help="redis://[user:password@]host:port/db, rediss:// for TLS")
     group.add_argument("--channel", default=default, help="control channel (default gearman-workers)")
     group.add_argument("--secret-file", type=Path, default=default, help="shared secret to sign commands with")
@@ -65,6 +69,7 @@ def settings(args: argparse.Namespace) -> Settings:
         channel=args.channel or (base.channel if base else "gearman-workers"),
         prefix=args.key_prefix or (base.key_prefix if base else "gearman-workers"),
         secret=read_secret(secret_file) if secret_file else None,
+        source=path,
     )
 
 
@@ -137,6 +142,7 @@ def exit_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", action="store_true", help="wait until every targeted pool has stopped")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
     args = parser.parse_args(argv)
+    conf: Settings | None = None
     try:
         conf = settings(args)
         client = connect(conf.url)
@@ -146,7 +152,8 @@ def exit_main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_USAGE)
     except (redis.RedisError, OSError) as err:
-        return _fail(prog, _redis_problem(err), EXIT_FAILED)
+        return _fail(prog, _redis_problem(err, conf), EXIT_FAILED)
+    assert conf is not None
     print(f"exit published on {conf.channel}: received by {receivers} listener(s)")
     if not args.wait:
         return EXIT_OK
@@ -178,6 +185,7 @@ def ctl_main(argv: list[str] | None = None) -> int:
         if name != "pools":
             target_options(sub)
     args = parser.parse_args(argv)
+    conf: Settings | None = None
     try:
         conf = settings(args)
         client = connect(conf.url)
@@ -185,13 +193,24 @@ def ctl_main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_USAGE)
     except (redis.RedisError, OSError) as err:
-        return _fail(prog, _redis_problem(err), EXIT_FAILED)
+        return _fail(prog, _redis_problem(err, conf), EXIT_FAILED)
 
 
-def _redis_problem(err: Exception) -> str:
+def _redis_problem(err: Exception, conf: Settings | None = None) -> str:
+    if isinstance(err, redis.exceptions.NoPermissionError) and conf is not None:
+        return (f"redis user {_redis_user(conf.url)!r} may not do this ({err}): it is a pool's own user, whose "
+                f"rights stop at what a pool needs; run operator commands with the operator's file "
+                f"{OPERATOR_CONFIG} (the default where it exists) instead of {conf.source or 'these flags'}")
     if isinstance(err, redis.ResponseError):
         return f"redis refused: {err}"
     return f"cannot reach redis: {err}"
+
+
+def _redis_user(url: str) -> str:
+    """The ACL user a URL logs in as (Redis's "default" when it names none)."""
+    credentials, at, _ = url.partition("://")[2].rpartition("@")
+    user = credentials.partition(":")[0] if at else ""
+    return user or "default"
 
 
 def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
@@ -293,7 +312,7 @@ def _print_status(children: list[dict[str, Any]]) -> None:
                ("JOB", "job"), ("BUSY", "busy_for"), ("DONE", "jobs_done"), ("FAILED", "jobs_failed"),
                ("RSS", "rss"), ("AGE", "age")]
     shown = {"busy_for": _span, "age": _span, "rss": _mib}
-    rows = [[shown.get(key, lambda v: "-" if v is None else str(v))(child.get(key)) for _, key in columns]
+    rows = [[escape(shown.get(key, lambda v: "-" if v is None else str(v))(child.get(key))) for _, key in columns]
             for child in children]
     widths = [max([len(title), *(len(row[i]) for row in rows)]) for i, (title, _) in enumerate(columns)]
     keep = list(range(len(columns)))

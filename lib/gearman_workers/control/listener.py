@@ -13,6 +13,7 @@ down still starts and serves jobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -78,12 +79,14 @@ class ControlListener:
         self.keys = store.Keys(prefix)
         self.secret = secret
         self.verifier = Verifier(max_age)
-        self.book = book or DataBook()
+        self.book = book or DataBook(secret=secret)
+        self._book_loaded = False
         self.arbiter: Master | None = None
         self._stop = threading.Event()
         self._resync = threading.Event()
         self._guard = threading.Lock()
         self._client: redis.Redis | None = None
+        self._pubsub: Any = None  # redis-py's PubSub of the running session
         self._outage_since: float | None = None
         self.up = False  # subscribed and caught up (gearman_workers_control_up)
 
@@ -92,7 +95,8 @@ class ControlListener:
         assert config.redis_url is not None
         secret = read_secret(config.secret_file) if config.secret_file else None
         return cls(config.redis_url, config.channel, config.key_prefix, config.hostname, config.name,
-                   secret, config.max_message_age, DataBook(config.state_dir / f"{config.name}.control.json"))
+                   secret, config.max_message_age,
+                   DataBook(config.state_dir / f"{config.name}.control.json", secret))
 
     # --- what the master calls ----------------------------------------
 
@@ -100,6 +104,9 @@ class ControlListener:
         """Start listening (again, after a stop: a failed upgrade)."""
         self.arbiter = arbiter
         self._guard = arbiter.fork_lock
+        if not self._book_loaded:  # now, not at construction: the state directory has passed its checks
+            self.book.load()
+            self._book_loaded = True
         self._stop = stop = threading.Event()  # each thread its own: one stopped stays stopped
         threading.Thread(target=self._run, args=(stop,), name="control", daemon=True).start()
 
@@ -117,8 +124,25 @@ class ControlListener:
         # not linger after its last child.
 
     def forget_in_child(self) -> None:
-        """After fork: the thread does not exist here; drop its objects."""
-        self._client = None
+        """After fork: the thread does not exist here, and its Redis sockets
+        are the master's. Each is closed by its descriptor alone: no QUIT,
+        no shutdown(), which would end the master's connection too; and the
+        objects, detached, cannot close a reused descriptor later."""
+        for connection in self._connections():
+            sock = getattr(connection, "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    os.close(sock.detach())
+        self._client = self._pubsub = None
+
+    def _connections(self) -> list[Any]:
+        found: list[Any] = []
+        if self._client is not None:
+            pool = self._client.connection_pool
+            found += [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+        if self._pubsub is not None and self._pubsub.connection is not None:
+            found.append(self._pubsub.connection)
+        return found
 
     # --- the thread -----------------------------------------------------
 
@@ -142,7 +166,7 @@ class ControlListener:
 
     def _session(self, stop: threading.Event) -> None:
         client = self._client = connect(self.url)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.channel)  # subscribe first: nothing falls between it and the catch-up
             pubsub.connection.register_connect_callback(self._on_reconnect)
@@ -185,8 +209,8 @@ class ControlListener:
         """Read the stored data; what is newer than what we hold goes to the children."""
         assert self.arbiter is not None
         changed = False
-        for scope, command in store.stored_data(client, self.keys, self.hostname, self.pool, self.secret):
-            changed = self.book.offer(scope, command) or changed
+        for scope, command, message in store.stored_data(client, self.keys, self.hostname, self.pool, self.secret):
+            changed = self.book.offer(scope, command, message) or changed
         if changed:
             self.book.save()
         self.arbiter.submit(PublishData(self.book.values(self.hostname, self.pool)))
@@ -201,7 +225,7 @@ class ControlListener:
             command = decode(data, self.secret)
             if self.secret is not None:
                 self.verifier.check(command, remember=lambda nonce: self._remember(client, nonce))
-            self._check_exit_is_new(command)
+            self._check_is_new(command)
         except BadMessage as err:
             log.warning("rejected control message on %s: %s", self.channel, err)
             return
@@ -214,10 +238,13 @@ class ControlListener:
         key = self.keys.nonce(self.hostname, self.pool, nonce)
         return bool(client.set(key, b"1", nx=True, ex=math.ceil(self.verifier.lifetime)))
 
-    def _check_exit_is_new(self, command: Command) -> None:
+    def _check_is_new(self, command: Command) -> None:
+        """A command stamped before this pool started was meant for the pools
+        then running (a replayed scale would resize a fresh pool); what
+        such a set or del stored, the catch-up has read already."""
         assert self.arbiter is not None
-        if command.cmd == "exit" and command.ts is not None and command.ts < self.arbiter.control_since:
-            raise BadMessage("exit sent before this pool started")
+        if command.ts is not None and command.ts < self.arbiter.control_since:
+            raise BadMessage(f"{command.cmd} sent before this pool started")
 
     def _apply(self, client: redis.Redis, command: Command) -> None:
         assert self.arbiter is not None

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from ..config import NAME_RE
 from .messages import BadMessage, Command, decode
 
 log = logging.getLogger("gearman_workers.control")
@@ -48,6 +49,12 @@ class Keys:
     @property
     def heartbeat_pattern(self) -> str:
         return f"{self.prefix}:pool:*"
+
+    def pool_of(self, heartbeat_key: bytes) -> tuple[str, str] | None:
+        """(host, pool) a heartbeat key names, if both are valid names."""
+        rest = heartbeat_key.decode("ascii", "replace").removeprefix(f"{self.prefix}:pool:")
+        host, _, pool = rest.partition(":")
+        return (host, pool) if NAME_RE.match(host) and NAME_RE.match(pool) else None
 
 
 def pool_scopes(hostname: str, pool: str) -> list[str]:
@@ -87,15 +94,16 @@ def latest_exit(client: redis.Redis, keys: Keys, hostname: str, pool: str,
 
 
 def stored_data(client: redis.Redis, keys: Keys, hostname: str, pool: str,
-                secret: bytes | None) -> list[tuple[str, Command]]:
-    """Every stored set and del that concerns this pool, with its scope."""
+                secret: bytes | None) -> list[tuple[str, Command, bytes]]:
+    """Every stored set and del that concerns this pool: scope, command, and
+    the message that carried it."""
     entries = []
     for scope in pool_scopes(hostname, pool):
         for field, raw in client.hgetall(keys.data(scope)).items():
             name = field.decode("utf-8", "replace")
             command = _decode_stored(raw, secret, scope, f"data {name!r} in scope {scope}")
             if command is not None and command.cmd in ("set", "del") and command.key == name:
-                entries.append((scope, command))
+                entries.append((scope, command, raw))
     return entries
 
 
@@ -119,6 +127,40 @@ def _heartbeat(raw: bytes | None) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
+_NUMBER = (int, float)
+# What gm-ctl reads of a heartbeat, with the types a master writes (arbiter.summary).
+POOL_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "desired": (int,), "registered": (int,), "started": _NUMBER, "reported": _NUMBER,
+    "autoscale": (dict, type(None)), "children": (list,)}
+CHILD_TYPES: dict[str, tuple[type, ...]] = {
+    "slot": (int,), "pid": (int,), "state": (str,), "dedicated_to": (str, type(None)), "task": (str, type(None)),
+    "job": (str, type(None)), "busy_for": (*_NUMBER, type(None)), "jobs_done": (int,), "jobs_failed": (int,),
+    "rss": (int, type(None)), "age": _NUMBER}
+
+
+def _well_typed(row: dict[str, Any], types: dict[str, tuple[type, ...]]) -> bool:
+    return all(isinstance(row.get(key), kinds) and not isinstance(row.get(key), bool) for key, kinds in types.items())
+
+
+def _bound_to_key(info: dict[str, Any], host: str, pool: str) -> bool:
+    """A heartbeat counts only for the pool its key names, and only in the
+    shape a master writes: a pool user who may write its own key cannot
+    speak for another pool, nor feed gm-ctl what it cannot read."""
+    return (info.get("host") == host and info.get("name") == pool and _well_typed(info, POOL_TYPES)
+            and all(isinstance(c, dict) and _well_typed(c, CHILD_TYPES) for c in info["children"]))
+
+
 def live_pools(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     names = sorted(client.scan_iter(match=keys.heartbeat_pattern, count=500))
-    return [info for info in map(_heartbeat, client.mget(names) if names else []) if info]
+    pools, refused = [], []
+    for name, raw in zip(names, client.mget(names) if names else [], strict=True):
+        where = keys.pool_of(name)
+        info = _heartbeat(raw)
+        if where is not None and info and _bound_to_key(info, *where):
+            pools.append(info)
+        elif raw is not None:
+            refused.append(name.decode("ascii", "backslashreplace"))
+    if refused:
+        log.warning("ignoring %d heartbeat(s) that disagree with their key or are malformed: %s", len(refused),
+                    ", ".join(repr(name) for name in refused[:5]))
+    return pools
