@@ -5,9 +5,11 @@ hands over to a master running the new code."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 import gearman
 import pytest
 
+from gearman_workers import state
 from gearman_workers.pidfile import read_pid
 from helpers import Gearmand, JobStream, Pool, free_port, pid_alive, run_cli, submit, wait_for
 
@@ -217,3 +220,58 @@ def test_metrics_are_served_throughout_an_upgrade(gearmand: Gearmand, tmp_path: 
     assert scraper.failures == []
     assert scraper.masters[-1] != first  # the new master answers, on the socket it inherited
     assert set(scraper.masters[seen:]) == {scraper.masters[-1]}
+
+
+# --- --upgrade signals only a master it has proven ------------------------------------
+
+HOLD_LOCK = ("import fcntl, sys, time; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX); "
+             "print('locked', flush=True); time.sleep(60)")
+
+
+@contextlib.contextmanager
+def lock_holder(lock: Path, user: int | None = None) -> Iterator[subprocess.Popen]:
+    """A process (of USER) holding LOCK; opened here, since USER may not reach the test's directory."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    holder = subprocess.Popen(["/usr/bin/python3", "-c", HOLD_LOCK, str(fd)], stdout=subprocess.PIPE, user=user,
+                              stdin=subprocess.DEVNULL, pass_fds=[fd])
+    os.close(fd)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("attack", ["directory of another user", "recycled pid", "not the lock holder"])
+def test_upgrade_signals_nothing_it_has_not_proven_to_be_the_master(tmp_path: Path, versioned: Path,
+                                                                    attack: str) -> None:
+    nobody = 65534
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    victim = subprocess.Popen(["sleep", "60"])  # a root process that must not get SIGUSR2
+    try:
+        (state_dir / "default.pid").write_text(f"{victim.pid}\n")
+        recorded = {"pid": victim.pid, "start_time": state.ProcessIdentity.of(victim.pid).start_time}
+        if attack == "recycled pid":  # the dead master's record; its PID now belongs to another process
+            recorded["start_time"] -= 1
+        (state_dir / "default.state.json").write_text(json.dumps(
+            {"version": 1, "pool": "default", "boot_id": state.boot_id(), "master": recorded, "children": []}))
+        if attack == "directory of another user":
+            for path in (state_dir, *state_dir.iterdir()):
+                os.chown(path, nobody, nobody)
+            (state_dir / "default.pid.lock").touch()
+            os.chown(state_dir / "default.pid.lock", nobody, nobody)
+        with lock_holder(state_dir / "default.pid.lock", nobody if attack == "directory of another user" else None):
+            done = run_cli("gearman-workers", "--config", str(versioned), "--state-dir", str(state_dir), "--upgrade")
+        assert done.returncode == 1
+        expected = {"directory of another user": f"refusing to signal anything: {state_dir} is owned by uid {nobody}",
+                    "recycled pid": f"refusing to signal PID {victim.pid}: it is not the process the state file "
+                                    "recorded (its start time differs)",
+                    "not the lock holder": f"refusing to signal PID {victim.pid}: it does not run gearman-workers"}
+        assert expected[attack] in done.stderr
+        assert len(done.stderr.splitlines()) == 1
+        assert victim.poll() is None  # not signalled
+    finally:
+        victim.kill()
+        victim.wait()

@@ -144,7 +144,7 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
 
 def _upgrade(config: configuration.Config) -> int:
     try:
-        print(request_upgrade(config.pidfile, config.upgrade_timeout + 10))
+        print(request_upgrade(config.pidfile, config.state_file, config.upgrade_timeout + 10))
     except (UpgradeFailed, OSError) as err:
         return _fail("gearman-workers --upgrade", str(err), EXIT_ERROR)
     return EXIT_OK

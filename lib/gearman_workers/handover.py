@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import cleanup, state
 from . import pidfile as pidfiles
-from . import state
 from .prctl import PR_SET_CHILD_SUBREAPER, prctl
 
 ENVIRONMENT = "GEARMAN_WORKERS_HANDOVER"
@@ -257,15 +257,17 @@ class UpgradeFailed(RuntimeError):
     pass
 
 
-def request_upgrade(pid_path: Path, timeout: float) -> str:
-    """SIGUSR2 to the master named by PID_PATH, then wait until it handed
-    over (returns a line saying to whom) or gave up (raises UpgradeFailed)."""
-    master = pidfiles.read_pid(pid_path)
-    if master is None or not pidfiles.is_locked(pid_path):
-        raise UpgradeFailed(f"no running master holds {pid_path}")
+def request_upgrade(pid_path: Path, state_path: Path, timeout: float) -> str:
+    """SIGUSR2 to the master named by PID_PATH, once proven to be this
+    pool's master (see _open_master), then wait until it handed over
+    (returns a line saying to whom) or gave up (raises UpgradeFailed)."""
+    master_fd, master = _open_master(pid_path, state_path)
     result = outcome_path(pid_path)
-    result.unlink(missing_ok=True)
-    os.kill(master, signal.SIGUSR2)
+    try:
+        result.unlink(missing_ok=True)
+        signal.pidfd_send_signal(master_fd, signal.SIGUSR2)  # the process checked, whatever its PID became
+    finally:
+        os.close(master_fd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         outcome = _read_outcome(result)
@@ -275,6 +277,62 @@ def request_upgrade(pid_path: Path, timeout: float) -> str:
             raise UpgradeFailed(f"master {master} kept the pool: {outcome.get('reason')}")
         time.sleep(0.1)
     raise UpgradeFailed(f"master {master} did not finish the upgrade within {timeout:g} s")
+
+
+def _open_master(pid_path: Path, state_path: Path) -> tuple[int, int]:
+    """A pidfd of the master, and its PID, after the checks gm-cleanup makes
+    before it signals anything: `--upgrade` often runs as root (systemd's
+    ExecReload), and a PID file is only a number someone wrote. Trusted
+    files (root's or ours, nobody else may write them), a live lock, a state
+    file naming the same PID, and that very process: started when recorded,
+    running gearman-workers, holding the pool's lock open."""
+    lock_path = pid_path.with_name(pid_path.name + ".lock")
+    for path in dict.fromkeys((pid_path.parent, state_path.parent, pid_path, lock_path, state_path)):
+        try:
+            cleanup.check_trusted(path)
+        except FileNotFoundError:
+            raise UpgradeFailed(f"no running master holds {pid_path}") from None
+        except cleanup.UntrustedState as err:
+            raise UpgradeFailed(f"refusing to signal anything: {err}") from None
+    master = pidfiles.read_pid(pid_path)
+    if master is None or not pidfiles.is_locked(pid_path):
+        raise UpgradeFailed(f"no running master holds {pid_path}")
+    try:
+        recorded = state.read(state_path).master
+    except (state.StateFileError, OSError) as err:
+        raise UpgradeFailed(f"refusing to signal PID {master}: {state_path} is unreadable ({err})") from None
+    if recorded.pid != master:
+        raise UpgradeFailed(f"refusing to signal PID {master}: {state_path} names master {recorded.pid}")
+    try:
+        fd = os.pidfd_open(master)
+    except ProcessLookupError:
+        raise UpgradeFailed(f"no running master: PID {master} is gone") from None
+    why = None
+    if not recorded.is_alive():
+        why = "is not the process the state file recorded (its start time differs)"
+    elif not cleanup.is_ours(master):
+        why = "does not run gearman-workers"
+    elif not _holds_open(master, lock_path):
+        why = f"does not hold {lock_path}"
+    if why is not None:
+        os.close(fd)
+        raise UpgradeFailed(f"refusing to signal PID {master}: it {why}")
+    return fd, master
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    """PID has PATH open (the file itself, not just its name)."""
+    wanted = os.stat(path, follow_symlinks=False)
+    try:
+        entries = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            held = os.stat(entry.path)
+            if (held.st_dev, held.st_ino) == (wanted.st_dev, wanted.st_ino):
+                return True
+    return False
 
 
 def _read_outcome(path: Path) -> dict | None:
