@@ -5,14 +5,19 @@ is down does not stop the decisions taken on the others."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
 import gearman
+import pytest
 
+from gearman_workers.autoscale import QueueWatcher
+from gearman_workers.config import Server
 from helpers import EXAMPLES, Gearmand, Pool, RedisServer, free_port, run_cli, running, submit, wait_for
 from test_observability import scrape, value
 
@@ -166,3 +171,28 @@ def test_a_gearmand_that_is_down_does_not_stop_scaling(gearmand: Gearmand, tmp_p
             wait_for(lambda: shared_workers(gearmand) == 3, what="3 children registered on the live gearmand")
             burst.watch()
         assert len(burst.answers) == 12
+
+
+def test_the_queue_watcher_survives_any_answer_and_logs_one_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """gearmand's admin port as a hostile or broken peer would answer it."""
+    answers = [b"echo\t\xc2\xb2\t0\t1\n.\n", b"echo\t" + b"9" * 5000 + b"\t0\t1\n.\n", b"\xff\xfe not a table",
+               b"echo\t-1\t0\t1\n.\n", b"", b"echo\t5\t1\t1\n.\n"]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for answer in answers:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(answer)
+    server = threading.Thread(target=serve)
+    server.start()
+    watcher = QueueWatcher([Server("127.0.0.1", listener.getsockname()[1])], ["echo"])
+    with caplog.at_level(logging.INFO, logger="gearman_workers.autoscale"):
+        depths = [watcher.poll(threading.Lock()) for _ in answers]
+    server.join()
+    listener.close()
+    assert [(d.answered, d.waiting) for d in depths] == [(0, 0)] * 5 + [(1, 4)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("does not answer admin status" in m for m in messages) == 1
+    assert sum("answers again" in m for m in messages) == 1

@@ -119,15 +119,17 @@ def describe_exit(status: int) -> str:
     return f"exited with status {code}"
 
 
-def _warm_up_before_threads() -> None:
-    """Load, before the control thread exists, what it would otherwise load
-    lazily on its first connect: the idna codec that getaddrinfo() looks up
-    (an import, under a module lock) and the resolver's NSS modules. A child
-    forked while that thread held such a lock would wait on it forever the
-    first time it resolves a gearmand address."""
+def _warm_up_before_threads(servers: list[configuration.Server]) -> None:
+    """Load, before the control and watcher threads exist, what they would
+    otherwise load lazily on their first connect: the idna codec that
+    getaddrinfo() looks up (an import, under a module lock) and the
+    resolver's NSS modules (a dlopen, under the loader's lock), for every
+    name the pool resolves. A child forked while a thread held such a lock
+    would wait on it forever the first time it resolves a gearmand address."""
     codecs.lookup("idna")
-    with contextlib.suppress(OSError):
-        socket.getaddrinfo("localhost", None)
+    for host in ("localhost", *(server.host for server in servers)):
+        with contextlib.suppress(OSError, UnicodeError):
+            socket.getaddrinfo(host, None)
 
 
 def exit_reason(child: Child, status: int, stopping: bool) -> str:
@@ -262,7 +264,7 @@ class Arbiter:
         # Orphans of a child's task (a forked grandchild) come to us, not to
         # PID 1, so that they can be stopped with their child.
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        _warm_up_before_threads()
+        _warm_up_before_threads(self.config.servers)
         gc.freeze()  # keep the collector off preloaded objects: pages stay shared
         self.title.show()
         if self.handover is not None:

@@ -96,9 +96,16 @@ class Master(Protocol):
 
 
 class QueueWatcher:
-    """The thread that polls gearmand. Name resolution happens under the
-    master's fork lock (a child forked while this thread is inside the
-    resolver would inherit its locks); connecting and reading do not."""
+    """The thread that polls gearmand. It survives any answer: whatever goes
+    wrong with one server is that server's outage, logged once until it
+    answers again.
+
+    Names are resolved outside the master's fork lock, so a slow resolver
+    never holds up a fork. The master resolved every configured name
+    before any thread existed (arbiter._warm_up_before_threads), so the
+    resolver's modules are loaded and no dlopen can be in flight at a fork;
+    what locks are left in glibc's resolver are reset in the child by fork
+    itself, and a child that hung anyway would be killed as silent."""
 
     def __init__(self, servers: list[Server], tasks: list[str]) -> None:
         self.servers, self.tasks = servers, set(tasks)
@@ -122,10 +129,9 @@ class QueueWatcher:
         waiting = answered = 0
         for server in self.servers:
             try:
-                with lock:
-                    address = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)[0][4]
+                address = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)[0][4]
                 table = status(address, ADMIN_TIMEOUT)
-            except OSError as err:
+            except Exception as err:
                 self._outage(server, err, lock)
                 continue
             if server in self._down:
@@ -136,7 +142,7 @@ class QueueWatcher:
             waiting += sum(row.waiting for name, row in table.items() if name in self.tasks)
         return QueueDepth(waiting, answered, len(self.servers))
 
-    def _outage(self, server: Server, err: OSError, lock: threading.Lock) -> None:
+    def _outage(self, server: Server, err: Exception, lock: threading.Lock) -> None:
         if server not in self._down:
             self._down.add(server)
             with lock:

@@ -11,6 +11,7 @@ import dataclasses
 import socket
 
 MAX_ANSWER = 4 * 1024 * 1024  # a gearmand with tens of thousands of functions still fits
+MAX_DIGITS = 18  # counts fit a 64-bit integer; anything longer is not a count gearmand keeps
 
 
 class AdminError(OSError):
@@ -34,10 +35,15 @@ def parse_status(answer: bytes) -> dict[str, FunctionStatus]:
         if line == ".":
             return table
         fields = line.split("\t")
-        if len(fields) != 4 or not all(f.isdigit() for f in fields[1:]):
+        if len(fields) != 4 or not all(_count(f) for f in fields[1:]):
             raise AdminError(f"not a status line: {line[:80]!r}")
         table[fields[0]] = FunctionStatus(int(fields[1]), int(fields[2]), int(fields[3]))
     raise AdminError("status answer ended before its closing '.'")
+
+
+def _count(field: str) -> bool:
+    """ASCII digits, and not too many (str.isdigit takes '²' and int() then fails)."""
+    return 0 < len(field) <= MAX_DIGITS and field.isascii() and field.isdigit()
 
 
 def status(address: tuple, timeout: float) -> dict[str, FunctionStatus]:
