@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 import urllib.request
@@ -285,3 +286,25 @@ def test_text_log_lines_elsewhere_keep_their_timestamp(gearmand: Gearmand, tmp_p
         pass
     first = pool.log().splitlines()[0]
     assert first[:4].isdigit() and " INFO gearman_workers.master master[" in first
+
+
+def test_scrapes_are_served_while_slow_clients_hold_connections(gearmand: Gearmand, tmp_path: Path) -> None:
+    port = free_port()
+    with running(Pool(gearmand, tmp_path, processes=1, config=pool_config(tmp_path, port))) as pool:
+        idle = socket.create_connection(("127.0.0.1", port))  # says nothing at all
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"G")  # and a byte now and then, as a trickling client would
+        resets = []
+        for _ in range(5):  # clients that vanish mid-request
+            conn = socket.create_connection(("127.0.0.1", port))
+            conn.sendall(b"GET /metr")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            resets.append(conn)
+        for conn in resets:
+            conn.close()  # an RST
+        for _ in range(3):
+            assert value(scrape(port), "gearman_workers_children_desired") == 1
+            slow.sendall(b"E")
+        idle.close()
+        slow.close()
+        assert "Traceback" not in pool.log()

@@ -10,11 +10,15 @@ Every series carries `pool` and `host`, so that a fleet adds up by them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import ThreadingMixIn
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -29,7 +33,9 @@ from .jobstats import BUCKETS, OUTCOMES, TaskTotals
 CHILD_STATES = ("starting", "idle", "busy", "stopping")
 # Why a child left (see Arbiter.exit_reason).
 EXIT_REASONS = ("crash", "killed", "recycled", "timeout", "hung", "stopped")
-SCRAPE_TIMEOUT = 10.0  # seconds a client may take to send its request
+log = logging.getLogger("gearman_workers.metrics")
+SCRAPE_TIMEOUT = 10.0  # seconds a client may take over its whole request
+MAX_CONNECTIONS = 16  # served at once; past that a connection is closed unanswered
 
 
 @dataclasses.dataclass
@@ -154,8 +160,26 @@ def registry_for(source: Source, pool: str, host: str) -> CollectorRegistry:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """One connection, in a thread of its own (see _Server). A client that
+    trickles its request byte by byte is cut off at SCRAPE_TIMEOUT: the
+    socket timeout alone bounds each read, not the request."""
+
     server: _Server
     timeout = SCRAPE_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(SCRAPE_TIMEOUT, self._cut_off)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut_off(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)  # the pending read ends; the thread finishes
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def do_GET(self) -> None:
         if urlsplit(self.path).path not in ("/", "/metrics"):
@@ -174,9 +198,35 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a scrape every few seconds is not news
 
 
-class _Server(HTTPServer):
+class _Server(ThreadingMixIn, HTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once: a slow or
+    idle client holds one thread, never the scrapes of others."""
+
     lock: threading.Lock
     registry: CollectorRegistry
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics: %d connections open already; closing one from %s", MAX_CONNECTIONS, client_address)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or times out is its own business: one debug line."""
+        log.debug("metrics request from %s ended early: %s", client_address, sys.exc_info()[1])
 
     def server_bind(self) -> None:
         # Not HTTPServer's: it asks DNS for our name (getfqdn), which may hang.
