@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, gearmand_status, wait_for
 
-ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm-v2.tar.zst"))
+ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm-v3.tar.zst"))
 WORKERS = ("worker1", "worker2")
 POOLS = {"default": 2, "batch": 1}
 
@@ -47,6 +47,9 @@ class Network:
         self.namespaces: list[str] = []
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("ip", "addr", "add", f"{self.prefix}.1/24", "dev", self.bridge)
+        # .1 is the controller, an allowed client of gearmand and Redis in the
+        # test inventory; .2 stands for a host outside every list.
+        sh("ip", "addr", "add", f"{self.prefix}.2/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
 
     def attach(self, name: str, last_octet: int) -> str:
@@ -91,6 +94,8 @@ class SystemdHost:
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.tree), f"--machine={self.machine}", "--boot", "--register=no",
              "--keep-unit", "--console=read-only", "--link-journal=no", "--resolv-conf=off",
+             # nftables on the host (the access firewall); the host's network namespace is its own.
+             "--capability=CAP_NET_ADMIN",
              f"--network-namespace-path=/run/netns/{self.namespace}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True)
 
@@ -513,10 +518,41 @@ def test_units_verify_cleanly_and_security_is_reported(fleet: Fleet) -> None:
     for unit in ("gearman-workers@default.service", "gearman-workers.service"):
         verify = worker.run(f"systemd-analyze verify {unit}")
         assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
-    exposure = worker.run("systemd-analyze security --no-pager gearman-workers@default.service").stdout.strip()
-    print("systemd-analyze security:", exposure.splitlines()[-1] if exposure else "n/a")
-    level = re.search(r"Overall exposure level for gearman-workers@default.service: ([\d.]+)", exposure)
-    assert level and float(level.group(1)) <= 1.2, exposure[-2000:]
+    for unit in ("gearman-workers@default.service", "gearman-workers.service"):
+        exposure = worker.run(f"systemd-analyze security --no-pager {unit}").stdout.strip()
+        print("systemd-analyze security:", exposure.splitlines()[-1] if exposure else "n/a")
+        level = re.search(rf"Overall exposure level for {re.escape(unit)}: ([\d.]+)", exposure)
+        assert level and float(level.group(1)) <= 1.2, exposure[-2000:]
+
+
+def connects_from(source: str, address: str, port: int) -> str:
+    """What a TCP connect from SOURCE gets: 'accepted', 'refused' or 'timeout'."""
+    with socket.socket() as sock:
+        sock.settimeout(3)
+        sock.bind((source, 0))
+        try:
+            sock.connect((address, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "timeout"
+    return "accepted"
+
+
+def test_only_the_inventorys_hosts_reach_gearmand_and_redis(fleet: Fleet) -> None:
+    queue, outsider, controller = fleet.queue, f"{fleet.network.prefix}.2", f"{fleet.network.prefix}.1"
+    for port in (fleet.gearmand_port, fleet.redis_port):
+        assert connects_from(outsider, queue.address, port) == "refused"
+        assert connects_from(controller, queue.address, port) == "accepted"
+    for name in WORKERS:  # the worker hosts, by their inventory addresses
+        probe = f"python3 -c 'import socket; socket.create_connection((\"{queue.address}\", {{}}), 3)'"
+        for port in (fleet.gearmand_port, fleet.redis_port):
+            assert fleet.hosts[name].run(probe.format(port)).returncode == 0, (name, port)
+    assert connects_from(outsider, queue.address, 22) == "accepted"  # other ports are not the table's business
+    rules = queue.out("nft list table inet gw_access_gearmand")
+    assert f"tcp dport != {fleet.gearmand_port} accept" in rules and "reject with tcp reset" in rules
+    verify = queue.run("systemd-analyze verify gearman-firewall@gearmand.service")
+    assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
 
 
 def test_redis_speaks_tls_only_and_each_user_may_do_only_its_part(fleet: Fleet) -> None:
@@ -534,8 +570,16 @@ def test_redis_speaks_tls_only_and_each_user_may_do_only_its_part(fleet: Fleet) 
     assert redis_cli(*pool, "get", "gearman-workers:pool:worker1:default").strip()  # its heartbeat
     assert "NOPERM" in redis_cli(*pool, "set", "gearman-workers:pool:worker2:default", "{}")
     assert "NOPERM" in redis_cli(*pool, "publish", "gearman-workers", "exit")
+    # Every key it may write expires; what concerns other hosts it cannot even read.
+    assert "NOPERM" in redis_cli(*pool, "set", "gearman-workers:pool:worker1:spare", "{}")
+    assert "OK" in redis_cli(*pool, "setex", "gearman-workers:pool:worker1:spare", "5", "{}")
+    assert "NOPERM" in redis_cli(*pool, "get", "gearman-workers:pool:worker2:default")
+    assert "NOPERM" in redis_cli(*pool, "hgetall", "gearman-workers:data:host:worker2")
+    assert "NOPERM" not in redis_cli(*pool, "hgetall", "gearman-workers:data:host:worker1:pool:default")
+    assert "NOPERM" in redis_cli(*pool, "set", "gearman-workers:elsewhere", "x")
     conf = queue.out("cat /etc/redis/redis.conf")
     assert fleet.secret("redis-pool-worker1") not in conf and "user default off" in conf
+    assert "maxmemory 256mb\nmaxmemory-policy noeviction\n" in conf
 
 
 def test_background_jobs_survive_a_kill_9_of_gearmand_and_run_exactly_once(fleet: Fleet) -> None:

@@ -4,12 +4,14 @@ role's pool template gives a configuration the pool accepts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import jinja2
+import pytest
 import yaml
 
 from gearman_workers import config as configuration
@@ -81,3 +83,34 @@ if __name__ == "__main__":  # rewrite systemd/ from the templates
     for unit_name in UNITS:
         (ROOT / "systemd" / unit_name).write_text(render_unit(unit_name))
         print(f"wrote systemd/{unit_name}", file=sys.stderr)
+
+
+def _plugin(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_access_sources_are_the_inventory_hosts_and_the_extras_by_family() -> None:
+    access = _plugin("roles/gw_common/filter_plugins/access.py")
+    hosts = [{"inventory_hostname": "w1", "ansible_host": "10.0.0.21"}, {"inventory_hostname": "127.0.0.9"},
+             {"inventory_hostname": "w2", "ansible_host": "10.0.0.22"}]
+    assert access.access_sources(hosts, ["10.0.0.20/31", "fd00::1"]) == {
+        "ipv4": ["10.0.0.20/31", "10.0.0.22/32", "127.0.0.9/32"], "ipv6": ["fd00::1/128"]}
+    assert "127.0.0.1/32" in access.access_sources([], ["localhost"])["ipv4"]  # a name: what it resolves to
+    with pytest.raises(access.AccessError, match=r"cannot allow 'no such host\.invalid'"):
+        access.access_sources([], ["no such host.invalid"])
+
+
+def test_a_pool_user_reads_only_its_scopes_and_writes_only_expiring_keys_of_its_host() -> None:
+    acl = _plugin("roles/redis/filter_plugins/acl.py")
+    rules = acl.pool_acl_rules("w1", "gw", "ctl").split()
+    assert rules[:3] == ["resetchannels", "&ctl", "resetkeys"]
+    assert [r for r in rules if r.startswith("%R~")] == [
+        "%R~gw:exit:all", "%R~gw:exit:host:w1", "%R~gw:exit:pool:*", "%R~gw:exit:host:w1:pool:*",
+        "%R~gw:data:all", "%R~gw:data:host:w1", "%R~gw:data:pool:*", "%R~gw:data:host:w1:pool:*"]
+    assert [r for r in rules if r.startswith("~")] == ["~gw:pool:w1:*", "~gw:nonce:w1:*"]
+    assert "+setex" in rules and "+set" not in rules and "+hset" not in rules
+    with pytest.raises(ValueError, match="cannot be a pool's"):
+        acl.pool_acl_rules("w*", "gw", "ctl")

@@ -23,7 +23,10 @@ from gearman_workers.control import store
 from gearman_workers.control.data import DataBook
 from gearman_workers.control.listener import ControlListener
 from gearman_workers.control.messages import MAX_FUTURE_SKEW, BadMessage, Command, Verifier, decode, encode
+from gearman_workers.pidfile import read_pid
 from helpers import (
+    BIN,
+    EXAMPLES,
     Gearmand,
     Pool,
     RedisServer,
@@ -341,9 +344,10 @@ class FakeRedis:
     def hgetall(self, name: str) -> dict[bytes, bytes]:
         return dict(self.hashes.get(name, {}))
 
-    def set(self, name: str, value: bytes, nx: bool = False, ex: int | None = None) -> bool:
-        if nx and name in self.strings:
-            return False
+    def get(self, name: str) -> bytes | None:
+        return self.strings.get(name)
+
+    def setex(self, name: str, ttl: int, value: bytes) -> bool:
         self.strings[name] = value
         return True
 
@@ -377,3 +381,20 @@ def test_the_fake_master_is_obeyed_by_a_valid_command() -> None:
     listener, master = fake_listener(secret=SECRET)
     listener._on_message(FakeRedis(), encode(Command("exit"), SECRET))
     assert master.submitted == [Stop("exit command")]
+
+
+def test_a_daemon_keeps_the_umask_it_was_given(gearmand: Gearmand, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    started = subprocess.run([str(BIN / "gearman-workers"), "--config", str(EXAMPLES / "gearman-workers.toml"),
+                              "--servers", gearmand.address, "--name", "d", "--processes", "1",
+                              "--state-dir", str(state_dir), "--daemon"],
+                             capture_output=True, text=True, timeout=30, preexec_fn=lambda: os.umask(0o027))
+    assert started.returncode == 0, started.stderr
+    master = wait_for(lambda: read_pid(state_dir / "d.pid"), what="the daemon's PID file")
+    try:
+        wait_for(lambda: len(gearmand.worker_pids("d")) == 1, what="the daemon's child")
+        for name in ("d.pid", "d.state.json", "d.log"):
+            assert stat.S_IMODE((state_dir / name).stat().st_mode) == 0o640, name
+    finally:
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(master), what="the daemon to stop")

@@ -21,6 +21,7 @@ from .handover import Handover, UpgradeFailed, request_upgrade
 from .notify import Notifier
 from .pidfile import PidFile, PidFileLocked
 from .procfs import resident_bytes
+from .state import current_umask
 from .tasks import TaskLoadError, load_tasks, run_preload
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
@@ -198,7 +199,9 @@ def _daemonize(config: configuration.Config, pidfile: PidFile, keep_open: list[i
     log_file.parent.mkdir(parents=True, exist_ok=True)
     stream = log_file.open("a", buffering=1)
     context = daemon.DaemonContext(
-        working_directory="/", umask=0o022, pidfile=pidfile, detach_process=True,
+        # The umask we were given (the unit's 0027, an operator's): runtime
+        # data may hold tokens, and python-daemon's default 022 opens it to all.
+        working_directory="/", umask=current_umask(), pidfile=pidfile, detach_process=True,
         files_preserve=[pidfile.fileno, *keep_open], stdout=stream, stderr=stream)
     context.open()
     logsetup.setup(config.log_level, log_file, log_format=config.log_format)

@@ -235,8 +235,8 @@ class ControlListener:
     def _remember(self, client: redis.Redis, nonce: str) -> bool:
         """True the first time this pool sees NONCE (kept in Redis, so a
         restart does not forget it)."""
-        key = self.keys.nonce(self.hostname, self.pool, nonce)
-        return bool(client.set(key, b"1", nx=True, ex=math.ceil(self.verifier.lifetime)))
+        return store.remember_nonce(client, self.keys, self.hostname, self.pool, nonce,
+                                    math.ceil(self.verifier.lifetime))
 
     def _check_is_new(self, command: Command) -> None:
         """A command stamped before this pool started was meant for the pools

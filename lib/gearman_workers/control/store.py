@@ -109,7 +109,20 @@ def stored_data(client: redis.Redis, keys: Keys, hostname: str, pool: str,
 
 def write_heartbeat(client: redis.Redis, keys: Keys, hostname: str, pool: str,
                     info: dict[str, Any], ttl: int) -> None:
-    client.set(keys.heartbeat(hostname, pool), json.dumps(info | {"host": hostname, "name": pool}), ex=ttl)
+    # SETEX, not SET: a pool's Redis user may run only commands whose keys
+    # expire, so a stolen pool password cannot fill Redis for good.
+    client.setex(keys.heartbeat(hostname, pool), ttl, json.dumps(info | {"host": hostname, "name": pool}))
+
+
+def remember_nonce(client: redis.Redis, keys: Keys, hostname: str, pool: str, nonce: str, ttl: int) -> bool:
+    """True the first time this pool records NONCE. A read, then SETEX (the
+    pool user has no SET, whose expiry is optional): safe without atomicity,
+    since only the one listener of this pool writes its nonces."""
+    key = keys.nonce(hostname, pool, nonce)
+    if client.get(key) is not None:
+        return False
+    client.setex(key, ttl, b"1")
+    return True
 
 
 def clear_heartbeat(client: redis.Redis, keys: Keys, hostname: str, pool: str, pid: int) -> None:

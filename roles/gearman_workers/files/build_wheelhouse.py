@@ -7,7 +7,10 @@ give the same bytes), and its pinned requirements and the task code's are
 downloaded as wheels for the hosts' Python, glibc and architecture, which
 need not be the controller's. A lock file lists every wheel with its
 SHA-256, so that the host's pip installs exactly these files and nothing
-else (--no-index --require-hashes).
+else (--no-index --require-hashes). The project's own requirements are
+downloaded in pip's hash-checking mode against requirements.txt, and the
+lock is checked against it once more: a wheel swapped on the way, or in
+the house, is refused.
 
 The wheelhouse directory is replaced only when a wheel was added, removed
 or changed, and is never seen half-built; when nothing it is made from
@@ -67,8 +70,10 @@ def build(args: argparse.Namespace, into: Path) -> None:
               "--abi", "cp" + "".join(args.python_version.split(".")[:2])]
     for tag in platforms(args.glibc, args.arch):
         target += ["--platform", tag]
-    wanted = [item for requirement in args.requirement for item in ("-r", str(requirement))] + args.package
-    pip("download", "--dest", str(into), *target, *wanted)
+    for requirement in args.requirement:  # the project's, locked: pip checks every file against its hashes
+        pip("download", "--dest", str(into), *target, "--require-hashes", "-r", str(requirement))
+    if args.package:  # the task code's, as the operator gave them
+        pip("download", "--dest", str(into), *target, *args.package)
     # pip evaluates environment markers against the controller's Python, not
     # the target's (redis needs async-timeout below Python 3.11.3, say):
     # fetch what the target's markers add, until nothing is missing.
@@ -103,6 +108,34 @@ def missing_requirements(house: Path, environment: dict[str, str]) -> set[str]:
     return missing
 
 
+def locked_hashes(requirement_files: list[Path]) -> dict[str, set[str]]:
+    """Name -> the SHA-256s a hashed requirements file allows for it."""
+    allowed: dict[str, set[str]] = {}
+    for path in requirement_files:
+        name = None
+        for line in path.read_text().replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            words = line.split()
+            if "==" in words[0]:
+                name = canonicalize_name(words[0].split("==")[0])
+            for word in words:
+                if word.startswith("--hash=sha256:") and name is not None:
+                    allowed.setdefault(name, set()).add(word.removeprefix("--hash=sha256:"))
+    return allowed
+
+
+def check_lock(house: Path, allowed: dict[str, set[str]]) -> None:
+    """Every wheel of a locked requirement is one of the files its lock
+    allows: a wheel swapped in the house after the download is refused."""
+    for wheel in sorted(house.glob("*.whl")):
+        name = canonicalize_name(wheel.name.split("-")[0])
+        if name in allowed and hashlib.sha256(wheel.read_bytes()).hexdigest() not in allowed[name]:
+            raise SystemExit(f"build_wheelhouse: {wheel.name} is not a file requirements.txt allows "
+                             f"(its SHA-256 is none of the {len(allowed[name])} listed for {name})")
+
+
 def write_lock(house: Path) -> None:
     lines = []
     for wheel in sorted(house.glob("*.whl")):
@@ -132,6 +165,7 @@ def main() -> int:
     fresh = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
     try:
         build(args, fresh)
+        check_lock(fresh, locked_hashes(args.requirement))
         write_lock(fresh)
         old = args.out / LOCK
         changed = not old.exists() or old.read_text() != (fresh / LOCK).read_text()
