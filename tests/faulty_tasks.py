@@ -11,7 +11,7 @@ import time
 from gearman_workers.procfs import resident_bytes
 
 TASKS = ("pid", "sleep", "spin", "stubborn", "gil_hog", "leak", "segfault", "grandchild", "daemon", "ledger",
-         "close_fds", "own_alarm", "stubborn_ledger")
+         "close_fds", "own_alarm", "stubborn_ledger", "blocked_ledger")
 LEAKED: list[bytearray] = []
 
 
@@ -120,6 +120,8 @@ def own_alarm(worker, job):
     elif how == "setitimer":
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
         signal.setitimer(signal.ITIMER_REAL, 0.2)
+    elif how == "blocked":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
     return how
 
 
@@ -127,3 +129,12 @@ def stubborn_ledger(worker, job):
     """Records its run (a side effect), then ignores its time limit."""
     ledger(worker, job)
     stubborn(worker, job)
+
+
+def blocked_ledger(worker, job):
+    """Records its run, then blocks SIGALRM (as C code that masks signals
+    does) and sleeps: the soft limit cannot reach it. It leaves the signal
+    blocked."""
+    ledger(worker, job)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(3600)

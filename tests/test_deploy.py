@@ -518,6 +518,8 @@ def test_units_verify_cleanly_and_security_is_reported(fleet: Fleet) -> None:
     for unit in ("gearman-workers@default.service", "gearman-workers.service"):
         verify = worker.run(f"systemd-analyze verify {unit}")
         assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
+    # A call the filter refuses fails with EPERM (task code calling os.nice()), instead of killing the process.
+    assert worker.out("systemctl show -p SystemCallErrorNumber --value gearman-workers@default") == "1"
     for unit in ("gearman-workers@default.service", "gearman-workers.service"):
         exposure = worker.run(f"systemd-analyze security --no-pager {unit}").stdout.strip()
         print("systemd-analyze security:", exposure.splitlines()[-1] if exposure else "n/a")

@@ -243,14 +243,20 @@ def lock_holder(lock: Path, user: int | None = None) -> Iterator[subprocess.Pope
         holder.wait()
 
 
-@pytest.mark.parametrize("attack", ["directory of another user", "recycled pid", "not the lock holder"])
+@pytest.mark.parametrize("attack", ["directory of another user", "recycled pid", "not the lock holder",
+                                    "not gearman-workers"])
 def test_upgrade_signals_nothing_it_has_not_proven_to_be_the_master(tmp_path: Path, versioned: Path,
                                                                     attack: str) -> None:
     nobody = 65534
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    victim = subprocess.Popen(["sleep", "60"])  # a root process that must not get SIGUSR2
-    try:
+    lock = state_dir / "default.pid.lock"
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(lock_holder(lock, nobody if attack == "directory of another user" else None))
+        sleeper = subprocess.Popen(["sleep", "60"])  # a root process that holds nothing
+        stack.callback(lambda: (sleeper.kill(), sleeper.wait()))
+        # The PID file names the lock's holder (a process that is no master), or a process holding nothing.
+        victim = sleeper if attack == "not the lock holder" else holder
         (state_dir / "default.pid").write_text(f"{victim.pid}\n")
         recorded = {"pid": victim.pid, "start_time": state.ProcessIdentity.of(victim.pid).start_time}
         if attack == "recycled pid":  # the dead master's record; its PID now belongs to another process
@@ -260,18 +266,13 @@ def test_upgrade_signals_nothing_it_has_not_proven_to_be_the_master(tmp_path: Pa
         if attack == "directory of another user":
             for path in (state_dir, *state_dir.iterdir()):
                 os.chown(path, nobody, nobody)
-            (state_dir / "default.pid.lock").touch()
-            os.chown(state_dir / "default.pid.lock", nobody, nobody)
-        with lock_holder(state_dir / "default.pid.lock", nobody if attack == "directory of another user" else None):
-            done = run_cli("gearman-workers", "--config", str(versioned), "--state-dir", str(state_dir), "--upgrade")
+        done = run_cli("gearman-workers", "--config", str(versioned), "--state-dir", str(state_dir), "--upgrade")
         assert done.returncode == 1
         expected = {"directory of another user": f"refusing to signal anything: {state_dir} is owned by uid {nobody}",
                     "recycled pid": f"refusing to signal PID {victim.pid}: it is not the process the state file "
                                     "recorded (its start time differs)",
-                    "not the lock holder": f"refusing to signal PID {victim.pid}: it does not run gearman-workers"}
+                    "not the lock holder": f"refusing to signal PID {victim.pid}: it does not hold {lock}",
+                    "not gearman-workers": f"refusing to signal PID {victim.pid}: it does not run gearman-workers"}
         assert expected[attack] in done.stderr
         assert len(done.stderr.splitlines()) == 1
         assert victim.poll() is None  # not signalled
-    finally:
-        victim.kill()
-        victim.wait()

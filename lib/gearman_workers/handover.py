@@ -33,6 +33,7 @@ from pathlib import Path
 from . import cleanup, state
 from . import pidfile as pidfiles
 from .prctl import PR_SET_CHILD_SUBREAPER, prctl
+from .procfs import start_time
 
 ENVIRONMENT = "GEARMAN_WORKERS_HANDOVER"
 READY = b"ready\n"
@@ -266,6 +267,8 @@ def request_upgrade(pid_path: Path, state_path: Path, timeout: float) -> str:
     try:
         result.unlink(missing_ok=True)
         signal.pidfd_send_signal(master_fd, signal.SIGUSR2)  # the process checked, whatever its PID became
+    except PermissionError:
+        raise UpgradeFailed(f"refusing to signal PID {master}: it belongs to another user") from None
     finally:
         os.close(master_fd)
     deadline = time.monotonic() + timeout
@@ -281,11 +284,13 @@ def request_upgrade(pid_path: Path, state_path: Path, timeout: float) -> str:
 
 def _open_master(pid_path: Path, state_path: Path) -> tuple[int, int]:
     """A pidfd of the master, and its PID, after the checks gm-cleanup makes
-    before it signals anything: `--upgrade` often runs as root (systemd's
-    ExecReload), and a PID file is only a number someone wrote. Trusted
-    files (root's or ours, nobody else may write them), a live lock, a state
-    file naming the same PID, and that very process: started when recorded,
-    running gearman-workers, holding the pool's lock open."""
+    before it signals anything: `--upgrade` may run as root, and a PID file
+    is only a number someone wrote. Trusted files (root's or ours, nobody
+    else may write them), a state file naming the same PID, and that very
+    process (by a pidfd opened first): its recorded start time, the pool's
+    lock file held open, a gearman-workers command line. Root sees every
+    process; a hardened unit's ExecReload may not see the master at all
+    (user namespaces), and then may signal only its own user's processes."""
     lock_path = pid_path.with_name(pid_path.name + ".lock")
     for path in dict.fromkeys((pid_path.parent, state_path.parent, pid_path, lock_path, state_path)):
         try:
@@ -307,21 +312,33 @@ def _open_master(pid_path: Path, state_path: Path) -> tuple[int, int]:
         fd = os.pidfd_open(master)
     except ProcessLookupError:
         raise UpgradeFailed(f"no running master: PID {master} is gone") from None
-    why = None
-    if not recorded.is_alive():
-        why = "is not the process the state file recorded (its start time differs)"
-    elif not cleanup.is_ours(master):
-        why = "does not run gearman-workers"
-    elif not _holds_open(master, lock_path):
-        why = f"does not hold {lock_path}"
+    why = _not_the_master(master, recorded, lock_path)
     if why is not None:
         os.close(fd)
         raise UpgradeFailed(f"refusing to signal PID {master}: it {why}")
     return fd, master
 
 
+def _not_the_master(pid: int, recorded: state.ProcessIdentity, lock_path: Path) -> str | None:
+    started = start_time(pid)
+    if started is None:
+        # Hidden from us (a hardened unit's ExecReload runs in a user
+        # namespace of its own): only root must see everything; anyone else
+        # may signal only their own user's processes, which the kernel
+        # checks when the signal goes out.
+        return "is not visible in /proc" if os.geteuid() == 0 else None
+    if started != recorded.start_time:
+        return "is not the process the state file recorded (its start time differs)"
+    if not _holds_open(pid, lock_path):
+        return f"does not hold {lock_path}"
+    if not cleanup.is_ours(pid):
+        return "does not run gearman-workers"
+    return None
+
+
 def _holds_open(pid: int, path: Path) -> bool:
-    """PID has PATH open (the file itself, not just its name)."""
+    """PID has PATH open (the file itself, not just its name): the lock's
+    open file, which a master keeps through --daemon and hands over."""
     wanted = os.stat(path, follow_symlinks=False)
     try:
         entries = list(os.scandir(f"/proc/{pid}/fd"))

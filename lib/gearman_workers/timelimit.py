@@ -5,10 +5,11 @@ is the master's: a child still busy ``kill_grace`` seconds later is killed.
 ``JobTimeout`` derives from BaseException, like KeyboardInterrupt: a task's
 ``except Exception`` does not swallow it by accident.
 
-Task code may install its own SIGALRM handler or arm its own alarm. The
-timer takes the signal back before every time-limited job and after every
-job (one identity comparison while nobody touched it), so such code can
-cost at most its own job the soft limit, never a later one.
+Task code may install its own SIGALRM handler, arm its own alarm or block
+the signal. The timer takes the signal back after every job (one identity
+comparison while nobody touched it) and unblocks it before every
+time-limited job, so such code can cost at most its own job the soft
+limit (the master's hard limit still holds), never a later one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class JobTimer:
         self.expired = False
         if seconds > 0:
             self.reclaim()
+            # A task may also have left the signal blocked (C code that masks
+            # signals, pthread_sigmask): one system call per time-limited job.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM,))
             self._message = f"task {task} exceeded its time limit of {seconds:g} s"
             self.running = True
             signal.setitimer(signal.ITIMER_REAL, seconds)
