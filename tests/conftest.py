@@ -1,3 +1,7 @@
+"""Fixtures every test file shares, and the tiers: each test is marked by
+what it needs (`pytest -m unit` runs the ones that need nothing but
+Python; tests/run --fast runs those with the linters)."""
+
 from __future__ import annotations
 
 import sys
@@ -8,11 +12,26 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import Gearmand, RedisServer
+from helpers import Gearmand, RedisServer, needs_program
+
+# fixture -> the tier of a test that uses it
+NEEDS = {"gearmand": "gearmand", "redis_server": "redis"}
+# module -> the tier of every test in it
+MODULE_NEEDS = {"test_deploy": "deploy", "test_monitoring": "promtool"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = {mark for fixture, mark in NEEDS.items() if fixture in getattr(item, "fixturenames", ())}
+        module = MODULE_NEEDS.get(item.module.__name__ if isinstance(item, pytest.Function) else "")
+        needs |= {module} if module else set()
+        for mark in sorted(needs) or ["unit"]:
+            item.add_marker(mark)
 
 
 @pytest.fixture
 def gearmand(tmp_path: Path) -> Iterator[Gearmand]:
+    needs_program("gearmand", "gearman-job-server")
     server = Gearmand(tmp_path)
     server.start()
     yield server
@@ -21,6 +40,7 @@ def gearmand(tmp_path: Path) -> Iterator[Gearmand]:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    needs_program("redis-server", "redis-server")
     server = RedisServer(tmp_path)
     server.start()
     yield server

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import gearman
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -34,6 +36,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.02)
+
+
+def needs_program(name: str, package: str) -> None:
+    """Skip, in one line, a test whose server or tool is not installed."""
+    if shutil.which(name) is None:
+        pytest.skip(f"needs {name}: apt-get install {package} (tests/run installs it)")
+
+
+def needs_root(why: str) -> None:
+    """Skip, in one line, a test that must act as another user."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {why}")
 
 
 def free_port() -> int:

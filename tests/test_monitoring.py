@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
@@ -15,7 +14,18 @@ from pathlib import Path
 
 import yaml
 
-from helpers import ROOT, Gearmand, LoopbackServer, Pool, RedisServer, free_port, running, submit, wait_for
+from helpers import (
+    ROOT,
+    Gearmand,
+    LoopbackServer,
+    Pool,
+    RedisServer,
+    free_port,
+    needs_program,
+    running,
+    submit,
+    wait_for,
+)
 from test_observability import pool_config
 
 MONITORING = ROOT / "examples/monitoring"
@@ -23,7 +33,7 @@ METRIC = re.compile(r"\bgearman_workers_[a-z_]+")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    assert shutil.which("promtool"), "promtool is missing (tests/run installs Debian's prometheus)"
+    needs_program("promtool", "prometheus")
     return subprocess.run(["promtool", *args], cwd=MONITORING, capture_output=True, text=True, timeout=60)
 
 
@@ -76,6 +86,7 @@ def as_prometheus_sees_it(expr: str) -> str:
 
 def test_every_dashboard_query_and_alert_finds_its_series(gearmand: Gearmand, redis_server: RedisServer,
                                                            tmp_path: Path) -> None:
+    needs_program("prometheus", "prometheus")
     metrics_port = free_port()
     pool = Pool(gearmand, tmp_path, processes=2, config=pool_config(tmp_path, metrics_port, redis_server.url))
     scraper = Prometheus(tmp_path, metrics_port)

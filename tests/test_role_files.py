@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 
@@ -18,37 +17,28 @@ from gearman_workers import config as configuration
 from helpers import ROOT
 
 ROLE = ROOT / "roles/gearman_workers"
-UNITS = ("gearman-workers@.service", "gearman-workers.service")
 
 
-def role_defaults() -> dict:
-    """The role's defaults, rendered against each other as Ansible does
-    lazily (what needs the inventory stays empty: the units do not use it)."""
-    raw = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
-    env = jinja2.Environment()
-    values = dict(raw)
-    for _ in range(3):
-        values = {key: env.from_string(value).render(values) if isinstance(value, str) else value
-                  for key, value in values.items()}
-    return values
+def _plugin(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
-def render_unit(name: str) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string((ROLE / "templates" / f"{name}.j2").read_text()).render(role_defaults())
+units = _plugin("scripts/render_units.py")
 
 
 def test_the_units_under_systemd_are_the_role_templates_with_the_defaults() -> None:
-    for name in UNITS:
+    for name in units.UNITS:
         shipped = (ROOT / "systemd" / name).read_text()
-        assert shipped == render_unit(name), f"systemd/{name} is stale: run python tests/test_role_files.py"
+        assert shipped == units.render_unit(name), f"systemd/{name} is stale: run scripts/render_units.py"
 
 
 def test_unit_paths_follow_the_role_variables() -> None:
-    values = role_defaults() | {"gearman_workers_user": "jobs", "gearman_workers_venv": "/srv/jobs/venv",
-                                "gearman_workers_config_dir": "/etc/jobs"}
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    unit = env.from_string((ROLE / "templates/gearman-workers@.service.j2").read_text()).render(values)
+    values = units.role_defaults() | {"gearman_workers_user": "jobs", "gearman_workers_venv": "/srv/jobs/venv",
+                                      "gearman_workers_config_dir": "/etc/jobs"}
+    unit = units.render_unit("gearman-workers@.service", values)
     assert "User=jobs\n" in unit
     assert "ExecStart=/srv/jobs/venv/bin/gearman-workers --config /etc/jobs/%i.toml\n" in unit
     assert "/opt/gearman-workers" not in unit.replace("file:///opt/gearman-workers/README.md", "")
@@ -77,19 +67,6 @@ def test_a_wrong_queue_type_fails_before_any_task(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "gearmand_queue_type must be one of: builtin, libsqlite3, redis, got: mysql" in done.stdout, done.stdout
     assert "ok=0" in done.stdout and "changed=0" in done.stdout
-
-
-if __name__ == "__main__":  # rewrite systemd/ from the templates
-    for unit_name in UNITS:
-        (ROOT / "systemd" / unit_name).write_text(render_unit(unit_name))
-        print(f"wrote systemd/{unit_name}", file=sys.stderr)
-
-
-def _plugin(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def test_access_sources_are_the_inventory_hosts_and_the_extras_by_family() -> None:

@@ -32,6 +32,7 @@ from helpers import (
     RedisServer,
     control_pool,
     heartbeat_up,
+    needs_root,
     pid_alive,
     run_cli,
     running,
@@ -312,6 +313,7 @@ def test_gm_cleanup_acts_only_on_what_a_pool_of_ours_wrote(tmp_path: Path, how: 
     try:
         forged = _forge(state_dir, stranger.pid, precious)
         if how == "file owned by another user":
+            needs_root("the file must belong to another user")
             os.chown(forged, NOBODY, NOBODY)
         elif how == "directory writable by others":
             state_dir.chmod(0o777)

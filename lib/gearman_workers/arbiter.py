@@ -165,8 +165,7 @@ class Arbiter:
         self.title = titles.master(config.name)
         self.children: dict[int, Child] = {}
         self.desired = config.processes  # shared children; dedicated ones are config.dedicated()
-        self.autoscaler = Autoscaler(config.min_processes, config.max_processes,  # type: ignore[arg-type]
-                                     config.scale_down_after) if config.autoscaling else None
+        self.autoscaler = Autoscaler(*config.bounds(), config.scale_down_after) if config.autoscaling else None
         self.watcher = watcher
         self.slot_owner: dict[int, str | None] = {}  # a slot, once used, serves one group: its back-off is that group's
         self.generation = 0
@@ -447,12 +446,12 @@ class Arbiter:
             log.warning("min_processes and max_processes take effect at the next restart: this master was "
                         "started without autoscaling, so nothing watches gearmand's queue")
         if fresh.autoscaling and self.autoscaler is not None:  # keep the capacity: decide from here
-            self.autoscaler.low, self.autoscaler.high = fresh.min_processes, fresh.max_processes  # type: ignore
+            self.autoscaler.low, self.autoscaler.high = fresh.bounds()
             self.autoscaler.scale_down_after = fresh.scale_down_after
         else:
             self.desired = fresh.processes
-            self.autoscaler = Autoscaler(fresh.min_processes, fresh.max_processes,  # type: ignore[arg-type]
-                                         fresh.scale_down_after) if fresh.autoscaling and self.watcher else None
+            self.autoscaler = Autoscaler(*fresh.bounds(), fresh.scale_down_after) \
+                if fresh.autoscaling and self.watcher else None
         if self.watcher is not None:
             self.watcher.servers, self.watcher.tasks = fresh.servers, set(fresh.shared_tasks())
         self.generation += 1

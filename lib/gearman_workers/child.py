@@ -201,7 +201,7 @@ class Worker:
         poll = self.poller.poll
         by_fd = self.by_fd
         stop_deadline = None
-        single = self.links[0] if len(self.links) == 1 else None
+        single: GearmandConnection | None = self.links[0] if len(self.links) == 1 else None
         while True:
             if self.stopping:
                 if stop_deadline is None:
@@ -225,13 +225,13 @@ class Worker:
                 self._on_idle_tick()
                 continue
             for fd, _mask in events:
-                link = by_fd.get(fd)
-                if link is None:
+                ready = by_fd.get(fd)
+                if ready is None:
                     self._drain_wakeups()
-                elif link.status == UP:
-                    self._on_readable(link)
+                elif ready.status == UP:
+                    self._on_readable(ready)
                 else:
-                    self._on_connected(link)
+                    self._on_connected(ready)
 
     def _poll_timeout_ms(self) -> int:
         timeout = IDLE_TITLE_AFTER if self.idle_title_due else self.config.poll_timeout
@@ -281,7 +281,7 @@ class Worker:
         except ConnectionLost as err:
             self._lost(link, str(err))
             return
-        self.poller.modify(link.sock, select.POLLIN)  # type: ignore[arg-type]
+        self.poller.modify(link.sock, select.POLLIN)  # type: ignore[arg-type]  # connected: sock is set
         if self._send(link, self.hello + GRAB):
             link.awaiting_grab = True
 

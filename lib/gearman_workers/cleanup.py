@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import stat
 import time
@@ -64,11 +65,9 @@ def _open_if_ours(identity: state.ProcessIdentity, by_command_line: bool = True)
 
 
 def _pidfd_alive(fd: int) -> bool:
-    try:
-        signal.pidfd_send_signal(fd, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    """A pidfd turns readable when its process exits, reaped or not (a
+    zombie has stopped too; a signal 0 would still reach it)."""
+    return not select.select([fd], [], [], 0)[0]
 
 
 def stop_processes(identities: list[state.ProcessIdentity], grace: float, by_command_line: bool = True) -> int:
@@ -86,8 +85,10 @@ def stop_processes(identities: list[state.ProcessIdentity], grace: float, by_com
         log.warning("stopping leftover process %d", identity.pid)
         signal.pidfd_send_signal(fd, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while any(_pidfd_alive(fd) for fd in ours.values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    waiting = list(ours.values())
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        select.select(waiting, [], [], left)  # wakes as soon as one of them exits
+        waiting = [fd for fd in waiting if _pidfd_alive(fd)]
     for pid, fd in ours.items():
         if _pidfd_alive(fd):
             log.warning("leftover process %d ignored SIGTERM for %.0f s; killing it", pid, grace)

@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, cleanup
 from . import config as configuration
@@ -22,7 +24,12 @@ from .notify import Notifier
 from .pidfile import PidFile, PidFileLocked
 from .procfs import resident_bytes
 from .state import current_umask
-from .tasks import TaskLoadError, load_tasks, run_preload
+
+if TYPE_CHECKING:  # imported where used: a pool without Redis, autoscaling or metrics loads none of them
+    from .autoscale import QueueWatcher
+    from .control.listener import ControlListener
+    from .metrics import MetricsServer
+from .tasks import Task, TaskLoadError, load_tasks, run_preload
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
 log = logging.getLogger("gearman_workers")
@@ -50,59 +57,100 @@ def pool_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Refused(Exception):
+    """A start-up step that cannot go on: its one line, and the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def main(argv: list[str] | None = None) -> int:
-    prog = "gearman-workers"
     args = pool_parser().parse_args(argv)
+    handover: Handover | None = None
     try:
-        handover = Handover.from_environment()  # started by a running master to take over (handover.py)
+        handover = _handover()
+        config, control = _configure(args)
+        if args.upgrade:
+            return _upgrade(config)
+        logsetup.setup(config.log_level, log_format=config.log_format)
+        tasks = _load_tasks(config)
+        if args.check_config:
+            print(_summary(config, tasks))
+            return EXIT_OK
+        _check(configuration.check_paths, config)
+        pidfile = PidFile(config.pidfile)
+        if handover is not None:
+            return _take_over(config, tasks, pidfile, control, handover)
+        _acquire(pidfile, config)
+    except Refused as err:
+        return _fail("gearman-workers", str(err), err.status, handover)
+    return _serve(config, tasks, pidfile, control, args.daemon)
+
+
+def _handover() -> Handover | None:
+    """Our predecessor's handover, when a running master started us to take over (handover.py)."""
+    try:
+        return Handover.from_environment()
     except ValueError as err:
-        return _fail(prog, str(err), EXIT_ERROR)
+        raise Refused(str(err), EXIT_ERROR) from None
+
+
+def _check(step: Callable[..., object], *args: object) -> None:
+    try:
+        step(*args)
+    except configuration.ConfigError as err:
+        raise Refused(f"config error: {err}", EXIT_CONFIG) from None
+
+
+def _configure(args: argparse.Namespace) -> tuple[configuration.Config, ControlListener | None]:
     try:
         config = configuration.load(args)
         configuration.check_control(config)
-        control = _build_control(config)
+        return config, _build_control(config)
     except configuration.ConfigError as err:
-        return _fail(prog, f"config error: {err}", EXIT_CONFIG, handover)
-    if args.upgrade:
-        return _upgrade(config)
-    logsetup.setup(config.log_level, log_format=config.log_format)
+        raise Refused(f"config error: {err}", EXIT_CONFIG) from None
+
+
+def _load_tasks(config: configuration.Config) -> dict[str, Task]:
     try:
         tasks = load_tasks(config)
     except TaskLoadError as err:
-        return _fail(prog, str(err), EXIT_TASKS, handover)
-    try:
-        configuration.check_limits(config, resident_bytes() or 0)
-    except configuration.ConfigError as err:
-        return _fail(prog, f"config error: {err}", EXIT_CONFIG, handover)
-    if args.check_config:
-        size = (f"{config.min_processes}-{config.max_processes} processes (autoscaling)" if config.autoscaling
-                else f"{config.processes} processes")
-        dedicated = "".join(f", {n} only for {task}" for task, n in config.dedicated().items())
-        print(f"configuration OK: pool {config.name}, {size}{dedicated}, "
-              f"tasks {', '.join(tasks)}, servers {', '.join(map(str, config.servers))}")
-        return EXIT_OK
-    try:
-        configuration.check_paths(config)
-    except configuration.ConfigError as err:
-        return _fail(prog, f"config error: {err}", EXIT_CONFIG, handover)
-    pidfile = PidFile(config.pidfile)
-    if handover is not None:
-        return _take_over(config, tasks, pidfile, control, handover)
+        raise Refused(str(err), EXIT_TASKS) from None
+    _check(configuration.check_limits, config, resident_bytes() or 0)  # the tasks are loaded: a child's size
+    return tasks
+
+
+def _summary(config: configuration.Config, tasks: dict[str, Task]) -> str:
+    size = (f"{config.min_processes}-{config.max_processes} processes (autoscaling)" if config.autoscaling
+            else f"{config.processes} processes")
+    dedicated = "".join(f", {n} only for {task}" for task, n in config.dedicated().items())
+    return (f"configuration OK: pool {config.name}, {size}{dedicated}, "
+            f"tasks {', '.join(tasks)}, servers {', '.join(map(str, config.servers))}")
+
+
+def _acquire(pidfile: PidFile, config: configuration.Config) -> None:
+    """The PID-file lock, then what a dead predecessor left behind."""
     try:
         pidfile.acquire()
     except PidFileLocked as err:
-        return _fail(prog, str(err), EXIT_LOCKED)
+        raise Refused(str(err), EXIT_LOCKED) from None
     except OSError as err:
-        return _fail(prog, f"config error: [pool] pidfile: cannot lock {config.pidfile}: {err.strerror}", EXIT_CONFIG)
+        raise Refused(f"config error: [pool] pidfile: cannot lock {config.pidfile}: {err.strerror}",
+                      EXIT_CONFIG) from None
     try:
         cleanup.clean_state_file(config.state_file, config.graceful_timeout, config.pidfile, we_hold_the_lock=True)
     except cleanup.UntrustedState as err:
         pidfile.release()
-        return _fail(prog, f"config error: [pool] state_dir: refusing to use it: {err}", EXIT_CONFIG)
+        raise Refused(f"config error: [pool] state_dir: refusing to use it: {err}", EXIT_CONFIG) from None
+
+
+def _serve(config: configuration.Config, tasks: dict[str, Task], pidfile: PidFile,
+           control: ControlListener | None, daemon: bool) -> int:
     try:
         exporter = _build_exporter(config)  # before detaching: a taken port is said on the terminal
         watcher = _build_watcher(config)
-        if args.daemon:
+        if daemon:
             _daemonize(config, pidfile, [exporter.fileno()] if exporter else [])
         else:
             pidfile.write()
@@ -112,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return EXIT_TASKS
     except MetricsUnavailable as err:
-        return _fail(prog, f"config error: {err}", EXIT_CONFIG)
+        return _fail("gearman-workers", f"config error: {err}", EXIT_CONFIG)
     finally:
         pidfile.release()
 
 
-def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, control: object,
+def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, control: ControlListener | None,
                handover: Handover) -> int:
     """Run as the successor of a running master (handover.py): its lock,
     no cleanup (its processes are alive and ours to outlast), no PID file
@@ -131,7 +179,7 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
     try:
         run_preload(config)
         exporter = _build_exporter(config, handover.metrics_fd)
-        return Arbiter(config, tasks, pidfile, Notifier(), control, handover,  # type: ignore[arg-type]
+        return Arbiter(config, tasks, pidfile, Notifier(), control, handover,
                        handover.predecessor_processes(config.state_file), exporter, _build_watcher(config)).run()
     except TaskLoadError as err:
         log.error("%s", err)
@@ -151,7 +199,7 @@ def _upgrade(config: configuration.Config) -> int:
     return EXIT_OK
 
 
-def _build_control(config: configuration.Config):  # type: ignore[no-untyped-def]
+def _build_control(config: configuration.Config) -> ControlListener | None:
     if config.redis_url is None:
         return None
     from .control.listener import ControlListener
@@ -159,7 +207,7 @@ def _build_control(config: configuration.Config):  # type: ignore[no-untyped-def
     return ControlListener.from_config(config)
 
 
-def _build_watcher(config: configuration.Config):  # type: ignore[no-untyped-def]
+def _build_watcher(config: configuration.Config) -> QueueWatcher | None:
     """The thread that polls gearmand's queues, for an autoscaling pool."""
     if not config.autoscaling:
         return None
@@ -172,7 +220,7 @@ class MetricsUnavailable(Exception):
     """The metrics address cannot be listened on."""
 
 
-def _build_exporter(config: configuration.Config, inherited_fd: int = -1):  # type: ignore[no-untyped-def]
+def _build_exporter(config: configuration.Config, inherited_fd: int = -1) -> MetricsServer | None:
     """The metrics server, listening (on the predecessor's socket when it
     listens where we are told to); None when metrics are off."""
     if config.metrics_listen is None:

@@ -100,6 +100,12 @@ class Config:
     def autoscaling(self) -> bool:
         return self.max_processes is not None
 
+    def bounds(self) -> tuple[int, int]:
+        """(min_processes, max_processes) of an autoscaling pool (checked at load: both or neither)."""
+        if self.min_processes is None or self.max_processes is None:
+            raise ConfigError("[pool] min_processes and max_processes: this pool does not autoscale")
+        return self.min_processes, self.max_processes
+
     def dedicated(self) -> dict[str, int]:
         """Tasks with children of their own: name -> how many."""
         return {name: spec.processes for name, spec in self.tasks.items() if spec.processes}

@@ -123,13 +123,13 @@ class GearmandConnection:
 
     def send(self, data: bytes) -> None:
         try:
-            self.sock.sendall(data)  # type: ignore[union-attr]
+            self.sock.sendall(data)  # type: ignore[union-attr]  # connected: sock is set; a check would cost every job
         except OSError as err:
             raise _lost(err, "send") from None
 
     def receive(self, buffer: bytearray, view: memoryview) -> list[tuple[int, bytes]]:
         try:
-            size = self.sock.recv_into(buffer)  # type: ignore[union-attr]
+            size = self.sock.recv_into(buffer)  # type: ignore[union-attr]  # connected: sock is set; a check would cost every job
         except OSError as err:
             raise _lost(err, "receive") from None
         if not size:
@@ -153,7 +153,7 @@ class GearmandConnection:
 
     def _set_low_water(self, size: int) -> None:
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)  # type: ignore[union-attr]
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)  # type: ignore[union-attr]  # connected: sock is set
         except OSError as err:
             raise _lost(err, "setsockopt") from None
 

@@ -30,7 +30,7 @@ class FunctionStatus:
 
 
 def parse_status(answer: bytes) -> dict[str, FunctionStatus]:
-    table = {}
+    table: dict[str, FunctionStatus] = {}
     for line in answer.decode("utf-8", "replace").splitlines():
         if line == ".":
             return table

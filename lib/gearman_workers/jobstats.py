@@ -73,8 +73,8 @@ class JobStats:
         with self._lock:
             _add(self._retired_counts, counts.tolist())
             _add(self._retired_seconds, seconds.tolist())
-            counts[:] = _zeros(len(counts), "Q")
-            seconds[:] = _zeros(len(seconds), "d")
+            counts[:] = memoryview(bytes(len(counts) * 8)).cast("Q")
+            seconds[:] = memoryview(bytes(len(seconds) * 8)).cast("d")
 
     def totals(self, slots_in_use: int) -> list[TaskTotals]:
         """Every task's totals: the dead children's, and the rows of the
@@ -90,11 +90,11 @@ class JobStats:
         return [_row_totals(name, counts[row * _ROW:(row + 1) * _ROW], seconds[row])
                 for row, name in sorted(names.items())]
 
-    def _slot_counts(self, slot: int) -> memoryview:
+    def _slot_counts(self, slot: int) -> memoryview[int]:
         size = MAX_TASKS * _ROW
         return self._counts[slot * size:(slot + 1) * size]
 
-    def _slot_seconds(self, slot: int) -> memoryview:
+    def _slot_seconds(self, slot: int) -> memoryview[float]:
         return self._seconds[slot * MAX_TASKS:(slot + 1) * MAX_TASKS]
 
     # --- a child -------------------------------------------------------------
@@ -109,10 +109,6 @@ def _add(into: list, values: list) -> None:
             into[i] += value
 
 
-def _zeros(n: int, code: str) -> memoryview:
-    return memoryview(bytes(n * 8)).cast(code)
-
-
 def _row_totals(name: str, row: list[int], seconds: float) -> TaskTotals:
     outcomes = dict(zip(OUTCOMES, row[:len(OUTCOMES)], strict=True))
     return TaskTotals(name, outcomes, row[len(OUTCOMES):], seconds)
@@ -123,7 +119,8 @@ class JobCounter:
 
     __slots__ = ("_base", "_counts", "_row_of", "_seconds", "_seconds_base")
 
-    def __init__(self, counts: memoryview, seconds: memoryview, slot: int, rows: dict[str, int]) -> None:
+    def __init__(self, counts: memoryview[int], seconds: memoryview[float], slot: int,
+                 rows: dict[str, int]) -> None:
         self._counts, self._seconds = counts, seconds
         self._base = slot * MAX_TASKS * _ROW
         self._seconds_base = slot * MAX_TASKS

@@ -19,12 +19,13 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import Server
@@ -34,6 +35,8 @@ CHILD_STATES = ("starting", "idle", "busy", "stopping")
 # Why a child left (see Arbiter.exit_reason).
 EXIT_REASONS = ("crash", "killed", "recycled", "timeout", "hung", "stopped")
 log = logging.getLogger("gearman_workers.metrics")
+# The families this collector makes; each has add_metric (Metric itself has not).
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 SCRAPE_TIMEOUT = 10.0  # seconds a client may take over its whole request
 MAX_CONNECTIONS = 16  # served at once; past that a connection is closed unanswered
 
@@ -58,14 +61,14 @@ class Source(Protocol):
     def metrics_snapshot(self) -> Snapshot: ...
 
 
-class PoolCollector:
+class PoolCollector(Collector):
     """Turns a Snapshot into metric families (prometheus-client's Collector)."""
 
     def __init__(self, source: Source, pool: str, host: str) -> None:
         self.source = source
         self.labels = {"pool": pool, "host": host}
 
-    def _family(self, kind: type, name: str, documentation: str, *labels: str) -> Metric:
+    def _family(self, kind: type[Family], name: str, documentation: str, *labels: str) -> Family:
         return kind(name, documentation, labels=[*self.labels, *labels])
 
     def _values(self, *extra: str) -> list[str]:
@@ -154,7 +157,7 @@ class PoolCollector:
 
 def registry_for(source: Source, pool: str, host: str) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(PoolCollector(source, pool, host))  # type: ignore[arg-type]
+    registry.register(PoolCollector(source, pool, host))
     ProcessCollector(registry=registry)  # the master's own CPU, memory, open files
     return registry
 

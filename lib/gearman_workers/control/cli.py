@@ -215,21 +215,22 @@ def _redis_user(url: str) -> str:
 
 def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
     keys = store.Keys(conf.prefix)
-    targets = {"hosts": tuple(getattr(args, "host", ())), "pool": getattr(args, "pool", None)}
+    hosts: tuple[str, ...] = tuple(getattr(args, "host", ()))
+    pool: str | None = getattr(args, "pool", None)
     if args.command == "set":
         try:
             value = json.loads(args.value)
         except ValueError:
             return _fail(prog, f"VALUE {args.value!r} is not JSON (quote text: '\"{args.value}\"')", EXIT_USAGE)
-        receivers = publish(client, conf, Command("set", key=args.key, value=value, **targets))
+        receivers = publish(client, conf, Command("set", key=args.key, value=value, hosts=hosts, pool=pool))
         print(f"set {args.key}; {receivers} listener(s) notified")
     elif args.command == "del":
-        receivers = publish(client, conf, Command("del", key=args.key, **targets))
+        receivers = publish(client, conf, Command("del", key=args.key, hosts=hosts, pool=pool))
         print(f"deleted {args.key}; {receivers} listener(s) notified")
     elif args.command == "scale":
         if not 0 <= args.n <= configuration.MAX_PROCESSES:
             return _fail(prog, f"N must be from 0 to {configuration.MAX_PROCESSES}", EXIT_USAGE)
-        receivers = publish(client, conf, Command("scale", n=args.n, **targets))
+        receivers = publish(client, conf, Command("scale", n=args.n, hosts=hosts, pool=pool))
         print(f"scale {args.n} published; received by {receivers} listener(s)")
     elif args.command == "get":
         _print_data(client, keys, args.key)
@@ -248,11 +249,11 @@ def _print_data(client: redis.Redis, keys: store.Keys, only: str | None) -> None
     for name in sorted(client.scan_iter(match=keys.data("*"))):
         scope = name.decode("utf-8", "replace").removeprefix(keys.data(""))
         for field, raw in sorted(client.hgetall(name).items()):
-            key = field.decode("utf-8", "replace")
+            key = store.raw_reply(field).decode("utf-8", "replace")
             if only is not None and key != only:
                 continue
             try:
-                command = decode(raw, None)  # shown, not obeyed: the pools check signatures
+                command = decode(store.raw_reply(raw), None)  # shown, not obeyed: the pools check signatures
             except BadMessage as err:
                 print(f"{scope:24s} {key} (unreadable: {err})")
                 continue

@@ -70,9 +70,15 @@ def command_scopes(hosts: Iterable[str], pool: str | None) -> list[str]:
     return [f"host:{h}:pool:{pool}" if pool else f"host:{h}" for h in hosts]
 
 
-def _decode_stored(raw: bytes, secret: bytes | None, scope: str, where: str) -> Command | None:
+def raw_reply(value: bytes | str) -> bytes:
+    """A Redis reply as bytes: our clients never decode replies, but
+    redis-py's types allow str."""
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def _decode_stored(raw: bytes | str, secret: bytes | None, scope: str, where: str) -> Command | None:
     try:
-        command = decode(raw, secret)
+        command = decode(raw_reply(raw), secret)
     except BadMessage as err:
         log.warning("ignoring %s: %s", where, err)
         return None
@@ -100,10 +106,10 @@ def stored_data(client: redis.Redis, keys: Keys, hostname: str, pool: str,
     entries = []
     for scope in pool_scopes(hostname, pool):
         for field, raw in client.hgetall(keys.data(scope)).items():
-            name = field.decode("utf-8", "replace")
+            name = raw_reply(field).decode("utf-8", "replace")
             command = _decode_stored(raw, secret, scope, f"data {name!r} in scope {scope}")
             if command is not None and command.cmd in ("set", "del") and command.key == name:
-                entries.append((scope, command, raw))
+                entries.append((scope, command, raw_reply(raw)))
     return entries
 
 
@@ -131,7 +137,7 @@ def clear_heartbeat(client: redis.Redis, keys: Keys, hostname: str, pool: str, p
         client.delete(key)
 
 
-def _heartbeat(raw: bytes | None) -> dict[str, Any]:
+def _heartbeat(raw: bytes | str | None) -> dict[str, Any]:
     """A stored heartbeat, or {} for anything that is not one."""
     try:
         info = json.loads(raw) if raw is not None else {}
