@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gearman_workers.control.messages import BadMessage, Command, Verifier, decode, encode
+from gearman_workers.control.messages import BadMessage, Message, Verifier, encode
+from gearman_workers.control.registry import decode
 
 SECRET = b"a-test-secret-of-enough-bytes"
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -43,8 +44,8 @@ def test_any_json_object_parses_or_is_rejected_cleanly(raw: dict) -> None:
 @given(st.sampled_from(["exit", "set", "del", "scale"]), st.text(min_size=1, max_size=20), json_values,
        st.lists(st.text(min_size=1, max_size=8), max_size=3))
 def test_signed_messages_round_trip(cmd: str, key: str, value: object, hosts: list[str]) -> None:
-    command = Command(cmd, key=key if cmd in ("set", "del") else None, value=value if cmd == "set" else None,
-                      n=3 if cmd == "scale" else None, hosts=tuple(hosts))
+    command = Message(cmd, key=key if cmd in ("set", "del") else None, value=value if cmd == "set" else None,
+                      n=3 if cmd == "scale" else None, hosts=tuple(hosts), carries_value=cmd == "set")
     decoded = decode(encode(command, SECRET, now=1000.0), SECRET)
     assert (decoded.cmd, decoded.key, decoded.hosts, decoded.ts) == (cmd, command.key, tuple(hosts), 1000.0)
     if cmd == "set":
@@ -52,7 +53,7 @@ def test_signed_messages_round_trip(cmd: str, key: str, value: object, hosts: li
 
 
 def test_signatures_freshness_and_replay() -> None:
-    message = encode(Command("exit"), SECRET, now=1000.0)
+    message = encode(Message("exit"), SECRET, now=1000.0)
     with pytest.raises(BadMessage, match="bad signature"):
         decode(message, b"another-secret-of-enough-bytes")
     with pytest.raises(BadMessage, match="bad signature"):
@@ -69,7 +70,7 @@ def test_signatures_freshness_and_replay() -> None:
 
 
 def test_targets() -> None:
-    assert Command("exit").targets("h1", "p")
-    assert Command("exit", hosts=("h1", "h2")).targets("h2", "p")
-    assert not Command("exit", hosts=("h1",)).targets("h2", "p")
-    assert Command("exit", pool="p").targets("h", "p") and not Command("exit", pool="q").targets("h", "p")
+    assert Message("exit").targets("h1", "p")
+    assert Message("exit", hosts=("h1", "h2")).targets("h2", "p")
+    assert not Message("exit", hosts=("h1",)).targets("h2", "p")
+    assert Message("exit", pool="p").targets("h", "p") and not Message("exit", pool="q").targets("h", "p")

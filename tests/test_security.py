@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from gearman_workers import state
 from gearman_workers.commands import PublishData, Stop
-from gearman_workers.control import store
+from gearman_workers.control import data, exit, store
 from gearman_workers.control.data import DataBook
 from gearman_workers.control.listener import ControlListener
-from gearman_workers.control.messages import MAX_FUTURE_SKEW, BadMessage, Command, Verifier, decode, encode
+from gearman_workers.control.messages import MAX_FUTURE_SKEW, BadMessage, Message, Verifier, encode
+from gearman_workers.control.registry import decode
 from gearman_workers.pidfile import read_pid
 from helpers import (
     BIN,
@@ -123,23 +124,23 @@ def test_the_stored_path_never_falls_over(values: list[bytes]) -> None:
 
 def test_a_signed_command_counts_only_under_the_scope_it_names() -> None:
     client = FakeRedis()
-    exit_for_p1 = encode(Command("exit", pool="p1", ts=2e9), SECRET)
+    exit_for_p1 = encode(Message("exit", pool="p1", ts=2e9), SECRET)
     client.strings["gearman-workers:exit:pool:p2"] = exit_for_p1
-    assert store.latest_exit(client, store.Keys("gearman-workers"), "h", "p2", SECRET) is None
+    assert exit.latest_stored(client, store.Keys("gearman-workers"), "h", "p2", SECRET) is None
     client.strings["gearman-workers:exit:pool:p1"] = exit_for_p1
-    assert store.latest_exit(client, store.Keys("gearman-workers"), "h", "p1", SECRET) is not None
-    set_for_h1 = encode(Command("set", key="k", value=1, hosts=("h1",), ts=2e9), SECRET)
+    assert exit.latest_stored(client, store.Keys("gearman-workers"), "h", "p1", SECRET) is not None
+    set_for_h1 = encode(Message("set", key="k", value=1, hosts=("h1",), ts=2e9), SECRET)
     client.hashes["gearman-workers:data:all"] = {b"k": set_for_h1}
-    assert store.stored_data(client, store.Keys("gearman-workers"), "h1", "p", SECRET) == []
+    assert data.stored(client, store.Keys("gearman-workers"), "h1", "p", SECRET) == []
 
 
 def test_freshness_allows_a_small_skew_and_nonces_are_remembered_outside() -> None:
     verifier = Verifier(max_age=60)
-    ahead = decode(encode(Command("exit"), SECRET, now=1000.0 + MAX_FUTURE_SKEW + 1), SECRET)
+    ahead = decode(encode(Message("exit"), SECRET, now=1000.0 + MAX_FUTURE_SKEW + 1), SECRET)
     with pytest.raises(BadMessage, match="from the future"):
         verifier.check(ahead, now=1000.0)
     remembered: set[str] = {"seen-before-a-restart"}
-    replay = Command("exit", ts=1000.0, nonce="seen-before-a-restart")
+    replay = Message("exit", ts=1000.0, nonce="seen-before-a-restart")
     with pytest.raises(BadMessage, match="replayed"):
         Verifier(max_age=60).check(replay, now=1001.0, remember=lambda n: n not in remembered)
 
@@ -147,24 +148,24 @@ def test_freshness_allows_a_small_skew_and_nonces_are_remembered_outside() -> No
 def test_an_older_value_never_replaces_a_newer_one_even_after_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "book.json"
     book = DataBook(path)
-    newer = Command("set", key="k", value="new", ts=200.0)
-    older = Command("set", key="k", value="old", ts=100.0)
+    newer = Message("set", key="k", value="new", ts=200.0)
+    older = Message("set", key="k", value="old", ts=100.0)
     assert book.offer("all", newer) and not book.offer("all", older)
     book.save()
     restarted = DataBook(path)
     restarted.load()
     assert not restarted.offer("all", older)
     assert restarted.values("h", "p") == {"k": "new"}
-    assert restarted.offer("all", Command("del", key="k", ts=300.0))
+    assert restarted.offer("all", Message("del", key="k", ts=300.0))
     assert restarted.values("h", "p") == {}
     assert not restarted.offer("all", newer)  # the delete is newer than the value written back
 
 
 def test_the_book_prefers_the_most_specific_scope() -> None:
     book = DataBook()
-    book.offer("all", Command("set", key="k", value=1, ts=1.0))
-    book.offer("host:h", Command("set", key="k", value=2, ts=1.0))
-    book.offer("host:h:pool:p", Command("del", key="k", ts=2.0))
+    book.offer("all", Message("set", key="k", value=1, ts=1.0))
+    book.offer("host:h", Message("set", key="k", value=2, ts=1.0))
+    book.offer("host:h:pool:p", Message("del", key="k", ts=2.0))
     assert book.values("h", "p") == {"k": 2} and book.values("other", "p") == {"k": 1}
 
 
@@ -376,12 +377,13 @@ def fake_listener(secret: bytes | None) -> tuple[ControlListener, FakeMaster]:
                                secret, 60.0)
     master = FakeMaster()
     listener.arbiter = master
+    listener._client = FakeRedis()  # type: ignore[assignment]  # as within a session
     return listener, master
 
 
 def test_the_fake_master_is_obeyed_by_a_valid_command() -> None:
     listener, master = fake_listener(secret=SECRET)
-    listener._on_message(FakeRedis(), encode(Command("exit"), SECRET))
+    listener._on_message(FakeRedis(), encode(Message("exit"), SECRET))
     assert master.submitted == [Stop("exit command")]
 
 

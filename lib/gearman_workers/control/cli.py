@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ import redis
 
 from .. import config as configuration
 from ..log import escape
-from . import store
-from .listener import connect, read_secret
-from .messages import BadMessage, Command, decode, encode
+from . import data, exit, registry, scale, store
+from .client import connect, read_secret
+from .messages import BadMessage, Message, decode, encode
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -83,18 +84,16 @@ def _redis_time(client: redis.Redis) -> float:
     return seconds + micros / 1e6
 
 
-def publish(client: redis.Redis, conf: Settings, command: Command) -> int:
-    """Stamp, sign, record (for exit and set) and publish COMMAND."""
-    command = dataclasses.replace(command, ts=_redis_time(client))
-    message = encode(command, conf.secret)
+def publish(client: redis.Redis, conf: Settings, message: Message) -> int:
+    """Stamp, sign, keep (where its command keeps it) and publish MESSAGE."""
+    message = dataclasses.replace(message, ts=_redis_time(client))
+    command = registry.command_of(message)
+    raw = encode(message, conf.secret)
     keys = store.Keys(conf.prefix)
     with client.pipeline(transaction=False) as pipe:  # no MULTI: operators need no such right
-        for scope in store.command_scopes(command.hosts, command.pool):
-            if command.cmd == "exit":
-                pipe.set(keys.exit(scope), message)
-            elif command.cmd in ("set", "del"):  # a del stays as a signed tombstone
-                pipe.hset(keys.data(scope), command.key, message)
-        pipe.publish(conf.channel, message)
+        for scope in store.command_scopes(message.hosts, message.pool):
+            command.record(pipe, keys, scope, message, raw)
+        pipe.publish(conf.channel, raw)
         return int(pipe.execute()[-1])
 
 
@@ -103,7 +102,7 @@ def _pool_id(info: dict[str, Any]) -> str:
 
 
 def _targeted(pools: list[dict[str, Any]], hosts: list[str], pool: str | None) -> dict[str, dict[str, Any]]:
-    probe = Command("exit", hosts=tuple(hosts), pool=pool)
+    probe = Message("", hosts=tuple(hosts), pool=pool)
     return {_pool_id(p): p for p in pools if probe.targets(str(p.get("host")), str(p.get("name")))}
 
 
@@ -148,7 +147,7 @@ def exit_main(argv: list[str] | None = None) -> int:
         client = connect(conf.url)
         keys = store.Keys(conf.prefix)
         before = _targeted(store.live_pools(client, keys), args.host, args.pool) if args.wait else {}
-        receivers = publish(client, conf, Command("exit", hosts=tuple(args.host), pool=args.pool))
+        receivers = publish(client, conf, exit.message(hosts=tuple(args.host), pool=args.pool))
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_USAGE)
     except (redis.RedisError, OSError) as err:
@@ -169,20 +168,11 @@ def ctl_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, parents=[connection_options()],
                                      description="Control gearman-workers pools through Redis.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("set", "set runtime data KEY to a JSON VALUE"), ("del", "remove runtime data KEY"),
-                       ("get", "show the stored runtime data"), ("scale", "change the number of children"),
-                       ("pools", "list live pools from their heartbeats"),
-                       ("status", "one row per child of every live pool: state, job, counts, memory")):
+    for name, (text, arguments, targeted) in SUBCOMMAND_ARGUMENTS.items():
         sub = commands.add_parser(name, parents=[common], help=text, description=text)
-        if name in ("set", "del", "get"):
-            sub.add_argument("key", nargs="?" if name == "get" else None)
-        if name == "set":
-            sub.add_argument("value", help='a JSON value: 42, true, "text", {"a": 1}')
-        if name == "scale":
-            sub.add_argument("n", type=int)
-        if name == "status":
-            sub.add_argument("--json", action="store_true", help="print JSON (see README: fields are stable)")
-        if name != "pools":
+        for flag, options in arguments:
+            sub.add_argument(flag, **options)
+        if targeted:
             target_options(sub)
     args = parser.parse_args(argv)
     conf: Settings | None = None
@@ -214,35 +204,73 @@ def _redis_user(url: str) -> str:
 
 
 def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    keys = store.Keys(conf.prefix)
-    hosts: tuple[str, ...] = tuple(getattr(args, "host", ()))
-    pool: str | None = getattr(args, "pool", None)
-    if args.command == "set":
-        try:
-            value = json.loads(args.value)
-        except ValueError:
-            return _fail(prog, f"VALUE {args.value!r} is not JSON (quote text: '\"{args.value}\"')", EXIT_USAGE)
-        receivers = publish(client, conf, Command("set", key=args.key, value=value, hosts=hosts, pool=pool))
-        print(f"set {args.key}; {receivers} listener(s) notified")
-    elif args.command == "del":
-        receivers = publish(client, conf, Command("del", key=args.key, hosts=hosts, pool=pool))
-        print(f"deleted {args.key}; {receivers} listener(s) notified")
-    elif args.command == "scale":
-        if not 0 <= args.n <= configuration.MAX_PROCESSES:
-            return _fail(prog, f"N must be from 0 to {configuration.MAX_PROCESSES}", EXIT_USAGE)
-        receivers = publish(client, conf, Command("scale", n=args.n, hosts=hosts, pool=pool))
-        print(f"scale {args.n} published; received by {receivers} listener(s)")
-    elif args.command == "get":
-        _print_data(client, keys, args.key)
-    elif args.command == "status":
-        pools = sorted(_targeted(store.live_pools(client, keys), args.host, args.pool).values(), key=_pool_id)
-        if args.json:
-            print(json.dumps(status_document(pools), indent=2, sort_keys=True))
-        else:
-            _print_status(status_document(pools)["children"])
-    else:
-        _print_pools(store.live_pools(client, keys))
+    return SUBCOMMANDS[args.command](prog, args, conf, client)
+
+
+def _targets(args: argparse.Namespace) -> dict[str, Any]:
+    return {"hosts": tuple(getattr(args, "host", ())), "pool": getattr(args, "pool", None)}
+
+
+def _set(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    try:
+        value = json.loads(args.value)
+    except ValueError:
+        return _fail(prog, f"VALUE {args.value!r} is not JSON (quote text: '\"{args.value}\"')", EXIT_USAGE)
+    receivers = publish(client, conf, data.set_message(args.key, value, **_targets(args)))
+    print(f"set {args.key}; {receivers} listener(s) notified")
     return EXIT_OK
+
+
+def _del(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    receivers = publish(client, conf, data.del_message(args.key, **_targets(args)))
+    print(f"deleted {args.key}; {receivers} listener(s) notified")
+    return EXIT_OK
+
+
+def _scale(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    message = scale.message(args.n, **_targets(args))
+    try:
+        scale.SCALE.check(message)
+    except BadMessage as err:
+        return _fail(prog, str(err), EXIT_USAGE)
+    receivers = publish(client, conf, message)
+    print(f"scale {args.n} published; received by {receivers} listener(s)")
+    return EXIT_OK
+
+
+def _get(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    _print_data(client, store.Keys(conf.prefix), args.key)
+    return EXIT_OK
+
+
+def _status(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    pools = sorted(_targeted(store.live_pools(client, store.Keys(conf.prefix)), args.host, args.pool).values(),
+                   key=_pool_id)
+    if args.json:
+        print(json.dumps(status_document(pools), indent=2, sort_keys=True))
+    else:
+        _print_status(status_document(pools)["children"])
+    return EXIT_OK
+
+
+def _pools(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    _print_pools(store.live_pools(client, store.Keys(conf.prefix)))
+    return EXIT_OK
+
+
+SUBCOMMANDS: dict[str, Callable[[str, argparse.Namespace, Settings, redis.Redis], int]] = {
+    "set": _set, "del": _del, "get": _get, "scale": _scale, "pools": _pools, "status": _status}
+# name -> (what it does, its own arguments, whether --host/--pool choose the pools)
+SUBCOMMAND_ARGUMENTS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]], bool]] = {
+    "set": ("set runtime data KEY to a JSON VALUE",
+            [("key", {}), ("value", {"help": 'a JSON value: 42, true, "text", {"a": 1}'})], True),
+    "del": ("remove runtime data KEY", [("key", {})], True),
+    "get": ("show the stored runtime data", [("key", {"nargs": "?"})], True),
+    "scale": ("change the number of children", [("n", {"type": int})], True),
+    "pools": ("list live pools from their heartbeats", [], False),
+    "status": ("one row per child of every live pool: state, job, counts, memory",
+               [("--json", {"action": "store_true", "help": "print JSON (see README: fields are stable)"})], True),
+}
 
 
 def _print_data(client: redis.Redis, keys: store.Keys, only: str | None) -> None:
@@ -253,12 +281,12 @@ def _print_data(client: redis.Redis, keys: store.Keys, only: str | None) -> None
             if only is not None and key != only:
                 continue
             try:
-                command = decode(store.raw_reply(raw), None)  # shown, not obeyed: the pools check signatures
+                message = decode(store.raw_reply(raw), None)  # shown, not obeyed: the pools check signatures
             except BadMessage as err:
                 print(f"{scope:24s} {key} (unreadable: {err})")
                 continue
-            if command.cmd == "set":
-                print(f"{scope:24s} {key} = {json.dumps(command.value)}")
+            if message.cmd == data.SET.name:
+                print(f"{scope:24s} {key} = {json.dumps(message.value)}")
 
 
 def _children(info: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,14 @@
-"""Runtime data as a pool has accepted it: for each scope and key, the
+"""set and del: runtime data that reaches task code live, and the book of
+what a pool has accepted.
+
+Sent by `gm-ctl set KEY VALUE` and `gm-ctl del KEY` (with --host/--pool).
+Kept: per scope, a hash PREFIX:data:SCOPE of KEY -> the last set or del of
+KEY (a del stays as a signed tombstone). The message is only a nudge: a
+pool that accepts one reads the hashes of its four scopes again, and its
+tasks see, per key, the value of the most specific scope that has one. A
+key needs 1 to 256 characters; a set needs a value (JSON, null included).
+
+The book: runtime data as a pool has accepted it, for each scope and key the
 newest set or del command (by its timestamp, which the signature covers).
 
 An older command never replaces a newer one, so a signed value captured
@@ -23,38 +33,90 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from .. import state
-from .messages import BadMessage, Command, decode, encode
-from .store import command_scopes, pool_scopes
+from .command import Pool
+from .messages import BadMessage, Message, encode
+from .store import Keys, pool_scopes, raw_reply, read_stored
 
 log = logging.getLogger("gearman_workers.control")
 
 BOOK_VERSION = 2  # 1 kept values without their signatures: not trusted, not read
 MAX_BOOK = 64 * 1024 * 1024
+MAX_KEY = 256
+
+
+class DataCommand:
+    """set or del: the same key, the same record, the same nudge."""
+
+    def __init__(self, name: str, takes_value: bool) -> None:
+        self.name, self.takes_value = name, takes_value
+
+    def check(self, message: Message) -> None:
+        if not message.key or len(message.key) > MAX_KEY:
+            raise BadMessage(f"{self.name} needs a key of 1 to {MAX_KEY} characters")
+        if self.takes_value and not message.carries_value:
+            raise BadMessage(f"{self.name} needs a value")
+
+    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
+        pipe.hset(keys.data(scope), message.key, raw)
+
+    def apply(self, pool: Pool, message: Message) -> None:
+        pool.reload_data()
+
+    def describe(self, message: Message) -> str:
+        return f"{self.name} {message.key}"
+
+
+SET = DataCommand("set", takes_value=True)
+DEL = DataCommand("del", takes_value=False)
+
+
+def set_message(key: str, value: Any, hosts: tuple[str, ...] = (), pool: str | None = None) -> Message:
+    return Message(SET.name, key=key, value=value, hosts=hosts, pool=pool, carries_value=True)
+
+
+def del_message(key: str, hosts: tuple[str, ...] = (), pool: str | None = None) -> Message:
+    return Message(DEL.name, key=key, hosts=hosts, pool=pool)
+
+
+def stored(client: redis.Redis, keys: Keys, hostname: str, pool: str,
+           secret: bytes | None) -> list[tuple[str, Message, bytes]]:
+    """Every stored set and del that concerns this pool: scope, message, and
+    the bytes that carried it."""
+    entries = []
+    for scope in pool_scopes(hostname, pool):
+        for field, raw in client.hgetall(keys.data(scope)).items():
+            name = raw_reply(field).decode("utf-8", "replace")
+            message = read_stored(raw, secret, scope, f"data {name!r} in scope {scope}", SET, DEL)
+            if message is not None and message.key == name:
+                entries.append((scope, message, raw_reply(raw)))
+    return entries
 
 
 class DataBook:
     def __init__(self, path: Path | None = None, secret: bytes | None = None) -> None:
         self.path = path
         self.secret = secret
-        # (scope, key) -> (timestamp, "set" or "del", value, the message that said so)
+        # (scope, key) -> (timestamp, set or del, value, the message that said so)
         self.entries: dict[tuple[str, str], tuple[float, str, Any, bytes]] = {}
 
-    def offer(self, scope: str, command: Command, message: bytes | None = None) -> bool:
-        """Take COMMAND (carried by MESSAGE) unless a newer one for its key
-        is held; True when the book changed."""
-        assert command.key is not None
-        ts = command.ts or 0.0
-        held = self.entries.get((scope, command.key))
+    def offer(self, scope: str, message: Message, raw: bytes | None = None) -> bool:
+        """Take MESSAGE (carried by RAW) unless a newer one for its key is
+        held; True when the book changed."""
+        assert message.key is not None
+        ts = message.ts or 0.0
+        held = self.entries.get((scope, message.key))
         if held is not None and ts < held[0]:
             log.warning("ignoring %s %s in scope %s: older than the one applied (rolled back?)",
-                        command.cmd, command.key, scope)
+                        message.cmd, message.key, scope)
             return False
-        entry = (ts, command.cmd, command.value if command.cmd == "set" else None,
-                 message if message is not None else encode(command, None))
+        entry = (ts, message.cmd, message.value if message.cmd == SET.name else None,
+                 raw if raw is not None else encode(message, None))
         if held is not None and held[:3] == entry[:3]:
             return False
-        self.entries[scope, command.key] = entry
+        self.entries[scope, message.key] = entry
         return True
 
     def values(self, hostname: str, pool: str) -> dict[str, Any]:
@@ -63,7 +125,7 @@ class DataBook:
         values: dict[str, Any] = {}
         for scope in pool_scopes(hostname, pool):
             for (where, key), (_, cmd, value, _) in sorted(self.entries.items()):
-                if where == scope and cmd == "set":
+                if where == scope and cmd == SET.name:
                     values[key] = value
         return values
 
@@ -93,14 +155,10 @@ class DataBook:
             log.warning("runtime data book %s is unreadable (%s); starting from Redis alone", self.path, err)
             self.entries.clear()
 
-    def _reread(self, scope: str, message: bytes) -> None:
-        try:
-            command = decode(message, self.secret)
-        except BadMessage as err:
-            log.warning("runtime data book %s: dropping an entry of scope %s: %s", self.path, scope, err)
-            return
-        if command.cmd in ("set", "del") and scope in command_scopes(command.hosts, command.pool):
-            self.offer(scope, command, message)
+    def _reread(self, scope: str, raw: bytes) -> None:
+        message = read_stored(raw, self.secret, scope, f"an entry of {self.path} in scope {scope}", SET, DEL)
+        if message is not None:
+            self.offer(scope, message, raw)
 
 
 def _read_regular_file(path: Path) -> str:

@@ -8,7 +8,9 @@ file, applied between jobs.
 
 The thread only talks to Redis and hands commands to the master's queue.
 It reconnects with backoff and logs once per outage; a pool whose Redis is
-down still starts and serves jobs.
+down still starts and serves jobs. It checks what every message must pass
+(signature, freshness, replay, older than the pool) and leaves the rest to
+the message's command (registry.py): the listener is the `Pool` those act on.
 """
 
 from __future__ import annotations
@@ -17,29 +19,27 @@ import contextlib
 import logging
 import math
 import os
-import socket
-import stat
 import threading
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import redis
 
 from ..backoff import Backoff
 from ..commands import Command as MasterCommand
-from ..commands import PublishData, Scale, Stop
-from ..config import Config, ConfigError
-from . import store
-from .data import DataBook
-from .messages import BadMessage, Command, Verifier, decode
+from ..commands import PublishData
+from ..config import Config
+from . import exit, registry, store
+from .client import connect, read_secret
+from .data import DataBook, stored
+from .messages import BadMessage, Message, Verifier
 
 
 class Master(Protocol):
     """What the listener needs of the master (arbiter.py)."""
 
     pid: int
-    control_since: float  # exit commands sent before this are not for this master
+    control_since: float  # commands stamped before this are not for this master
     fork_lock: threading.Lock
 
     def submit(self, command: MasterCommand) -> None: ...
@@ -50,26 +50,6 @@ log = logging.getLogger("gearman_workers.control")
 HEARTBEAT_INTERVAL = 2.0  # what gm-ctl status shows is at most this old
 HEARTBEAT_TTL = 15
 MAX_RETRY_DELAY = 5.0
-
-
-def read_secret(path: Path) -> bytes:
-    """The shared secret; refused when group or others may read the file."""
-    try:
-        info = path.stat()
-        secret = path.read_bytes().strip()
-    except OSError as err:
-        raise ConfigError(f"[control] secret_file: {path}: {err.strerror}") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"[control] secret_file: {path} is accessible by group or others "
-                          f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 600 it")
-    if len(secret) < 16:
-        raise ConfigError(f"[control] secret_file: {path} holds fewer than 16 bytes")
-    return secret
-
-
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=30, client_name=f"gearman-workers@{socket.gethostname()}")
 
 
 class ControlListener:
@@ -200,20 +180,30 @@ class ControlListener:
     def _catch_up(self, client: redis.Redis) -> None:
         """Apply what happened while we were not listening."""
         assert self.arbiter is not None
-        last_exit = store.latest_exit(client, self.keys, self.hostname, self.pool, self.secret)
-        if last_exit is not None and (last_exit.ts or 0.0) > self.arbiter.control_since:
-            self.arbiter.submit(Stop("exit command recorded while redis was out of reach"))
+        exit.catch_up(self, client, self.keys, self.hostname, self.pool, self.secret, self.arbiter.control_since)
         self._reload_data(client)
+
+    # --- what the commands act on (command.Pool) --------------------------
+
+    def submit(self, command: MasterCommand) -> None:
+        assert self.arbiter is not None
+        self.arbiter.submit(command)
+
+    def reload_data(self) -> None:
+        assert self._client is not None  # commands are applied within a session
+        self._reload_data(self._client)
 
     def _reload_data(self, client: redis.Redis) -> None:
         """Read the stored data; what is newer than what we hold goes to the children."""
         assert self.arbiter is not None
         changed = False
-        for scope, command, message in store.stored_data(client, self.keys, self.hostname, self.pool, self.secret):
-            changed = self.book.offer(scope, command, message) or changed
+        for scope, message, raw in stored(client, self.keys, self.hostname, self.pool, self.secret):
+            changed = self.book.offer(scope, message, raw) or changed
         if changed:
             self.book.save()
         self.arbiter.submit(PublishData(self.book.values(self.hostname, self.pool)))
+
+    # --- messages -----------------------------------------------------------
 
     def _beat(self, client: redis.Redis) -> None:
         assert self.arbiter is not None
@@ -222,15 +212,17 @@ class ControlListener:
 
     def _on_message(self, client: redis.Redis, data: bytes) -> None:
         try:
-            command = decode(data, self.secret)
+            message = registry.decode(data, self.secret)
             if self.secret is not None:
-                self.verifier.check(command, remember=lambda nonce: self._remember(client, nonce))
-            self._check_is_new(command)
+                self.verifier.check(message, remember=lambda nonce: self._remember(client, nonce))
+            self._check_is_new(message)
         except BadMessage as err:
             log.warning("rejected control message on %s: %s", self.channel, err)
             return
-        if command.targets(self.hostname, self.pool):
-            self._apply(client, command)
+        if message.targets(self.hostname, self.pool):
+            command = registry.COMMANDS[message.cmd]
+            log.info("control command: %s (pid %d)", command.describe(message), os.getpid())
+            command.apply(self, message)
 
     def _remember(self, client: redis.Redis, nonce: str) -> bool:
         """True the first time this pool sees NONCE (kept in Redis, so a
@@ -238,29 +230,14 @@ class ControlListener:
         return store.remember_nonce(client, self.keys, self.hostname, self.pool, nonce,
                                     math.ceil(self.verifier.lifetime))
 
-    def _check_is_new(self, command: Command) -> None:
+    def _check_is_new(self, message: Message) -> None:
         """A command stamped before this pool started was meant for the pools
         then running (a replayed scale would resize a fresh pool); what
         such a set or del stored, the catch-up has read already."""
         assert self.arbiter is not None
-        if command.ts is not None and command.ts < self.arbiter.control_since:
-            raise BadMessage(f"{command.cmd} sent before this pool started")
-
-    def _apply(self, client: redis.Redis, command: Command) -> None:
-        assert self.arbiter is not None
-        log.info("control command: %s", _describe(command))
-        if command.cmd == "exit":
-            self.arbiter.submit(Stop("exit command"))
-        elif command.cmd == "scale":
-            self.arbiter.submit(Scale(to=command.n))
-        else:  # set/del: the message is the nudge, the hashes are the truth
-            self._reload_data(client)
+        if message.ts is not None and message.ts < self.arbiter.control_since:
+            raise BadMessage(f"{message.cmd} sent before this pool started")
 
     def _safe_url(self) -> str:
         scheme, _, rest = self.url.partition("://")
         return f"{scheme}://{rest.rpartition('@')[2]}"
-
-
-def _describe(command: Command) -> str:
-    detail = {"set": f" {command.key}", "del": f" {command.key}", "scale": f" {command.n}"}.get(command.cmd, "")
-    return f"{command.cmd}{detail} (pid {os.getpid()})"

@@ -1,10 +1,11 @@
-"""Control messages: what travels on the Redis channel, and their checks.
+"""Control messages: what travels on the Redis channel, and the checks
+every message gets, whatever its command (each command's own checks are in
+its module: exit.py, data.py, scale.py; registry.py applies them).
 
 A message is a JSON object:
 
-    {"cmd": "exit" | "set" | "del" | "scale",
-     "key": str, "value": JSON,          (set; del takes only key)
-     "n": int,                           (scale)
+    {"cmd": NAME,                        (a command of registry.py)
+     "key": str, "value": JSON, "n": int (what the command takes)
      "hosts": [str, ...], "pool": str,   (optional targets; absent = every)
      "ts": float, "nonce": str, "sig": hex}
 
@@ -26,12 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import MAX_PROCESSES
-
 MAX_MESSAGE = 64 * 1024
-MAX_KEY = 256
 MAX_FUTURE_SKEW = 5.0  # seconds a signed message may come from the future (clocks drift)
-COMMANDS = ("exit", "set", "del", "scale")
+PLAIN_EXIT = "exit"  # the one message that may come unsigned and bare (redis-cli PUBLISH channel exit)
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _LATEST_TS = 1e11  # year 5138: anything later is not a timestamp
 
@@ -41,7 +39,10 @@ class BadMessage(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Command:
+class Message:
+    """One control message as it travels (the master's own commands are
+    commands.py's: what a pool does once a message is accepted)."""
+
     cmd: str
     key: str | None = None
     value: Any = None
@@ -55,11 +56,13 @@ class Command:
         return (not self.hosts or hostname in self.hosts) and (self.pool is None or self.pool == pool)
 
     def body(self) -> dict[str, Any]:
+        """Every field that is set; `value` whenever the message carries one
+        (a value may be null: `set k null`), which `carries_value` says."""
         fields = {"cmd": self.cmd, "key": self.key, "value": self.value, "n": self.n,
                   "hosts": list(self.hosts) or None, "pool": self.pool, "ts": self.ts, "nonce": self.nonce}
-        if self.cmd == "set":
-            return {k: v for k, v in fields.items() if v is not None or k == "value"}
-        return {k: v for k, v in fields.items() if v is not None}
+        return {k: v for k, v in fields.items() if v is not None or (k == "value" and self.carries_value)}
+
+    carries_value: bool = dataclasses.field(default=False, compare=False)
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
@@ -70,12 +73,12 @@ def signature(body: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, _canonical(body), hashlib.sha256).hexdigest()
 
 
-def encode(command: Command, secret: bytes | None, now: float | None = None) -> bytes:
-    """Serialise COMMAND, stamping and signing it when there is a secret."""
+def encode(message: Message, secret: bytes | None, now: float | None = None) -> bytes:
+    """Serialise MESSAGE, stamping and signing it when there is a secret."""
     if secret is not None:
-        stamp = command.ts if command.ts is not None else (now if now is not None else time.time())
-        command = dataclasses.replace(command, ts=stamp, nonce=secrets.token_hex(16))
-    body = command.body()
+        stamp = message.ts if message.ts is not None else (now if now is not None else time.time())
+        message = dataclasses.replace(message, ts=stamp, nonce=secrets.token_hex(16))
+    body = message.body()
     if secret is not None:
         body["sig"] = signature(body, secret)
     return _canonical(body)
@@ -101,13 +104,12 @@ def _encodable(field: str, text: str) -> None:
         raise BadMessage(f"field {field!r} is not valid Unicode text") from None
 
 
-def decode(data: bytes, secret: bytes | None) -> Command:
-    """Parse and check one message; raises BadMessage naming the problem,
-    and nothing else, whatever DATA is (it comes from anyone who can
-    publish or write a key).
-
-    Freshness and replay (which need a clock and memory) are checked by
-    ``Verifier``; this function is pure.
+def decode(data: bytes, secret: bytes | None) -> Message:
+    """Parse one message and check what every message must be; raises
+    BadMessage naming the problem, and nothing else, whatever DATA is (it
+    comes from anyone who can publish or write a key). What its command
+    needs, registry.decode checks; freshness and replay (which need a clock
+    and memory), ``Verifier``. This function is pure.
     """
     try:
         return _decode(data, secret)
@@ -117,7 +119,7 @@ def decode(data: bytes, secret: bytes | None) -> Command:
         raise BadMessage(f"malformed message ({type(err).__name__})") from None
 
 
-def _decode(data: bytes, secret: bytes | None) -> Command:
+def _decode(data: bytes, secret: bytes | None) -> Message:
     if not isinstance(data, bytes):
         raise BadMessage(f"message must be bytes, not {type(data).__name__}")
     if len(data) > MAX_MESSAGE:
@@ -126,10 +128,10 @@ def _decode(data: bytes, secret: bytes | None) -> Command:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadMessage("message is not UTF-8") from None
-    if text.strip() == "exit":
+    if text.strip() == PLAIN_EXIT:
         if secret is not None:
             raise BadMessage("unsigned message (a secret is configured): plain 'exit' ignored")
-        return Command("exit")
+        return Message(PLAIN_EXIT)
     try:
         raw = json.loads(text)
     except ValueError:
@@ -162,10 +164,10 @@ def _check_signature(raw: dict[str, Any], secret: bytes) -> None:
         raise BadMessage("signed message without ts and nonce")
 
 
-def _command(raw: dict[str, Any]) -> Command:
+def _command(raw: dict[str, Any]) -> Message:
     cmd = _expect(raw, "cmd", str, "a string")
-    if cmd not in COMMANDS:
-        raise BadMessage(f"unknown command {cmd!r} (expected one of {', '.join(COMMANDS)})")
+    if cmd is None:
+        raise BadMessage("message without a command (field 'cmd')")
     key = _expect(raw, "key", str, "a string")
     n = _expect(raw, "n", int, "a whole number")
     hosts = _expect(raw, "hosts", list, "a list of host names") or []
@@ -180,13 +182,7 @@ def _command(raw: dict[str, Any]) -> Command:
             raise BadMessage("field 'ts' is not a plausible timestamp")
         ts = float(ts)
     nonce = _expect(raw, "nonce", str, "a string")
-    if cmd in ("set", "del") and (not key or len(key) > MAX_KEY):
-        raise BadMessage(f"{cmd} needs a key of 1 to {MAX_KEY} characters")
-    if cmd == "set" and "value" not in raw:
-        raise BadMessage("set needs a value")
-    if cmd == "scale" and (n is None or not 0 <= n <= MAX_PROCESSES):
-        raise BadMessage(f"scale needs n from 0 to {MAX_PROCESSES}")
-    return Command(cmd, key, raw.get("value"), n, tuple(hosts), pool, ts, nonce)
+    return Message(cmd, key, raw.get("value"), n, tuple(hosts), pool, ts, nonce, carries_value="value" in raw)
 
 
 class Verifier:
@@ -207,17 +203,17 @@ class Verifier:
         """How long a nonce must be remembered."""
         return self.max_age + MAX_FUTURE_SKEW
 
-    def check(self, command: Command, now: float | None = None,
+    def check(self, message: Message, now: float | None = None,
               remember: Callable[[str], bool] | None = None) -> None:
         now = time.time() if now is None else now
-        if command.ts is None or command.nonce is None:
+        if message.ts is None or message.nonce is None:
             return
-        if command.ts - now > MAX_FUTURE_SKEW:
-            raise BadMessage(f"message from the future ({command.ts - now:.0f} s ahead, "
+        if message.ts - now > MAX_FUTURE_SKEW:
+            raise BadMessage(f"message from the future ({message.ts - now:.0f} s ahead, "
                              f"limit {MAX_FUTURE_SKEW:.0f} s)")
-        if now - command.ts > self.max_age:
-            raise BadMessage(f"stale message ({now - command.ts:.0f} s old, limit {self.max_age:.0f} s)")
+        if now - message.ts > self.max_age:
+            raise BadMessage(f"stale message ({now - message.ts:.0f} s old, limit {self.max_age:.0f} s)")
         self._seen = {n: t for n, t in self._seen.items() if now - t <= self.lifetime}
-        if command.nonce in self._seen or (remember is not None and not remember(command.nonce)):
+        if message.nonce in self._seen or (remember is not None and not remember(message.nonce)):
             raise BadMessage("replayed message (nonce already seen)")
-        self._seen[command.nonce] = now
+        self._seen[message.nonce] = now

@@ -1,11 +1,12 @@
-"""What the control channel keeps in Redis, and where.
+"""Where the control channel keeps things in Redis, and the records every
+command shares (what each command keeps is said in its own module).
 
 Pub/sub is only the nudge; the durable truth is in keys, so that a pool
 that was cut off, restarted or scaled up catches up on reconnect:
 
-    PREFIX:exit:SCOPE     the last exit command for SCOPE (its signed message)
+    PREFIX:exit:SCOPE     the last exit command for SCOPE (its signed message; exit.py)
     PREFIX:data:SCOPE     hash KEY -> the last set or del command for KEY
-                          (a del is kept as a signed tombstone, not removed)
+                          (a del is kept as a signed tombstone, not removed; data.py)
     PREFIX:pool:HOST:NAME heartbeat of a live pool (JSON, with a TTL)
     PREFIX:nonce:HOST:NAME:NONCE  a nonce that pool has seen (expires)
 
@@ -20,14 +21,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from ..config import NAME_RE
-from .messages import BadMessage, Command, decode
+from .messages import BadMessage, Message, decode
 
 log = logging.getLogger("gearman_workers.control")
+
+
+class Checks(Protocol):
+    """What read_stored needs of a command (command.py)."""
+
+    name: str
+
+    def check(self, message: Message) -> None: ...
 
 
 class Keys:
@@ -76,41 +85,25 @@ def raw_reply(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
-def _decode_stored(raw: bytes | str, secret: bytes | None, scope: str, where: str) -> Command | None:
+def read_stored(raw: bytes | str, secret: bytes | None, scope: str, where: str,
+                *kept: Checks) -> Message | None:
+    """A stored message of one of the commands KEPT there, or None (and a
+    warning) for anything else: unreadable, another command's, or copied to
+    a scope its own signed targets do not name."""
     try:
-        command = decode(raw_reply(raw), secret)
+        message = decode(raw_reply(raw), secret)
+        command = next((c for c in kept if c.name == message.cmd), None)
+        if command is None:
+            raise BadMessage(f"a {message.cmd!r} message where {' or '.join(c.name for c in kept)} is kept")
+        command.check(message)
     except BadMessage as err:
         log.warning("ignoring %s: %s", where, err)
         return None
-    if scope not in command_scopes(command.hosts, command.pool):
+    if scope not in command_scopes(message.hosts, message.pool):
         log.warning("ignoring %s: a command aimed at %s stored under %s", where,
-                    ", ".join(command_scopes(command.hosts, command.pool)), scope)
+                    ", ".join(command_scopes(message.hosts, message.pool)), scope)
         return None
-    return command
-
-
-def latest_exit(client: redis.Redis, keys: Keys, hostname: str, pool: str,
-                secret: bytes | None) -> Command | None:
-    scopes = pool_scopes(hostname, pool)
-    names = [keys.exit(scope) for scope in scopes]
-    found = [_decode_stored(raw, secret, scope, name)
-             for scope, name, raw in zip(scopes, names, client.mget(names), strict=True) if raw is not None]
-    exits = [c for c in found if c is not None and c.cmd == "exit" and c.ts is not None]
-    return max(exits, key=lambda c: c.ts or 0.0, default=None)
-
-
-def stored_data(client: redis.Redis, keys: Keys, hostname: str, pool: str,
-                secret: bytes | None) -> list[tuple[str, Command, bytes]]:
-    """Every stored set and del that concerns this pool: scope, command, and
-    the message that carried it."""
-    entries = []
-    for scope in pool_scopes(hostname, pool):
-        for field, raw in client.hgetall(keys.data(scope)).items():
-            name = raw_reply(field).decode("utf-8", "replace")
-            command = _decode_stored(raw, secret, scope, f"data {name!r} in scope {scope}")
-            if command is not None and command.cmd in ("set", "del") and command.key == name:
-                entries.append((scope, command, raw_reply(raw)))
-    return entries
+    return message
 
 
 def write_heartbeat(client: redis.Redis, keys: Keys, hostname: str, pool: str,

@@ -1,0 +1,44 @@
+"""What a control command is: the protocol each command module implements
+(exit.py, data.py, scale.py), and what the pool side offers them.
+
+A command says four things, each in one place: what it requires of a
+message (`check`), where an operator's message is kept in Redis besides
+being published (`record`), what an accepted message makes the pool do
+(`apply`), and how it reads in the pool's log (`describe`). registry.py
+maps the names to them; the listener and the operator CLI dispatch only
+through it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..commands import Command as MasterCommand
+from .messages import Message
+from .store import Keys
+
+
+class Pool(Protocol):
+    """The pool's side of the channel, as a command sees it (listener.py)."""
+
+    def submit(self, command: MasterCommand) -> None:
+        """Hand the master a command of its own (commands.py)."""
+
+    def reload_data(self) -> None:
+        """Read the stored runtime data again and publish what changed."""
+
+
+class ControlCommand(Protocol):
+    name: str
+
+    def check(self, message: Message) -> None:
+        """Raise BadMessage when MESSAGE lacks what this command needs."""
+
+    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
+        """Queue on PIPE what keeps MESSAGE (RAW: as signed) for pools that
+        are not listening now; nothing for a command that is not kept."""
+
+    def apply(self, pool: Pool, message: Message) -> None:
+        """What a pool does with an accepted MESSAGE aimed at it."""
+
+    def describe(self, message: Message) -> str:
+        """The command as the pool's log names it."""

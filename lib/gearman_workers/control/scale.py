@@ -1,0 +1,43 @@
+"""scale: change the number of a pool's shared children.
+
+Sent by `gm-ctl scale N [--host H] [--pool P]`. Not kept: a scale is for
+the pools running when it is sent; a pool that starts later starts with
+its configuration's size. A pool obeys it unless it autoscales (then its
+configuration's bounds decide, and the master refuses with a log line);
+N is from 0 to the pool's MAX_PROCESSES."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..commands import Scale as ScaleTo
+from ..config import MAX_PROCESSES
+from .command import Pool
+from .messages import BadMessage, Message
+from .store import Keys
+
+NAME = "scale"
+
+
+class Scale:
+    name = NAME
+
+    def check(self, message: Message) -> None:
+        if message.n is None or not 0 <= message.n <= MAX_PROCESSES:
+            raise BadMessage(f"scale needs n from 0 to {MAX_PROCESSES}")
+
+    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
+        """Not kept (see above)."""
+
+    def apply(self, pool: Pool, message: Message) -> None:
+        pool.submit(ScaleTo(to=message.n))
+
+    def describe(self, message: Message) -> str:
+        return f"{NAME} {message.n}"
+
+
+SCALE = Scale()
+
+
+def message(n: int, hosts: tuple[str, ...] = (), pool: str | None = None) -> Message:
+    return Message(NAME, n=n, hosts=hosts, pool=pool)
