@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gearman_workers import identities
 from gearman_workers import protocol as p
-from gearman_workers import state
 from helpers import EXAMPLES, Gearmand, Pool, pid_alive, run_cli, running, submit, wait_for
 
 
@@ -285,9 +285,9 @@ def test_check_config_validates_without_starting(tmp_path: Path) -> None:
 # --- gm-cleanup -----------------------------------------------------------
 
 
-def _record(state_dir: Path, master: state.ProcessIdentity, children: list[state.ProcessIdentity]) -> Path:
+def _record(state_dir: Path, master: identities.ProcessIdentity, children: list[identities.ProcessIdentity]) -> Path:
     path = state_dir / "old.state.json"
-    state.write(path, state.PoolState("old", state.boot_id(), master, children))
+    identities.write(path, identities.PoolProcesses("old", identities.boot_id(), master, children))
     return path
 
 
@@ -299,10 +299,10 @@ def _sleeper(name: str = "sleep") -> subprocess.Popen:
 def test_cleanup_leaves_an_unrelated_process_with_a_recorded_pid_alive(tmp_path: Path) -> None:
     unrelated = _sleeper()
     try:
-        real = state.ProcessIdentity.of(unrelated.pid)
+        real = identities.ProcessIdentity.of(unrelated.pid)
         assert real is not None
         # The PID was recorded for a process that started at another time.
-        path = _record(tmp_path, state.ProcessIdentity(unrelated.pid, real.start_time - 1), [])
+        path = _record(tmp_path, identities.ProcessIdentity(unrelated.pid, real.start_time - 1), [])
         result = run_cli("gm-cleanup", "--state-dir", str(tmp_path))
         assert result.returncode == 0, result.stderr
         assert unrelated.poll() is None
@@ -316,9 +316,9 @@ def test_cleanup_leaves_an_unrelated_process_with_a_recorded_pid_alive(tmp_path:
 def test_cleanup_stops_a_real_leftover(tmp_path: Path) -> None:
     leftover = _sleeper("gearman-workers")
     try:
-        identity = state.ProcessIdentity.of(leftover.pid)
+        identity = identities.ProcessIdentity.of(leftover.pid)
         assert identity is not None
-        _record(tmp_path, state.ProcessIdentity(2**22 - 1, 1), [identity])
+        _record(tmp_path, identities.ProcessIdentity(2**22 - 1, 1), [identity])
         result = run_cli("gm-cleanup", "--state-dir", str(tmp_path))
         assert result.returncode == 0, result.stderr
         assert leftover.wait(5) == -signal.SIGTERM

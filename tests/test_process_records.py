@@ -8,17 +8,17 @@ import time
 
 import pytest
 
-from gearman_workers.arbiter import describe_exit
-from gearman_workers.state import PoolState, ProcessIdentity, StateFileError
+from gearman_workers.identities import PoolProcesses, ProcessIdentity, StateFileError
+from gearman_workers.master import describe_exit
 
 
 def test_state_file_rejects_what_a_master_never_writes() -> None:
-    good = PoolState("p", "boot", ProcessIdentity(10, 5), [ProcessIdentity(11, 6)])
-    assert PoolState.from_json(good.to_json()) == good
+    good = PoolProcesses("p", "boot", ProcessIdentity(10, 5), [ProcessIdentity(11, 6)])
+    assert PoolProcesses.from_json(good.to_json()) == good
     for text in ("", "[]", '{"version": 1}', good.to_json().replace('"pid": 11', '"pid": "11"'),
                  good.to_json().replace('"version": 1', '"version": 9')):
         with pytest.raises(StateFileError):
-            PoolState.from_json(text)
+            PoolProcesses.from_json(text)
 
 
 def test_describe_exit_names_the_signal() -> None:
@@ -31,7 +31,7 @@ def test_the_master_never_reads_a_half_written_heartbeat() -> None:
     process, no lock): every read sees the old record or the new one, never
     the zeroes struct.pack_into writes first (the master took those for a
     child silent since boot, and killed it)."""
-    from gearman_workers.scoreboard import Scoreboard, State
+    from gearman_workers.scoreboard import ChildState, Scoreboard
 
     board = Scoreboard(2)
     board.reset(0)
@@ -40,7 +40,7 @@ def test_the_master_never_reads_a_half_written_heartbeat() -> None:
     if child == 0:
         deadline = time.monotonic() + 0.6
         while time.monotonic() < deadline:
-            writer.publish(State.IDLE)
+            writer.publish(ChildState.IDLE)
             writer.beat()
         os._exit(0)
     try:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gearman_workers import state
+from gearman_workers import identities
 from gearman_workers.commands import PublishData, Stop
 from gearman_workers.control import data, exit, store
 from gearman_workers.control.data import DataBook
@@ -296,10 +296,10 @@ NOBODY = 65534
 def _forge(state_dir: Path, victim_pid: int, pidfile: Path) -> Path:
     """A state file as an attacker writes it: a stranger's identity, and a
     'pidfile' naming a file worth deleting."""
-    identity = state.ProcessIdentity.of(victim_pid)
+    identity = identities.ProcessIdentity.of(victim_pid)
     assert identity is not None
     path = state_dir / "forged.state.json"
-    raw = json.loads(state.PoolState("forged", state.boot_id(), identity, [identity]).to_json())
+    raw = json.loads(identities.PoolProcesses("forged", identities.boot_id(), identity, [identity]).to_json())
     path.write_text(json.dumps(raw | {"pidfile": str(pidfile)}))
     return path
 
@@ -376,7 +376,7 @@ def fake_listener(secret: bytes | None) -> tuple[ControlListener, FakeMaster]:
     listener = ControlListener("redis://127.0.0.1:1/0", "gearman-workers", "gearman-workers", "h", "p",
                                secret, 60.0)
     master = FakeMaster()
-    listener.arbiter = master
+    listener.master = master
     listener._client = FakeRedis()  # type: ignore[assignment]  # as within a session
     return listener, master
 

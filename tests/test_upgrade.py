@@ -18,7 +18,7 @@ from pathlib import Path
 import gearman
 import pytest
 
-from gearman_workers import state
+from gearman_workers import identities
 from gearman_workers.pidfile import read_pid
 from helpers import Gearmand, JobStream, Pool, free_port, needs_root, pid_alive, run_cli, submit, wait_for
 
@@ -260,11 +260,11 @@ def test_upgrade_signals_nothing_it_has_not_proven_to_be_the_master(tmp_path: Pa
         # The PID file names the lock's holder (a process that is no master), or a process holding nothing.
         victim = sleeper if attack == "not the lock holder" else holder
         (state_dir / "default.pid").write_text(f"{victim.pid}\n")
-        recorded = {"pid": victim.pid, "start_time": state.ProcessIdentity.of(victim.pid).start_time}
+        recorded = {"pid": victim.pid, "start_time": identities.ProcessIdentity.of(victim.pid).start_time}
         if attack == "recycled pid":  # the dead master's record; its PID now belongs to another process
             recorded["start_time"] -= 1
         (state_dir / "default.state.json").write_text(json.dumps(
-            {"version": 1, "pool": "default", "boot_id": state.boot_id(), "master": recorded, "children": []}))
+            {"version": 1, "pool": "default", "boot_id": identities.boot_id(), "master": recorded, "children": []}))
         if attack == "directory of another user":
             for path in (state_dir, *state_dir.iterdir()):
                 os.chown(path, nobody, nobody)

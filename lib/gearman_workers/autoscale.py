@@ -88,7 +88,7 @@ class Autoscaler:
 
 
 class Master(Protocol):
-    """What the watcher needs of the master (arbiter.py)."""
+    """What the watcher needs of the master (master.py)."""
 
     fork_lock: threading.Lock
 
@@ -102,7 +102,7 @@ class QueueWatcher:
 
     Names are resolved outside the master's fork lock, so a slow resolver
     never holds up a fork. The master resolved every configured name
-    before any thread existed (arbiter._warm_up_before_threads), so the
+    before any thread existed (master._warm_up_before_threads), so the
     resolver's modules are loaded and no dlopen can be in flight at a fork;
     what locks are left in glibc's resolver are reset in the child by fork
     itself, and a child that hung anyway would be killed as silent."""

@@ -31,7 +31,7 @@ from .job import Job, encode_result
 from .jobstats import DONE, FAILED, POISON, TIMEOUT, JobCounter
 from .poison import KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
-from .scoreboard import Recycle, Scoreboard, SlotWriter, State
+from .scoreboard import ChildState, Recycle, Scoreboard, SlotWriter
 from .strays import StrayLog
 from .timelimit import JobTimeout, JobTimer
 from .titles import Title
@@ -55,7 +55,7 @@ RECV_BUFFER = 256 * 1024
 IDLE_TITLE_AFTER = 0.05
 EXIT_OK = 0
 EXIT_ERROR = 1
-# The master's signals, which mean nothing to a child (see arbiter.py).
+# The master's signals, which mean nothing to a child (see master.py).
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -90,7 +90,8 @@ class Worker:
         self.title = title or Title(f"child [{config.name}]")
         self.busy_titles = {name: f"busy {name.decode()}" for name in self.tasks}
         self.recycling_limits = bool(limits.max_jobs or limits.max_memory)
-        self.links = [GearmandConnection(server, i, config.connect_timeout) for i, server in enumerate(config.servers)]
+        self.connections = [GearmandConnection(server, i, config.connect_timeout)
+                            for i, server in enumerate(config.servers)]
         self.by_fd: dict[int, GearmandConnection] = {}
         self.stopping = False
         self.in_task = False
@@ -131,7 +132,7 @@ class Worker:
         child registered (a ghost that takes jobs nobody runs), so they go
         at once; and if the fork returns into our loop, it leaves there."""
         self.forked_by_task = True
-        for link in self.links:
+        for link in self.connections:
             if link.sock is not None:
                 link.sock.close()
         for fd in (self._wake_r, self._wake_w, self.events_fd):
@@ -178,16 +179,16 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
-        self.slot.publish(State.STARTING)
+        self.slot.publish(ChildState.STARTING)
         self.title.show("starting")
         self._start_heartbeat()
         try:
             self._loop()
         finally:
             if not self.holding_job:  # else the slot must go on naming the job (see holding_job)
-                self.slot.publish(State.STOPPING)
+                self.slot.publish(ChildState.STOPPING)
             self.title.show("stopping")
-            for link in self.links:
+            for link in self.connections:
                 self._drop(link)
         return EXIT_OK
 
@@ -201,16 +202,16 @@ class Worker:
         poll = self.poller.poll
         by_fd = self.by_fd
         stop_deadline = None
-        single: GearmandConnection | None = self.links[0] if len(self.links) == 1 else None
+        single: GearmandConnection | None = self.connections[0] if len(self.connections) == 1 else None
         while True:
             if self.stopping:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + self.config.connect_timeout
-                    self.slot.publish(State.STOPPING)
+                    self.slot.publish(ChildState.STOPPING)
                     self.title.show("stopping")
-                for link in self.links:
+                for link in self.connections:
                     self._settle_low_water(link)  # the NO_JOB we wait for must wake us now
-                if not any(link.awaiting_grab for link in self.links) or time.monotonic() > stop_deadline:
+                if not any(link.awaiting_grab for link in self.connections) or time.monotonic() > stop_deadline:
                     return
             else:
                 self._connect_due()
@@ -235,7 +236,7 @@ class Worker:
 
     def _poll_timeout_ms(self) -> int:
         timeout = IDLE_TITLE_AFTER if self.idle_title_due else self.config.poll_timeout
-        for link in self.links:  # the clock is read only for a link that is not up: rare
+        for link in self.connections:  # the clock is read only for a link that is not up: rare
             if link.status == DOWN:
                 timeout = min(timeout, link.retry_at - time.monotonic())
             elif link.status == CONNECTING:
@@ -251,7 +252,7 @@ class Worker:
         self._apply_runtime_data()
         self._show_idle()
         now = time.monotonic()
-        for link in self.links:
+        for link in self.connections:
             if link.connect_overdue(now):
                 self._lost(link, "connect timed out")
 
@@ -265,7 +266,7 @@ class Worker:
     # --- connections ----------------------------------------------------
 
     def _connect_due(self) -> None:
-        for link in self.links:
+        for link in self.connections:
             if link.status == DOWN and time.monotonic() >= link.retry_at:
                 try:
                     sock = link.start_connect()
@@ -299,7 +300,7 @@ class Worker:
         was_registered = link.registered
         link.close()
         if was_registered:
-            self.slot.links &= ~(1 << link.index)
+            self.slot.registered_with &= ~(1 << link.index)
             self._registration_changed()
 
     def _send(self, link: GearmandConnection, data: bytes) -> bool:
@@ -319,11 +320,11 @@ class Worker:
         Not while a job is held: the slot names it until it is answered."""
         if self.holding_job:
             return
-        state = State.IDLE if self.slot.links else State.STARTING
+        state = ChildState.IDLE if self.slot.registered_with else ChildState.STARTING
         self.slot.publish(state)
         self.idle_title_due = False
         if not self.stopping:
-            self.title.show("idle" if state == State.IDLE else "starting")
+            self.title.show("idle" if state == ChildState.IDLE else "starting")
 
     def _tell_master(self) -> None:
         try:
@@ -383,7 +384,7 @@ class Worker:
         this is on every job's path). gearmand answers in order, so every
         CAN_DO sent before that GRAB has been processed."""
         link.registered = True
-        self.slot.links |= 1 << link.index
+        self.slot.registered_with |= 1 << link.index
         self.slot.registered_once = True
         self._registration_changed()
 
@@ -434,7 +435,7 @@ class Worker:
         # Counted before the slot says idle, so that idle means counted.
         if self.counter is not None:
             self.counter.count(task, outcome, finished - started)
-        self.slot.publish(State.IDLE, now=finished)
+        self.slot.publish(ChildState.IDLE, now=finished)
         self.idle_title_due = True
         if fatal is not None:
             raise fatal
@@ -443,7 +444,7 @@ class Worker:
                  started: float) -> tuple[bytes, int, BaseException | None]:
         """Run the task under its time limit: (reply, outcome, exception to re-raise)."""
         limit = self.time_limits[task]
-        self.slot.publish(State.BUSY, started, started + limit if limit else 0.0, link.index, task, handle,
+        self.slot.publish(ChildState.BUSY, started, started + limit if limit else 0.0, link.index, task, handle,
                           now=started)
         self.title.show(self.busy_titles[task])
         timer = self.timer

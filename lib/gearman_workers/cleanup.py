@@ -23,7 +23,7 @@ import stat
 import time
 from pathlib import Path
 
-from . import pidfile, state, strays
+from . import identities, pidfile, strays
 
 log = logging.getLogger("gearman_workers.cleanup")
 
@@ -53,7 +53,7 @@ def is_ours(pid: int) -> bool:
     return b"gearman_workers" in cmdline or b"gearman-workers" in cmdline
 
 
-def _open_if_ours(identity: state.ProcessIdentity, by_command_line: bool = True) -> int | None:
+def _open_if_ours(identity: identities.ProcessIdentity, by_command_line: bool = True) -> int | None:
     try:
         fd = os.pidfd_open(identity.pid)
     except ProcessLookupError:
@@ -70,7 +70,7 @@ def _pidfd_alive(fd: int) -> bool:
     return not select.select([fd], [], [], 0)[0]
 
 
-def stop_processes(identities: list[state.ProcessIdentity], grace: float, by_command_line: bool = True) -> int:
+def stop_processes(identities: list[identities.ProcessIdentity], grace: float, by_command_line: bool = True) -> int:
     """TERM every recorded process that is still ours, KILL what outlives
     GRACE seconds. Returns how many were ours. A process that task code
     forked may have exec'd anything: BY_COMMAND_LINE False trusts the
@@ -110,10 +110,10 @@ def clean_state_file(path: Path, grace: float, pid_path: Path, we_hold_the_lock:
     except FileNotFoundError:
         return 0
     try:
-        pool = state.read(path)
+        pool = identities.read(path)
     except FileNotFoundError:
         return 0
-    except (state.StateFileError, OSError) as err:
+    except (identities.StateFileError, OSError) as err:
         log.warning("state file %s is corrupt (%s); removing it", path, err)
         path.unlink(missing_ok=True)
         return 0
@@ -121,10 +121,10 @@ def clean_state_file(path: Path, grace: float, pid_path: Path, we_hold_the_lock:
         log.info("pool %s is running (master %s); nothing to clean", pool.pool, pidfile.read_pid(pid_path))
         return 0
     stopped = 0
-    if pool.boot_id == state.boot_id():
+    if pool.boot_id == identities.boot_id():
         # Children first: with their master gone they would only drain and leave.
         stopped = stop_processes([*pool.children, pool.master], grace)
-    stopped += _stop_strays(path.parent, pool.pool, grace, same_boot=pool.boot_id == state.boot_id())
+    stopped += _stop_strays(path.parent, pool.pool, grace, same_boot=pool.boot_id == identities.boot_id())
     path.unlink(missing_ok=True)
     if not we_hold_the_lock and not pidfile.is_locked(pid_path) and pid_path.exists():
         log.info("removing stale PID file %s", pid_path)
@@ -134,7 +134,7 @@ def clean_state_file(path: Path, grace: float, pid_path: Path, we_hold_the_lock:
 
 def _stop_strays(state_dir: Path, pool: str, grace: float, same_boot: bool) -> int:
     """Stop what the dead master's tasks forked (strays.py), then forget it."""
-    recorded: list[state.ProcessIdentity] = []
+    recorded: list[identities.ProcessIdentity] = []
     for path in strays.forks_files(state_dir, pool):
         try:
             check_trusted(path)

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 from . import __version__, cleanup
 from . import config as configuration
 from . import log as logsetup
-from .arbiter import Arbiter
+from .files import current_umask
 from .handover import Handover, UpgradeFailed, request_upgrade
+from .master import Master
 from .notify import Notifier
 from .pidfile import PidFile, PidFileLocked
 from .procfs import resident_bytes
-from .state import current_umask
 
 if TYPE_CHECKING:  # imported where used: a pool without Redis, autoscaling or metrics loads none of them
     from .autoscale import QueueWatcher
@@ -139,7 +139,7 @@ def _acquire(pidfile: PidFile, config: configuration.Config) -> None:
         raise Refused(f"config error: [pool] pidfile: cannot lock {config.pidfile}: {err.strerror}",
                       EXIT_CONFIG) from None
     try:
-        cleanup.clean_state_file(config.state_file, config.graceful_timeout, config.pidfile, we_hold_the_lock=True)
+        cleanup.clean_state_file(config.processes_file, config.graceful_timeout, config.pidfile, we_hold_the_lock=True)
     except cleanup.UntrustedState as err:
         pidfile.release()
         raise Refused(f"config error: [pool] state_dir: refusing to use it: {err}", EXIT_CONFIG) from None
@@ -155,7 +155,7 @@ def _serve(config: configuration.Config, tasks: dict[str, Task], pidfile: PidFil
         else:
             pidfile.write()
         run_preload(config)
-        return Arbiter(config, tasks, pidfile, Notifier(), control, exporter=exporter, watcher=watcher).run()
+        return Master(config, tasks, pidfile, Notifier(), control, exporter=exporter, watcher=watcher).run()
     except TaskLoadError as err:
         log.error("%s", err)
         return EXIT_TASKS
@@ -179,8 +179,8 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
     try:
         run_preload(config)
         exporter = _build_exporter(config, handover.metrics_fd)
-        return Arbiter(config, tasks, pidfile, Notifier(), control, handover,
-                       handover.predecessor_processes(config.state_file), exporter, _build_watcher(config)).run()
+        return Master(config, tasks, pidfile, Notifier(), control, handover,
+                       handover.predecessor_processes(config.processes_file), exporter, _build_watcher(config)).run()
     except TaskLoadError as err:
         log.error("%s", err)
         handover.announce_failure(str(err))
@@ -193,7 +193,7 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
 
 def _upgrade(config: configuration.Config) -> int:
     try:
-        print(request_upgrade(config.pidfile, config.state_file, config.upgrade_timeout + 10))
+        print(request_upgrade(config.pidfile, config.processes_file, config.upgrade_timeout + 10))
     except (UpgradeFailed, OSError) as err:
         return _fail("gearman-workers --upgrade", str(err), EXIT_ERROR)
     return EXIT_OK

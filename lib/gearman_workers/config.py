@@ -89,7 +89,7 @@ class Config:
     args: argparse.Namespace | None = dataclasses.field(default=None, repr=False)
 
     @property
-    def state_file(self) -> Path:
+    def processes_file(self) -> Path:
         return self.state_dir / f"{self.name}.state.json"
 
     @property

@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import cleanup, state
+from . import cleanup, files, identities
 from . import pidfile as pidfiles
 from .prctl import PR_SET_CHILD_SUBREAPER, prctl
 from .procfs import start_time
@@ -168,7 +168,7 @@ def _spawn_orphan(argv: list[str], env: dict[str, str], report_fd: int, fork_loc
 
 def record_outcome(pid_path: Path, predecessor: int, successor: int | None, reason: str) -> None:
     """What became of an upgrade, for whoever asked for it."""
-    state.atomic_write(outcome_path(pid_path), json.dumps(
+    files.atomic_write(outcome_path(pid_path), json.dumps(
         {"from": predecessor, "to": successor, "ok": successor is not None, "reason": reason}) + "\n")
 
 
@@ -213,13 +213,13 @@ class Handover:
         except ProcessLookupError:
             return False
 
-    def predecessor_processes(self, state_file: Path) -> list[state.ProcessIdentity]:
+    def predecessor_processes(self, processes_file: Path) -> list[identities.ProcessIdentity]:
         """The predecessor and its children, as it recorded them: our state
         file names them until they are gone, so that a cleanup after a crash
         of ours finds them too."""
         try:
-            recorded = state.read(state_file)
-        except (OSError, state.StateFileError):
+            recorded = identities.read(processes_file)
+        except (OSError, identities.StateFileError):
             return []
         return [*recorded.children, recorded.master]
 
@@ -303,8 +303,8 @@ def _open_master(pid_path: Path, state_path: Path) -> tuple[int, int]:
     if master is None or not pidfiles.is_locked(pid_path):
         raise UpgradeFailed(f"no running master holds {pid_path}")
     try:
-        recorded = state.read(state_path).master
-    except (state.StateFileError, OSError) as err:
+        recorded = identities.read(state_path).master
+    except (identities.StateFileError, OSError) as err:
         raise UpgradeFailed(f"refusing to signal PID {master}: {state_path} is unreadable ({err})") from None
     if recorded.pid != master:
         raise UpgradeFailed(f"refusing to signal PID {master}: {state_path} names master {recorded.pid}")
@@ -319,7 +319,7 @@ def _open_master(pid_path: Path, state_path: Path) -> tuple[int, int]:
     return fd, master
 
 
-def _not_the_master(pid: int, recorded: state.ProcessIdentity, lock_path: Path) -> str | None:
+def _not_the_master(pid: int, recorded: identities.ProcessIdentity, lock_path: Path) -> str | None:
     started = start_time(pid)
     if started is None:
         # Hidden from us (a hardened unit's ExecReload runs in a user

@@ -32,7 +32,7 @@ from .config import Server
 from .jobstats import BUCKETS, OUTCOMES, TaskTotals
 
 CHILD_STATES = ("starting", "idle", "busy", "stopping")
-# Why a child left (see Arbiter.exit_reason).
+# Why a child left (see Master.exit_reason).
 EXIT_REASONS = ("crash", "killed", "recycled", "timeout", "hung", "stopped")
 log = logging.getLogger("gearman_workers.metrics")
 # The families this collector makes; each has add_metric (Metric itself has not).
@@ -56,7 +56,7 @@ class Snapshot:
 
 
 class Source(Protocol):
-    """What the exporter reads of the master (arbiter.py)."""
+    """What the exporter reads of the master (master.py)."""
 
     def metrics_snapshot(self) -> Snapshot: ...
 

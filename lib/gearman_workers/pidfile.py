@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from .state import atomic_write
+from .files import atomic_write
 
 
 class PidFileLocked(RuntimeError):

@@ -20,8 +20,8 @@ import time
 
 # data version, poison version, slots in use
 _HEADER = struct.Struct("<QQI4x")
-# pid, state, registered once, recycle, server of the job, registered links
-# (bit I: server I), started, busy since, deadline, heartbeat, jobs done,
+# pid, state, registered once, recycle, server of the job, the servers it is
+# registered with (bit I: server I), started, busy since, deadline, heartbeat, jobs done,
 # jobs failed, task, job handle
 _SLOT = struct.Struct("<iBBBBQddddQQ64s64s")
 _BEAT = struct.Struct("<d")
@@ -33,7 +33,7 @@ _POISON = struct.Struct("<B3xIi64s48s")
 POISON_ENTRIES = 64
 
 
-class State(enum.IntEnum):
+class ChildState(enum.IntEnum):
     EMPTY = 0
     STARTING = 1
     IDLE = 2
@@ -52,11 +52,11 @@ class Recycle(enum.IntEnum):
 @dataclasses.dataclass
 class SlotInfo:
     pid: int
-    state: State
+    state: ChildState
     registered_once: bool
     recycle: Recycle
     server: int
-    links: int  # bit I set: registered with server I
+    registered_with: int  # bit I set: registered with server I
     started: float
     busy_since: float
     deadline: float
@@ -151,7 +151,7 @@ class Scoreboard:
             slot, where = divmod(at - base, size)
             if where == _HANDLE_OFFSET:
                 info = self.read(slot)
-                if info.state == State.BUSY and info.server == server:
+                if info.state == ChildState.BUSY and info.server == server:
                     found.append(info.pid)
             at = self._mem.find(needle, at + 1, stop)
         return found
@@ -159,19 +159,19 @@ class Scoreboard:
     # --- slots -------------------------------------------------------------
 
     def read(self, slot: int) -> SlotInfo:
-        (pid, state, once, recycle, server, links, started, busy, deadline, beat, done, failed,
+        (pid, state, once, recycle, server, registered_with, started, busy, deadline, beat, done, failed,
          task, handle) = _SLOT.unpack_from(self._mem, self._offset(slot))
-        return SlotInfo(pid, State(state), bool(once), Recycle(recycle), server, links, started, busy,
+        return SlotInfo(pid, ChildState(state), bool(once), Recycle(recycle), server, registered_with, started, busy,
                         deadline, beat, done, failed, _text(task), _text(handle))
 
     def reset(self, slot: int) -> None:
         """Master, before a fork: the slot now belongs to a child being born."""
         now = time.monotonic()
-        _SLOT.pack_into(self._mem, self._offset(slot), 0, State.STARTING, 0, 0, 0, 0,
+        _SLOT.pack_into(self._mem, self._offset(slot), 0, ChildState.STARTING, 0, 0, 0, 0,
                         now, 0.0, 0.0, now, 0, 0, b"", b"")
 
     def clear(self, slot: int) -> None:
-        _SLOT.pack_into(self._mem, self._offset(slot), 0, State.EMPTY, 0, 0, 0, 0,
+        _SLOT.pack_into(self._mem, self._offset(slot), 0, ChildState.EMPTY, 0, 0, 0, 0,
                         0.0, 0.0, 0.0, 0.0, 0, 0, b"", b"")
 
     def writer(self, slot: int, pid: int) -> SlotWriter:
@@ -181,14 +181,14 @@ class Scoreboard:
 class SlotWriter:
     """The child's side: cheap writes on the job path."""
 
-    __slots__ = ("_mem", "_offset", "jobs_done", "jobs_failed", "links", "pid", "recycle",
-                 "registered_once", "started")
+    __slots__ = ("_mem", "_offset", "jobs_done", "jobs_failed", "pid", "recycle", "registered_once",
+                 "registered_with", "started")
 
     def __init__(self, mem: mmap.mmap, offset: int, pid: int) -> None:
         self._mem = mem
         self._offset = offset
         self.pid, self.started = pid, _SLOT.unpack_from(mem, offset)[6]
-        self.links = self.jobs_done = self.jobs_failed = 0
+        self.registered_with = self.jobs_done = self.jobs_failed = 0
         self.registered_once = False
         self.recycle = Recycle.NO
 
@@ -197,11 +197,11 @@ class SlotWriter:
     # reading at that instant saw a heartbeat of 0 and killed a healthy
     # child as hung. A copy leaves every field either old or new.
 
-    def publish(self, state: State, busy_since: float = 0.0, deadline: float = 0.0, server: int = 0,
+    def publish(self, state: ChildState, busy_since: float = 0.0, deadline: float = 0.0, server: int = 0,
                 task: bytes = b"", handle: bytes = b"", now: float | None = None) -> None:
         """Write the slot; NOW (the heartbeat) when the caller has just read the clock."""
         self._mem[self._offset:self._offset + _SLOT.size] = _SLOT.pack(
-            self.pid, state, self.registered_once, self.recycle, server, self.links, self.started, busy_since,
+            self.pid, state, self.registered_once, self.recycle, server, self.registered_with, self.started, busy_since,
             deadline, time.monotonic() if now is None else now, self.jobs_done, self.jobs_failed, task[:64],
             handle[:64])
 

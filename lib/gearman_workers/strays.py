@@ -17,7 +17,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .state import ProcessIdentity
+from .identities import ProcessIdentity
 
 
 def forks_file(state_dir: Path, pool: str, child_pid: int) -> Path:

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from .. import state
+from .. import files
 from .command import Pool
 from .messages import BadMessage, Message, encode
 from .store import Keys, pool_scopes, raw_reply, read_stored
@@ -134,7 +134,7 @@ class DataBook:
             return
         rows = [[scope, entry[3].decode("utf-8")] for (scope, _), entry in sorted(self.entries.items())]
         try:
-            state.atomic_write(self.path, json.dumps({"version": BOOK_VERSION, "entries": rows}))
+            files.atomic_write(self.path, json.dumps({"version": BOOK_VERSION, "entries": rows}))
         except OSError as err:  # the values still reach the children; only the memory of them is lost
             log.error("cannot save the runtime data book %s: %s", self.path, err)
 

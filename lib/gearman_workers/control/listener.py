@@ -36,7 +36,7 @@ from .messages import BadMessage, Message, Verifier
 
 
 class Master(Protocol):
-    """What the listener needs of the master (arbiter.py)."""
+    """What the listener needs of the master (master.py)."""
 
     pid: int
     control_since: float  # commands stamped before this are not for this master
@@ -61,7 +61,7 @@ class ControlListener:
         self.verifier = Verifier(max_age)
         self.book = book or DataBook(secret=secret)
         self._book_loaded = False
-        self.arbiter: Master | None = None
+        self.master: Master | None = None
         self._stop = threading.Event()
         self._resync = threading.Event()
         self._guard = threading.Lock()
@@ -80,10 +80,10 @@ class ControlListener:
 
     # --- what the master calls ----------------------------------------
 
-    def start(self, arbiter: Master) -> None:
+    def start(self, master: Master) -> None:
         """Start listening (again, after a stop: a failed upgrade)."""
-        self.arbiter = arbiter
-        self._guard = arbiter.fork_lock
+        self.master = master
+        self._guard = master.fork_lock
         if not self._book_loaded:  # now, not at construction: the state directory has passed its checks
             self.book.load()
             self._book_loaded = True
@@ -94,9 +94,9 @@ class ControlListener:
         self._stop.set()
         self.up = False
         client = self._client
-        if client is not None and self.arbiter is not None and self._outage_since is None:
+        if client is not None and self.master is not None and self._outage_since is None:
             try:
-                store.clear_heartbeat(client, self.keys, self.hostname, self.pool, self.arbiter.pid)
+                store.clear_heartbeat(client, self.keys, self.hostname, self.pool, self.master.pid)
             except (redis.RedisError, OSError, ValueError):
                 pass  # the heartbeat expires by itself
         # No join: the thread is a daemon that holds nothing the master needs
@@ -179,15 +179,15 @@ class ControlListener:
 
     def _catch_up(self, client: redis.Redis) -> None:
         """Apply what happened while we were not listening."""
-        assert self.arbiter is not None
-        exit.catch_up(self, client, self.keys, self.hostname, self.pool, self.secret, self.arbiter.control_since)
+        assert self.master is not None
+        exit.catch_up(self, client, self.keys, self.hostname, self.pool, self.secret, self.master.control_since)
         self._reload_data(client)
 
     # --- what the commands act on (command.Pool) --------------------------
 
     def submit(self, command: MasterCommand) -> None:
-        assert self.arbiter is not None
-        self.arbiter.submit(command)
+        assert self.master is not None
+        self.master.submit(command)
 
     def reload_data(self) -> None:
         assert self._client is not None  # commands are applied within a session
@@ -195,19 +195,19 @@ class ControlListener:
 
     def _reload_data(self, client: redis.Redis) -> None:
         """Read the stored data; what is newer than what we hold goes to the children."""
-        assert self.arbiter is not None
+        assert self.master is not None
         changed = False
         for scope, message, raw in stored(client, self.keys, self.hostname, self.pool, self.secret):
             changed = self.book.offer(scope, message, raw) or changed
         if changed:
             self.book.save()
-        self.arbiter.submit(PublishData(self.book.values(self.hostname, self.pool)))
+        self.master.submit(PublishData(self.book.values(self.hostname, self.pool)))
 
     # --- messages -----------------------------------------------------------
 
     def _beat(self, client: redis.Redis) -> None:
-        assert self.arbiter is not None
-        info: dict[str, Any] = self.arbiter.summary()
+        assert self.master is not None
+        info: dict[str, Any] = self.master.summary()
         store.write_heartbeat(client, self.keys, self.hostname, self.pool, info, HEARTBEAT_TTL)
 
     def _on_message(self, client: redis.Redis, data: bytes) -> None:
@@ -234,8 +234,8 @@ class ControlListener:
         """A command stamped before this pool started was meant for the pools
         then running (a replayed scale would resize a fresh pool); what
         such a set or del stored, the catch-up has read already."""
-        assert self.arbiter is not None
-        if message.ts is not None and message.ts < self.arbiter.control_since:
+        assert self.master is not None
+        if message.ts is not None and message.ts < self.master.control_since:
             raise BadMessage(f"{message.cmd} sent before this pool started")
 
     def _safe_url(self) -> str:

@@ -140,7 +140,7 @@ def _heartbeat(raw: bytes | str | None) -> dict[str, Any]:
 
 
 _NUMBER = (int, float)
-# What gm-ctl reads of a heartbeat, with the types a master writes (arbiter.summary).
+# What gm-ctl reads of a heartbeat, with the types a master writes (master.summary).
 POOL_TYPES: dict[str, tuple[type, ...]] = {
     "pid": (int,), "desired": (int,), "registered": (int,), "started": _NUMBER, "reported": _NUMBER,
     "autoscale": (dict, type(None)), "children": (list,)}

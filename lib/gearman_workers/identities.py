@@ -1,17 +1,17 @@
-"""What a master records about itself and its children, so that a later
-cleanup can find its leftovers and tell them from unrelated processes that
-got the same PID: the PID plus the process start time from /proc and the
-kernel's boot id. Every file is written whole or not at all."""
+"""Process identities: what a master records about itself and its
+children (STATE_DIR/NAME.state.json), so that a later cleanup can find its
+leftovers and tell them from unrelated processes that got the same PID: the
+PID plus the process start time from /proc and the kernel's boot id. The
+file is written whole or not at all (files.atomic_write)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
 from .procfs import start_time
 
 STATE_VERSION = 1
@@ -19,32 +19,6 @@ STATE_VERSION = 1
 
 class StateFileError(ValueError):
     """A state file is unreadable or not what a master writes."""
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for a
-    moment, in every thread)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("Umask:"):
-            return int(line.split()[1], 8)
-    return 0o022
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file beside PATH, then rename it over PATH. The
-    file gets the mode the umask gives (0640 under the unit's UMask=0027):
-    runtime data may hold tokens."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def boot_id() -> str:
@@ -67,7 +41,7 @@ class ProcessIdentity:
 
 
 @dataclasses.dataclass
-class PoolState:
+class PoolProcesses:
     pool: str
     boot_id: str
     master: ProcessIdentity
@@ -77,7 +51,7 @@ class PoolState:
         return json.dumps(dataclasses.asdict(self) | {"version": STATE_VERSION}, indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> PoolState:
+    def from_json(cls, text: str) -> PoolProcesses:
         try:
             raw: Any = json.loads(text)
             if raw.get("version") != STATE_VERSION:
@@ -99,12 +73,12 @@ def _identity(raw: Any) -> ProcessIdentity:
     return ProcessIdentity(pid, started)
 
 
-def write(path: Path, state: PoolState) -> None:
+def write(path: Path, state: PoolProcesses) -> None:
     atomic_write(path, state.to_json())
 
 
-def read(path: Path) -> PoolState:
+def read(path: Path) -> PoolProcesses:
     try:
-        return PoolState.from_json(path.read_text(encoding="utf-8"))
+        return PoolProcesses.from_json(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise StateFileError(f"not text: {err}") from None

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from gearman_workers import arbiter as arbiter_module
 from gearman_workers import config as configuration
+from gearman_workers import master as master_module
 from gearman_workers import scoreboard as scoreboard_module
-from gearman_workers.arbiter import Arbiter
 from gearman_workers.autoscale import Autoscaler, Decision, QueueDepth
 from gearman_workers.child import Limits
 from gearman_workers.commands import Scale, Stop
+from gearman_workers.master import Master
 from gearman_workers.poison import PoisonCheck
-from gearman_workers.scoreboard import Recycle, State
+from gearman_workers.scoreboard import ChildState, Recycle
 
 SEGV = signal.SIGSEGV  # a wait status of 11: killed by SIGSEGV
 KILLED = signal.SIGKILL
@@ -41,8 +41,8 @@ class Clock:
         self.now += seconds
 
 
-class FakeArbiter(Arbiter):
-    """Arbiter with the process table replaced: forks hand out fake PIDs,
+class FakeMasterProcess(Master):
+    """Master with the process table replaced: forks hand out fake PIDs,
     signals are recorded, exits are queued by the test."""
 
     def __init__(self, config: configuration.Config) -> None:
@@ -67,7 +67,7 @@ class FakeArbiter(Arbiter):
     def _adopted(self) -> set[int]:
         return set()
 
-    def _write_state(self) -> None:
+    def _record_processes(self) -> None:
         pass
 
     # --- what a child would do ---------------------------------------------
@@ -77,19 +77,19 @@ class FakeArbiter(Arbiter):
 
     def registers(self, pid: int) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
-        writer.links, writer.registered_once = 1, True
-        writer.publish(State.IDLE)
+        writer.registered_with, writer.registered_once = 1, True
+        writer.publish(ChildState.IDLE)
 
     def runs(self, pid: int, handle: bytes, deadline: float = 0.0) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
-        writer.links, writer.registered_once = 1, True
-        now = arbiter_module.time.monotonic()
-        writer.publish(State.BUSY, now, deadline, 0, b"resize", handle)
+        writer.registered_with, writer.registered_once = 1, True
+        now = master_module.time.monotonic()
+        writer.publish(ChildState.BUSY, now, deadline, 0, b"resize", handle)
 
     def asks_recycling(self, pid: int) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
-        writer.links, writer.registered_once, writer.recycle = 1, True, Recycle.MAX_JOBS
-        writer.publish(State.IDLE)
+        writer.registered_with, writer.registered_once, writer.recycle = 1, True, Recycle.MAX_JOBS
+        writer.publish(ChildState.IDLE)
 
     def dies(self, pid: int, signum: int = KILLED) -> None:
         self.exits.append((pid, signum))  # a wait status: the low bits are the signal
@@ -109,17 +109,17 @@ class FakeArbiter(Arbiter):
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(arbiter_module, "time", fake)
+    monkeypatch.setattr(master_module, "time", fake)
     monkeypatch.setattr(scoreboard_module, "time", fake)
     return fake
 
 
-def make(tmp_path: Path, **pool: object) -> FakeArbiter:
+def make(tmp_path: Path, **pool: object) -> FakeMasterProcess:
     settings = {"processes": 2, "state_dir": str(tmp_path), **pool}
     lines = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in settings.items())
     path = tmp_path / "pool.toml"
     path.write_text(f"[pool]\n{lines}[tasks]\nresize = \"m:f\"\n")
-    return FakeArbiter(configuration.load(path=path))
+    return FakeMasterProcess(configuration.load(path=path))
 
 
 def test_spawns_the_wanted_children_in_the_lowest_slots(tmp_path: Path, clock: Clock) -> None:
@@ -188,7 +188,7 @@ def test_a_slot_whose_child_registers_and_lives_forgets_its_crashes(tmp_path: Pa
         master.step()
     (pid,) = master.pids()
     master.registers(pid)
-    clock.advance(arbiter_module.CRASH_LOOP_LIFETIME)
+    clock.advance(master_module.CRASH_LOOP_LIFETIME)
     master.dies(pid, SEGV)
     master.step()
     assert len(master.children) == 1  # replaced at once: it had registered, and lived
@@ -440,7 +440,7 @@ class Recorder:
         self.told.append(("pidfile", pid))
 
 
-def upgrading(tmp_path: Path, clock: Clock) -> tuple[FakeArbiter, FakeSuccessor, Recorder]:
+def upgrading(tmp_path: Path, clock: Clock) -> tuple[FakeMasterProcess, FakeSuccessor, Recorder]:
     master = make(tmp_path, upgrade_timeout=20)
     master.step()
     for pid in master.pids():
@@ -537,14 +537,14 @@ def test_a_successor_whose_predecessor_died_mid_handover_takes_charge(tmp_path: 
 # --- groups: dedicated children, and autoscaling ------------------------------------
 
 
-def make_grouped(tmp_path: Path, pool: str = "", tasks: str = "") -> FakeArbiter:
+def make_grouped(tmp_path: Path, pool: str = "", tasks: str = "") -> FakeMasterProcess:
     path = tmp_path / "pool.toml"
     path.write_text(f'[pool]\nstate_dir = "{tmp_path}"\nheartbeat_timeout = 0\n{pool}\n[tasks]\n'
                     f'resize = "m:f"\nmail = {{ call = "m:g", processes = 2 }}\n{tasks}')
-    return FakeArbiter(configuration.load(path=path))
+    return FakeMasterProcess(configuration.load(path=path))
 
 
-def by_group(master: FakeArbiter) -> dict[str | None, int]:
+def by_group(master: FakeMasterProcess) -> dict[str | None, int]:
     counts: dict[str | None, int] = {}
     for child in master._live():
         counts[child.dedicated_to] = counts.get(child.dedicated_to, 0) + 1

@@ -2,7 +2,7 @@
 registered, and stops them. Signal handlers and the control listener only
 enqueue commands (commands.py); every decision is taken in the main loop,
 in short methods that tests drive with a fake process table
-(tests/test_arbiter.py): spawn, retire, recycle, kill, reap, back off.
+(tests/test_master.py): spawn, retire, recycle, kill, reap, back off.
 
 Task code cannot take the pool down: a child that runs past its time
 limit or whose heartbeat stops is killed and replaced; a job that keeps
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import config as configuration
+from . import files, identities, procfs, runtime, strays, titles
 from . import log as logsetup
-from . import procfs, runtime, state, strays, titles
 from .autoscale import Autoscaler, QueueDepth
 from .backoff import Backoff
 from .child import Limits, Worker, run_child
@@ -46,7 +46,7 @@ from .notify import Notifier
 from .pidfile import PidFile, read_pid
 from .poison import TIME_LIMIT_EXCEEDED, PoisonLedger
 from .prctl import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from .scoreboard import Recycle, Scoreboard, SlotInfo, State
+from .scoreboard import ChildState, Recycle, Scoreboard, SlotInfo
 from .strays import StrayLog
 from .tasks import TaskLoadError, load_tasks
 
@@ -71,7 +71,7 @@ class Control(Protocol):
 
     up: bool  # subscribed to the channel now
 
-    def start(self, arbiter: Arbiter) -> None: ...
+    def start(self, master: Master) -> None: ...
     def stop(self) -> None: ...
     def forget_in_child(self) -> None: ...
 
@@ -82,14 +82,14 @@ class Watcher(Protocol):
     servers: list[configuration.Server]
     tasks: set[str]
 
-    def start(self, master: Arbiter) -> None: ...
+    def start(self, master: Master) -> None: ...
     def stop(self) -> None: ...
 
 
 class Exporter(Protocol):
     """What the master needs of a metrics server (see metrics.py)."""
 
-    def start(self, source: Arbiter, pool: str, host: str, lock: threading.Lock) -> None: ...
+    def start(self, source: Master, pool: str, host: str, lock: threading.Lock) -> None: ...
     def close(self) -> None: ...
     def fileno(self) -> int: ...
     def forget_in_child(self) -> None: ...
@@ -101,7 +101,7 @@ class Child:
     slot: int
     generation: int
     started: float
-    identity: state.ProcessIdentity | None
+    identity: identities.ProcessIdentity | None
     limits: Limits
     recycle_at: float | None = None   # max_age reached (monotonic), with jitter
     replacing_because: str | None = None  # due for replacement, and why
@@ -147,10 +147,10 @@ def _jittered(limit: float) -> float:
     return limit * (1 + random.uniform(0, JITTER))
 
 
-class Arbiter:
+class Master:
     def __init__(self, config: configuration.Config, tasks: dict[str, Callable[..., Any]],
                  pidfile: PidFile, notifier: Notifier | None = None, control: Control | None = None,
-                 handover: Handover | None = None, inherited: list[state.ProcessIdentity] | None = None,
+                 handover: Handover | None = None, inherited: list[identities.ProcessIdentity] | None = None,
                  exporter: Exporter | None = None, watcher: Watcher | None = None) -> None:
         self.config = config
         self.tasks = tasks
@@ -180,7 +180,7 @@ class Arbiter:
         self.started_at = time.time()
         # Upgrades (handover.py). As a successor: what we inherited, until
         # our children are registered; our predecessor's processes, recorded
-        # in our state file while they drain. As a predecessor: the master we
+        # in our processes file while they drain. As a predecessor: the master we
         # started, until it is ready or given up.
         self.handover = handover
         self.inherited = inherited or []
@@ -225,11 +225,11 @@ class Arbiter:
         is stopping already; a slot not yet written is starting."""
         if child.stop_deadline is not None or child.killed_because is not None:
             return "stopping"
-        return "starting" if info.state == State.EMPTY else info.state.name.lower()
+        return "starting" if info.state == ChildState.EMPTY else info.state.name.lower()
 
     def _child_row(self, child: Child) -> dict[str, Any]:
         info, now = self.board.read(child.slot), time.monotonic()
-        busy = info.state == State.BUSY and info.pid == child.pid
+        busy = info.state == ChildState.BUSY and info.pid == child.pid
         return {"slot": child.slot, "pid": child.pid, "state": self._state_name(child, info),
                 "dedicated_to": child.dedicated_to,
                 "task": info.task if busy else None, "job": info.job_handle if busy else None,
@@ -244,7 +244,7 @@ class Arbiter:
         for child, info in zip(children, infos, strict=True):
             name = self._state_name(child, info)
             states[name] = states.get(name, 0) + 1
-        registered = {str(server): sum(1 for info in infos if info.links >> index & 1)
+        registered = {str(server): sum(1 for info in infos if info.registered_with >> index & 1)
                       for index, server in enumerate(self.config.servers)}
         return Snapshot(self.desired, states, dict(self.child_exits), registered,
                         self.control.up if self.control is not None else None,
@@ -270,7 +270,7 @@ class Arbiter:
             self.notifier.muted = True  # systemd hears from us once our predecessor made us its main process
             log.info("master %d takes over from master %d", self.pid, self.handover.predecessor)
         self.notifier.send(mainpid=self.pid, status="starting children")
-        self._write_state()
+        self._record_processes()
         if self.control is not None:
             self.control.start(self)
         if self.exporter is not None:
@@ -358,7 +358,7 @@ class Arbiter:
         self._reap(block=True)
         self._stop_orphans()
         if not self.handed_over:  # else the file is our successor's now
-            self.config.state_file.unlink(missing_ok=True)
+            self.config.processes_file.unlink(missing_ok=True)
         self.notifier.send(status="stopped")
 
     # --- signals and commands ---------------------------------------------
@@ -427,7 +427,7 @@ class Arbiter:
     def autoscale(self, depth: QueueDepth) -> None:
         if self.autoscaler is None or self.stopping:
             return
-        spare = sum(1 for c in self._live_in(None) if self.board.read(c.slot).state != State.BUSY)
+        spare = sum(1 for c in self._live_in(None) if self.board.read(c.slot).state != ChildState.BUSY)
         decision = self.autoscaler.decide(time.monotonic(), depth, self.desired, spare)
         if decision is not None:
             log.info("autoscaling from %d to %d children: %s", self.desired, decision.to, decision.why)
@@ -548,7 +548,7 @@ class Arbiter:
         """New runtime data: children pick it up before their next job."""
         if values == runtime.snapshot() and self.config.runtime_file.exists():
             return
-        state.atomic_write(self.config.runtime_file, json.dumps(values, sort_keys=True))
+        files.atomic_write(self.config.runtime_file, json.dumps(values, sort_keys=True))
         runtime.replace(values)  # children forked from now on start with it
         self.board.bump_data_version()
 
@@ -619,7 +619,7 @@ class Arbiter:
     def _pick_retiree(self, candidates: list[Child]) -> Child:
         """Prefer an idle child, then the youngest."""
         def busy(child: Child) -> bool:
-            return self.board.read(child.slot).state == State.BUSY
+            return self.board.read(child.slot).state == ChildState.BUSY
         return min(candidates, key=lambda c: (busy(c), -c.started))
 
     def _spawn_missing(self, count: int, group: str | None = None) -> None:
@@ -648,11 +648,11 @@ class Arbiter:
         pid = self._fork(slot, limits, group)
         started = time.monotonic()
         recycle_at = started + _jittered(self.config.max_age) if self.config.max_age else None
-        child = Child(pid, slot, self.generation, started, state.ProcessIdentity.of(pid), limits, recycle_at,
+        child = Child(pid, slot, self.generation, started, identities.ProcessIdentity.of(pid), limits, recycle_at,
                       dedicated_to=group)
         self.children[pid] = child
         log.debug("spawned child %d in slot %d", pid, slot)
-        self._write_state()
+        self._record_processes()
         return child
 
     def _retire(self, child: Child) -> None:
@@ -665,7 +665,7 @@ class Arbiter:
             return
         child.killed_because = because
         info = self.board.read(child.slot)
-        if because != KILLED_STOP and info.state == State.BUSY and info.pid == child.pid:
+        if because != KILLED_STOP and info.state == ChildState.BUSY and info.pid == child.pid:
             # Recorded before the kill: whoever gets the job next learns why.
             self._record_poison(child, info, f"killed ({because})")
         self._kill_group(child.pid)
@@ -679,7 +679,7 @@ class Arbiter:
             if child.killed_because is not None:
                 continue
             info = self.board.read(child.slot)
-            doing = f"busy with task {info.task} job {info.job_handle}" if info.state == State.BUSY else "idle"
+            doing = f"busy with task {info.task} job {info.job_handle}" if info.state == ChildState.BUSY else "idle"
             if child.stop_deadline is not None and now >= child.stop_deadline:
                 log.warning("child %d did not stop within graceful_timeout %g s (%s); killing it",
                             child.pid, self.config.graceful_timeout, doing)
@@ -688,12 +688,12 @@ class Arbiter:
                 log.error("child %d is hung: no heartbeat for %.1f s (%s); killing it",
                           child.pid, now - info.heartbeat, doing)
                 self._kill(child, KILLED_HUNG)
-            elif info.state == State.BUSY and info.deadline and now > info.deadline + self.config.kill_grace:
+            elif info.state == ChildState.BUSY and info.deadline and now > info.deadline + self.config.kill_grace:
                 log.error("child %d ran task %s job %s past its time limit of %g s and did not give up "
                           "within kill_grace %g s; killing it", child.pid, info.task, info.job_handle,
                           info.deadline - info.busy_since, self.config.kill_grace)
                 self._kill(child, KILLED_TIMEOUT)
-            elif info.state == State.BUSY:
+            elif info.state == ChildState.BUSY:
                 self._warn_long_job(child, info, now)
 
     def _warn_long_job(self, child: Child, info: SlotInfo, now: float) -> None:
@@ -707,7 +707,7 @@ class Arbiter:
     def _silent(self, info: SlotInfo, now: float) -> bool:
         """No heartbeat for heartbeat_timeout. A child busy with a task that
         has a time limit does not beat (see child.py): its deadline watches it."""
-        if not self.config.heartbeat_timeout or (info.state == State.BUSY and info.deadline):
+        if not self.config.heartbeat_timeout or (info.state == ChildState.BUSY and info.deadline):
             return False
         return now - info.heartbeat > self.config.heartbeat_timeout
 
@@ -727,14 +727,14 @@ class Arbiter:
             self._on_child_exit(child, status)
             changed = True
         if changed:
-            self._write_state()
+            self._record_processes()
 
     def _on_child_exit(self, child: Child, status: int) -> None:
         info = self.board.read(child.slot)
         self._orphans_possible = True  # its group is gone (see _wait), but not what left the group
         how = f"killed ({child.killed_because})" if child.killed_because else describe_exit(status)
         if not self.stopping and child.stop_deadline is None and not child.poison_recorded \
-                and info.state == State.BUSY and info.pid == child.pid:
+                and info.state == ChildState.BUSY and info.pid == child.pid:
             self._record_poison(child, info, how)
         # After the poison record, never before: see poison.py.
         self.board.clear(child.slot)
@@ -857,7 +857,7 @@ class Arbiter:
 
     def _registered(self, child: Child) -> bool:
         info = self.board.read(child.slot)
-        return info.links != 0 and info.state in (State.IDLE, State.BUSY)
+        return info.registered_with != 0 and info.state in (ChildState.IDLE, ChildState.BUSY)
 
     def registered_count(self) -> int:
         return sum(self._registered(c) for c in self._live())
@@ -872,15 +872,15 @@ class Arbiter:
         elif self.handover is not None:
             self._taken_over()
         if not self.stopping:
-            busy = sum(1 for c in self.children.values() if self.board.read(c.slot).state == State.BUSY)
+            busy = sum(1 for c in self.children.values() if self.board.read(c.slot).state == ChildState.BUSY)
             self.notifier.status(f"{registered}/{wanted} children registered, {busy} busy")
 
-    def _write_state(self) -> None:
+    def _record_processes(self) -> None:
         if self.handed_over:
-            return  # the state file is our successor's now
-        me = state.ProcessIdentity.of(self.pid)
+            return  # the processes file is our successor's now
+        me = identities.ProcessIdentity.of(self.pid)
         assert me is not None
         self.inherited = [identity for identity in self.inherited if identity.is_alive()]
         children = [c.identity for c in self.children.values() if c.identity is not None] + self.inherited
-        state.write(self.config.state_file, state.PoolState(
-            pool=self.config.name, boot_id=state.boot_id(), master=me, children=children))
+        identities.write(self.config.processes_file, identities.PoolProcesses(
+            pool=self.config.name, boot_id=identities.boot_id(), master=me, children=children))
