@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gearman_workers import config as configuration
+from helpers import ROOT
 
 
 def test_config_file_and_flags(tmp_path: Path) -> None:
@@ -58,3 +60,14 @@ def test_new_settings_are_checked(tmp_path: Path, bad: dict, problem: str) -> No
                             for name, table in tables.items()))
     with pytest.raises(configuration.ConfigError, match=re.escape(problem)):
         configuration.load(path=path)
+
+
+def test_the_configuration_reference_is_the_option_table() -> None:
+    script = ROOT / "scripts/render_config_reference.py"
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert module.PAGE.read_text() == module.render(), "docs/reference/configuration.md is stale: " \
+        "run scripts/render_config_reference.py"
+    for option in configuration.OPTIONS:
+        assert f"`{option.key or 'call'}`" in module.render()
