@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import gearman
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -41,12 +40,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "c
 def needs_program(name: str, package: str) -> None:
     """Skip, in one line, a test whose server or tool is not installed."""
     if shutil.which(name) is None:
+        import pytest  # here: the benchmarks share these helpers, not the test runner
+
         pytest.skip(f"needs {name}: apt-get install {package} (tests/run installs it)")
 
 
 def needs_root(why: str) -> None:
     """Skip, in one line, a test that must act as another user."""
     if os.geteuid() != 0:
+        import pytest
+
         pytest.skip(f"needs root: {why}")
 
 
