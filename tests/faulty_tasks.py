@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 
 from gearman_workers.procfs import resident_bytes
 
 TASKS = ("pid", "sleep", "spin", "stubborn", "gil_hog", "leak", "segfault", "grandchild", "daemon", "ledger",
-         "close_fds", "own_alarm", "stubborn_ledger", "blocked_ledger")
+         "close_fds", "own_alarm", "stubborn_ledger", "blocked_ledger", "fork_and_exit")
 LEAKED: list[bytearray] = []
 
 
@@ -138,3 +139,13 @@ def blocked_ledger(worker, job):
     ledger(worker, job)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
     time.sleep(3600)
+
+
+def fork_and_exit(worker, job):
+    """The usual way to do work in a process of its own: fork, and the
+    forked process leaves with sys.exit. Answers with that status."""
+    forked = os.fork()
+    if forked == 0:
+        sys.exit(int(job.data))
+    _, status = os.waitpid(forked, 0)
+    return str(os.waitstatus_to_exitcode(status))

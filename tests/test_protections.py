@@ -310,6 +310,16 @@ def test_no_ghost_worker_after_a_master_kill_and_its_strays_are_stopped_at_the_n
     assert not list(pool.state_dir.glob("*.forks.*"))  # a clean stop leaves no record behind
 
 
+def test_a_task_that_forks_and_exits_in_the_fork_is_answered_by_its_child_only(
+        gearmand: Gearmand, tmp_path: Path) -> None:
+    with running(faulty_pool(gearmand, tmp_path, processes=1)) as pool:
+        for status in ("0", "7"):
+            request = submit(gearmand, "fork_and_exit", status)
+            assert request.state == "COMPLETE" and request.result == status.encode()  # the fork's own status
+        assert "failed on job" not in pool.log() and "Traceback" not in pool.log()
+        assert submit(gearmand, "pid", "").state == "COMPLETE"
+
+
 def test_a_long_job_is_logged_once(gearmand: Gearmand, tmp_path: Path) -> None:
     with running(faulty_pool(gearmand, tmp_path, "--long-job-warning", "0.3", processes=1)) as pool:
         (child,) = pool.children()

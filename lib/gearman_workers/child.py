@@ -415,8 +415,8 @@ class Worker:
             reply, outcome = self._refuse_poison(job, kills, why), POISON
         else:
             reply, outcome, fatal = self._execute(link, job, task, handle, started)
-            if self.forked_by_task:  # a process task code forked, returning from the task: not a worker
-                os._exit(EXIT_ERROR)
+            if self.forked_by_task:  # a process the task forked, returning from the task: it is no worker
+                os._exit(EXIT_OK)
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
@@ -464,12 +464,18 @@ class Worker:
             reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
             self.slot.jobs_done += 1
             return reply, DONE, None
-        except Exception as err:
-            return self._failure(job, err), FAILED, None
-        except JobTimeout as err:  # the traceback shows where the task was when time ran out
+        except BaseException as err:
+            if self.forked_by_task:  # a process the task forked leaves the task (sys.exit in a fork): it ends
+                os._exit(_exit_status(err))
+            return self._failed(job, err)
+
+    def _failed(self, job: Job, err: BaseException) -> tuple[bytes, int, BaseException | None]:
+        """(reply, outcome, exception to re-raise) for a task that raised."""
+        if isinstance(err, JobTimeout):  # the traceback shows where the task was when time ran out
             return self._failure(job, err), TIMEOUT, None
-        except BaseException as err:  # SystemExit, KeyboardInterrupt: answer, then leave
-            return self._failure(job, err), FAILED, err
+        if isinstance(err, Exception):
+            return self._failure(job, err), FAILED, None
+        return self._failure(job, err), FAILED, err  # SystemExit, KeyboardInterrupt: answer, then leave
 
     def _refuse_timed_out(self, job: Job, task: bytes) -> bytes:
         """A job whose run was killed for its time limit: its side effects
@@ -530,6 +536,14 @@ class Worker:
         link = job.connection
         if isinstance(link, GearmandConnection) and link.status == UP:
             self._send(link, p.request(kind, job.handle.encode(), *args))
+
+
+def _exit_status(err: BaseException) -> int:
+    """The status a process asked for with sys.exit(), else a failure."""
+    if isinstance(err, SystemExit):
+        code = err.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_ERROR)
+    return EXIT_ERROR
 
 
 def run_child(worker: Worker) -> int:
