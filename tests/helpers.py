@@ -22,6 +22,7 @@ import gearman
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 EXAMPLES = ROOT / "examples"
+TESTS = ROOT / "tests"
 WAIT = 10.0
 
 
@@ -437,3 +438,56 @@ def values_seen(gearmand: Gearmand, key: str, jobs: int) -> dict[int, str]:
         pid, value = request.result.decode().split(" ", 1)
         seen[int(pid)] = value
     return seen
+
+
+# --- metrics, as a scraper sees them ---------------------------------------------
+
+
+def pool_config(tmp_path: Path, metrics_port: int | None = None, redis_url: str = "") -> Path:
+    """The example tasks, a task with its own time limit, a segfaulting one."""
+    path = tmp_path / "pool.toml"
+    path.write_text(f'''
+[pool]
+python_path = ["{EXAMPLES}", "{TESTS}"]
+heartbeat_timeout = 30
+[tasks]
+echo = "tasks:echo"
+fail = "tasks:fail"
+slow = "tasks:slow"
+nap = {{ call = "faulty_tasks:sleep", timeout = 0.3 }}
+segfault = "faulty_tasks:segfault"
+[metrics]
+listen = "{f'127.0.0.1:{metrics_port}' if metrics_port else ''}"
+[control]
+redis_url = "{redis_url}"
+allow_unsigned = true
+''')
+    return path
+
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """Every sample of a metrics page: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def scrape(port: int) -> Samples:
+    """The metrics a pool serves on a loopback PORT."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return metric_samples(answer.read().decode())
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The first sample NAME with (at least) LABELS, or None."""
+    for (sample_name, sample_labels), number in samples.items():
+        if sample_name == name and labels.items() <= dict(sample_labels).items():
+            return number
+    return None

@@ -18,8 +18,7 @@ import pytest
 
 from gearman_workers.autoscale import QueueWatcher
 from gearman_workers.config import Server
-from helpers import EXAMPLES, Gearmand, Pool, RedisServer, free_port, run_cli, running, submit, wait_for
-from test_observability import scrape, value
+from helpers import EXAMPLES, Gearmand, Pool, RedisServer, free_port, run_cli, running, scrape, submit, value, wait_for
 
 
 def autoscaled(gearmand: Gearmand, tmp_path: Path, low: int, high: int, after: float = 2,

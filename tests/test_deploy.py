@@ -20,9 +20,8 @@ from pathlib import Path
 
 import gearman
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, gearmand_status, wait_for
+from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, gearmand_status, metric_samples, wait_for
 
 ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm-v3.tar.zst"))
 WORKERS = ("worker1", "worker2")
@@ -417,10 +416,8 @@ METRICS_PORTS = {"default": 9810, "batch": 9811}  # the role's: its first port, 
 
 def scrape(host: SystemdHost, pool: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The pool's metrics, fetched on the host (they listen on its loopback only)."""
-    text = host.out(f"python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:"
-                    f"{METRICS_PORTS[pool]}/metrics\").read().decode())'")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return metric_samples(host.out(f"python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:"
+                                   f"{METRICS_PORTS[pool]}/metrics\").read().decode())'"))
 
 
 def sample(samples: dict, name: str, **labels: str) -> float:

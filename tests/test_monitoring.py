@@ -22,11 +22,11 @@ from helpers import (
     RedisServer,
     free_port,
     needs_program,
+    pool_config,
     running,
     submit,
     wait_for,
 )
-from test_observability import pool_config
 
 MONITORING = ROOT / "examples/monitoring"
 METRIC = re.compile(r"\bgearman_workers_[a-z_]+")

@@ -12,52 +12,25 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import EXAMPLES, Gearmand, Pool, RedisServer, free_port, run_cli, running, submit, wait_for
+from helpers import (
+    Gearmand,
+    Pool,
+    RedisServer,
+    free_port,
+    pool_config,
+    run_cli,
+    running,
+    scrape,
+    submit,
+    value,
+    wait_for,
+)
 
 TESTS = Path(__file__).resolve().parent
-
-
-def pool_config(tmp_path: Path, metrics_port: int | None = None, redis_url: str = "") -> Path:
-    """The example tasks, a task with its own time limit, a segfaulting one."""
-    path = tmp_path / "pool.toml"
-    path.write_text(f'''
-[pool]
-python_path = ["{EXAMPLES}", "{TESTS}"]
-heartbeat_timeout = 30
-[tasks]
-echo = "tasks:echo"
-fail = "tasks:fail"
-slow = "tasks:slow"
-nap = {{ call = "faulty_tasks:sleep", timeout = 0.3 }}
-segfault = "faulty_tasks:segfault"
-[metrics]
-listen = "{f'127.0.0.1:{metrics_port}' if metrics_port else ''}"
-[control]
-redis_url = "{redis_url}"
-allow_unsigned = true
-''')
-    return path
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the metrics page: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    for (sample_name, sample_labels), number in samples.items():
-        if sample_name == name and labels.items() <= dict(sample_labels).items():
-            return number
-    return None
 
 
 def test_metrics_count_what_the_jobs_did(gearmand: Gearmand, tmp_path: Path) -> None:
