@@ -30,8 +30,6 @@ from helpers import (
     wait_for,
 )
 
-TESTS = Path(__file__).resolve().parent
-
 
 def test_metrics_count_what_the_jobs_did(gearmand: Gearmand, tmp_path: Path) -> None:
     port = free_port()
