@@ -70,13 +70,13 @@ def _pidfd_alive(fd: int) -> bool:
     return not select.select([fd], [], [], 0)[0]
 
 
-def stop_processes(identities: list[identities.ProcessIdentity], grace: float, by_command_line: bool = True) -> int:
+def stop_processes(recorded: list[identities.ProcessIdentity], grace: float, by_command_line: bool = True) -> int:
     """TERM every recorded process that is still ours, KILL what outlives
     GRACE seconds. Returns how many were ours. A process that task code
     forked may have exec'd anything: BY_COMMAND_LINE False trusts the
     recorded identity (PID and start time, this boot) alone."""
     ours: dict[int, int] = {}
-    for identity in identities:
+    for identity in recorded:
         fd = _open_if_ours(identity, by_command_line)
         if fd is None:
             log.info("pid %d is not a leftover of ours (gone or reused); left alone", identity.pid)
@@ -121,10 +121,11 @@ def clean_state_file(path: Path, grace: float, pid_path: Path, we_hold_the_lock:
         log.info("pool %s is running (master %s); nothing to clean", pool.pool, pidfile.read_pid(pid_path))
         return 0
     stopped = 0
-    if pool.boot_id == identities.boot_id():
+    same_boot = pool.boot_id == identities.boot_id()
+    if same_boot:
         # Children first: with their master gone they would only drain and leave.
         stopped = stop_processes([*pool.children, pool.master], grace)
-    stopped += _stop_strays(path.parent, pool.pool, grace, same_boot=pool.boot_id == identities.boot_id())
+    stopped += _stop_strays(path.parent, pool.pool, grace, same_boot)
     path.unlink(missing_ok=True)
     if not we_hold_the_lock and not pidfile.is_locked(pid_path) and pid_path.exists():
         log.info("removing stale PID file %s", pid_path)

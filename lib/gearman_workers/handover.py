@@ -214,7 +214,7 @@ class Handover:
             return False
 
     def predecessor_processes(self, processes_file: Path) -> list[identities.ProcessIdentity]:
-        """The predecessor and its children, as it recorded them: our state
+        """The predecessor and its children, as it recorded them: our processes
         file names them until they are gone, so that a cleanup after a crash
         of ours finds them too."""
         try:
@@ -258,11 +258,11 @@ class UpgradeFailed(RuntimeError):
     pass
 
 
-def request_upgrade(pid_path: Path, state_path: Path, timeout: float) -> str:
+def request_upgrade(pid_path: Path, processes_path: Path, timeout: float) -> str:
     """SIGUSR2 to the master named by PID_PATH, once proven to be this
     pool's master (see _open_master), then wait until it handed over
     (returns a line saying to whom) or gave up (raises UpgradeFailed)."""
-    master_fd, master = _open_master(pid_path, state_path)
+    master_fd, master = _open_master(pid_path, processes_path)
     result = outcome_path(pid_path)
     try:
         result.unlink(missing_ok=True)
@@ -282,17 +282,17 @@ def request_upgrade(pid_path: Path, state_path: Path, timeout: float) -> str:
     raise UpgradeFailed(f"master {master} did not finish the upgrade within {timeout:g} s")
 
 
-def _open_master(pid_path: Path, state_path: Path) -> tuple[int, int]:
+def _open_master(pid_path: Path, processes_path: Path) -> tuple[int, int]:
     """A pidfd of the master, and its PID, after the checks gm-cleanup makes
     before it signals anything: `--upgrade` may run as root, and a PID file
     is only a number someone wrote. Trusted files (root's or ours, nobody
-    else may write them), a state file naming the same PID, and that very
+    else may write them), a processes file naming the same PID, and that very
     process (by a pidfd opened first): its recorded start time, the pool's
     lock file held open, a gearman-workers command line. Root sees every
     process; a hardened unit's ExecReload may not see the master at all
     (user namespaces), and then may signal only its own user's processes."""
     lock_path = pid_path.with_name(pid_path.name + ".lock")
-    for path in dict.fromkeys((pid_path.parent, state_path.parent, pid_path, lock_path, state_path)):
+    for path in dict.fromkeys((pid_path.parent, processes_path.parent, pid_path, lock_path, processes_path)):
         try:
             cleanup.check_trusted(path)
         except FileNotFoundError:
@@ -303,11 +303,11 @@ def _open_master(pid_path: Path, state_path: Path) -> tuple[int, int]:
     if master is None or not pidfiles.is_locked(pid_path):
         raise UpgradeFailed(f"no running master holds {pid_path}")
     try:
-        recorded = identities.read(state_path).master
+        recorded = identities.read(processes_path).master
     except (identities.StateFileError, OSError) as err:
-        raise UpgradeFailed(f"refusing to signal PID {master}: {state_path} is unreadable ({err})") from None
+        raise UpgradeFailed(f"refusing to signal PID {master}: {processes_path} is unreadable ({err})") from None
     if recorded.pid != master:
-        raise UpgradeFailed(f"refusing to signal PID {master}: {state_path} names master {recorded.pid}")
+        raise UpgradeFailed(f"refusing to signal PID {master}: {processes_path} names master {recorded.pid}")
     try:
         fd = os.pidfd_open(master)
     except ProcessLookupError:
