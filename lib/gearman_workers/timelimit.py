@@ -34,8 +34,8 @@ class JobTimer:
     def arm(self, seconds: float, task: str) -> None:
         self.expired = False
         if seconds > 0:
-            self.reclaim()
-            # A task may also have left the signal blocked (C code that masks
+            # The handler is ours (reclaim() ran after the last job); a task
+            # may have left the signal blocked, though (C code that masks
             # signals, pthread_sigmask): one system call per time-limited job.
             signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM,))
             self._message = f"task {task} exceeded its time limit of {seconds:g} s"
