@@ -27,14 +27,16 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-def start_pool(servers: str, state_dir: Path, *args: str,
-               python_path: Path = ROOT / "examples") -> subprocess.Popen:
-    """bin/gearman-workers on SERVERS, quiet but for warnings; ARGS name its
-    tasks, size and the rest."""
+def start_pool(servers: str, state_dir: Path, *args: str, python_path: Path = ROOT / "examples",
+               tree: Path = ROOT) -> subprocess.Popen:
+    """TREE's bin/gearman-workers on SERVERS, quiet but for warnings; ARGS
+    name its tasks, size and the rest. Another TREE (bench/run --against)
+    runs on this checkout's venv: only its code differs."""
+    venv = {"GW_PYTHON": str(ROOT / ".venv/bin/python")} if (ROOT / ".venv/bin/python").exists() else {}
     return subprocess.Popen(
-        [str(ROOT / "bin/gearman-workers"), "--servers", servers, "--python-path", str(python_path),
+        [str(tree / "bin/gearman-workers"), "--servers", servers, "--python-path", str(python_path),
          "--state-dir", str(state_dir), "--log-level", "warning", *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **venv})
 
 
 def machine() -> dict[str, object]:

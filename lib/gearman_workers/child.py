@@ -1,6 +1,7 @@
 """A child: one complete Gearman worker with a connection to every gearmand.
 
-Its loop registers the tasks, grabs jobs and runs them. Around running a
+Its loop keeps a session with every gearmand (session.py decides what to
+send when), registers the tasks and runs the jobs. Around running a
 job sit the protections against task code: the soft time limit
 (timelimit.py), the poison check (poison.py) and the recycling checks (too
 many jobs, too much memory). The loop's heartbeat tells the master that the
@@ -32,22 +33,15 @@ from .jobstats import DONE, FAILED, POISON, TIMEOUT, JobCounter
 from .poison import KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
 from .scoreboard import ChildState, Recycle, Scoreboard, SlotWriter
+from .session import Session
 from .strays import StrayLog
 from .timelimit import JobTimeout, JobTimer
 from .titles import Title
 
 log = logging.getLogger("gearman_workers.child")
 
-GRAB = p.request(p.GRAB_JOB_UNIQ)
 JOB_ASSIGN_UNIQ, NO_JOB, NOOP = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP  # compared on every packet
 NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
-PRE_SLEEP = p.request(p.PRE_SLEEP)
-# After a job that a NOOP woke us for: the next job most likely comes alone
-# too, so the PRE_SLEEP goes with the GRAB instead of after its NO_JOB. It
-# reaches gearmand with the result, before the client can send the next job.
-# (A GRAB clears gearmand's sleep flag and a PRE_SLEEP that finds a job
-# waiting is answered with a NOOP at once: the pair is safe either way.)
-GRAB_THEN_SLEEP = GRAB + PRE_SLEEP
 RECV_BUFFER = 256 * 1024
 # The title says "idle" once the child has waited this long for a job: a
 # child fed one job at a time keeps "busy TASK" between them instead of
@@ -90,9 +84,9 @@ class Worker:
         self.title = title or Title(f"child [{config.name}]")
         self.busy_titles = {name: f"busy {name.decode()}" for name in self.tasks}
         self.recycling_limits = bool(limits.max_jobs or limits.max_memory)
-        self.connections = [GearmandConnection(server, i, config.connect_timeout)
-                            for i, server in enumerate(config.servers)]
-        self.by_fd: dict[int, GearmandConnection] = {}
+        self.sessions = [Session(GearmandConnection(server, i, config.connect_timeout))
+                         for i, server in enumerate(config.servers)]
+        self.by_fd: dict[int, Session] = {}
         self.stopping = False
         self.in_task = False
         # From a job's arrival until its answer is written: a death in
@@ -132,9 +126,9 @@ class Worker:
         child registered (a ghost that takes jobs nobody runs), so they go
         at once; and if the fork returns into our loop, it leaves there."""
         self.forked_by_task = True
-        for link in self.connections:
-            if link.sock is not None:
-                link.sock.close()
+        for session in self.sessions:
+            if session.link.sock is not None:
+                session.link.sock.close()
         for fd in (self._wake_r, self._wake_w, self.events_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -188,8 +182,8 @@ class Worker:
             if not self.holding_job:  # else the slot must go on naming the job (see holding_job)
                 self.slot.publish(ChildState.STOPPING)
             self.title.show("stopping")
-            for link in self.connections:
-                self._drop(link)
+            for session in self.sessions:
+                self._drop(session)
         return EXIT_OK
 
     def _accepting(self) -> bool:
@@ -202,20 +196,20 @@ class Worker:
         poll = self.poller.poll
         by_fd = self.by_fd
         stop_deadline = None
-        single: GearmandConnection | None = self.connections[0] if len(self.connections) == 1 else None
+        single = self.sessions[0] if len(self.sessions) == 1 else None
         while True:
             if self.stopping:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + self.config.connect_timeout
                     self.slot.publish(ChildState.STOPPING)
                     self.title.show("stopping")
-                for link in self.connections:
-                    self._settle_low_water(link)  # the NO_JOB we wait for must wake us now
-                if not any(link.awaiting_grab for link in self.connections) or time.monotonic() > stop_deadline:
+                for session in self.sessions:
+                    self._settle_low_water(session)  # the NO_JOB we wait for must wake us now
+                if not any(s.awaiting_grab for s in self.sessions) or time.monotonic() > stop_deadline:
                     return
             else:
                 self._connect_due()
-                if single is not None and single.awaiting_grab and not single.dozing and single.status == UP:
+                if single is not None and single.awaiting_grab and not single.dozing and single.link.status == UP:
                     # gearmand answers a GRAB at once: skip the poll and wait
                     # in recv (bounded by SO_RCVTIMEO); a signal still stops us
                     # right after the answer.
@@ -229,14 +223,15 @@ class Worker:
                 ready = by_fd.get(fd)
                 if ready is None:
                     self._drain_wakeups()
-                elif ready.status == UP:
+                elif ready.link.status == UP:
                     self._on_readable(ready)
                 else:
                     self._on_connected(ready)
 
     def _poll_timeout_ms(self) -> int:
         timeout = IDLE_TITLE_AFTER if self.idle_title_due else self.config.poll_timeout
-        for link in self.connections:  # the clock is read only for a link that is not up: rare
+        for session in self.sessions:  # the clock is read only for a link that is not up: rare
+            link = session.link
             if link.status == DOWN:
                 timeout = min(timeout, link.retry_at - time.monotonic())
             elif link.status == CONNECTING:
@@ -252,9 +247,9 @@ class Worker:
         self._apply_runtime_data()
         self._show_idle()
         now = time.monotonic()
-        for link in self.connections:
-            if link.connect_overdue(now):
-                self._lost(link, "connect timed out")
+        for session in self.sessions:
+            if session.link.connect_overdue(now):
+                self._lost(session, "connect timed out")
 
     def _drain_wakeups(self) -> None:
         try:
@@ -266,49 +261,52 @@ class Worker:
     # --- connections ----------------------------------------------------
 
     def _connect_due(self) -> None:
-        for link in self.connections:
+        for session in self.sessions:
+            link = session.link
             if link.status == DOWN and time.monotonic() >= link.retry_at:
                 try:
                     sock = link.start_connect()
                 except (OSError, ConnectionLost) as err:
-                    self._lost(link, str(err))
+                    self._lost(session, str(err))
                     continue
-                self.by_fd[sock.fileno()] = link
+                self.by_fd[sock.fileno()] = session
                 self.poller.register(sock, select.POLLOUT)
 
-    def _on_connected(self, link: GearmandConnection) -> None:
+    def _on_connected(self, session: Session) -> None:
+        link = session.link
         try:
             link.finish_connect()
         except ConnectionLost as err:
-            self._lost(link, str(err))
+            self._lost(session, str(err))
             return
         self.poller.modify(link.sock, select.POLLIN)  # type: ignore[arg-type]  # connected: sock is set
-        if self._send(link, self.hello + GRAB):
-            link.awaiting_grab = True
+        self._send(session, session.opening(self.hello))
 
-    def _lost(self, link: GearmandConnection, reason: str) -> None:
+    def _lost(self, session: Session, reason: str) -> None:
         """Drop a connection and schedule a reconnect with back-off."""
-        self._drop(link)
-        link.schedule_retry(reason)
+        self._drop(session)
+        session.link.schedule_retry(reason)
 
-    def _drop(self, link: GearmandConnection) -> None:
+    def _drop(self, session: Session) -> None:
+        link = session.link
         fd = link.sock.fileno() if link.sock is not None else -1
         if fd >= 0:
             self.by_fd.pop(fd, None)
             with contextlib.suppress(KeyError):
                 self.poller.unregister(fd)
-        was_registered = link.registered
+        was_registered = session.registered
         link.close()
+        session.reset()
         if was_registered:
             self.slot.registered_with &= ~(1 << link.index)
             self._registration_changed()
 
-    def _send(self, link: GearmandConnection, data: bytes) -> bool:
+    def _send(self, session: Session, data: bytes) -> bool:
         try:
-            link.send(data)
+            session.link.send(data)
             return True
         except ConnectionLost as err:
-            self._lost(link, str(err))
+            self._lost(session, str(err))
             return False
 
     def _registration_changed(self) -> None:
@@ -334,57 +332,46 @@ class Worker:
 
     # --- packets ----------------------------------------------------------
 
-    def _on_readable(self, link: GearmandConnection) -> None:
+    def _on_readable(self, session: Session) -> None:
+        link = session.link
         try:
             packets = link.receive(self._buffer, self._view)
         except ConnectionLost as err:
-            self._lost(link, str(err))
+            self._lost(session, str(err))
             return
         for kind, body in packets:
             if kind == JOB_ASSIGN_UNIQ:
-                if not link.registered:
-                    self._confirm_registration(link)
-                self._run_job(link, body)
+                if not session.registered:
+                    self._confirm_registration(session)
+                self._run_job(session, body)
             elif kind == NO_JOB:
-                # PRE_SLEEP first: until gearmand has it, a new job does not
-                # wake us, so whatever we do before it delays the next job.
-                link.awaiting_grab = False
-                if link.sleep_sent or self._send(link, PRE_SLEEP):
-                    link.sleep_sent = True
-                    if not link.registered:
-                        self._confirm_registration(link)
+                # PRE_SLEEP first: whatever we do before it delays the next job.
+                sleep = session.no_job()
+                if (not sleep or self._send(session, sleep)) and not session.registered:
+                    self._confirm_registration(session)
             elif kind == NOOP:
-                if self._accepting() and not link.awaiting_grab and self._send(link, GRAB):
-                    link.awaiting_grab = link.grabbed_on_noop = True
-                    link.sleep_sent = False
+                grab = session.noop(self._accepting())
+                if grab:
+                    self._send(session, grab)
             elif kind == p.ERROR:
                 code, _, text = body.partition(b"\0")
                 log.error("gearmand %s reports %s: %s", link.server, code.decode(errors="replace"),
                           text.decode(errors="replace"))
             if link.status != UP:
                 return
-        self._settle_low_water(link)
+        self._settle_low_water(session)
 
-    def _settle_low_water(self, link: GearmandConnection) -> None:
-        """Doze while the answer to GRAB + PRE_SLEEP is pending (see
-        GearmandConnection.doze), not otherwise, and not when stopping: then
-        that answer is what we wait for."""
-        wanted = link.awaiting_grab and link.sleep_sent and not self.stopping
-        if wanted != link.dozing and link.status == UP:
-            try:
-                if wanted:
-                    link.doze()
-                else:
-                    link.undoze()
-            except ConnectionLost as err:
-                self._lost(link, str(err))
+    def _settle_low_water(self, session: Session) -> None:
+        try:
+            session.settle_low_water(self.stopping)
+        except ConnectionLost as err:
+            self._lost(session, str(err))
 
-    def _confirm_registration(self, link: GearmandConnection) -> None:
-        """The first answer to a GRAB on LINK (callers check link.registered:
-        this is on every job's path). gearmand answers in order, so every
-        CAN_DO sent before that GRAB has been processed."""
-        link.registered = True
-        self.slot.registered_with |= 1 << link.index
+    def _confirm_registration(self, session: Session) -> None:
+        """The first answer to a GRAB on this session (callers check
+        session.registered: this is on every job's path)."""
+        session.confirm_registration()
+        self.slot.registered_with |= 1 << session.link.index
         self.slot.registered_once = True
         self._registration_changed()
 
@@ -399,13 +386,14 @@ class Worker:
 
     # --- one job ------------------------------------------------------------
 
-    def _run_job(self, link: GearmandConnection, body: bytes) -> None:
-        link.awaiting_grab = False
+    def _run_job(self, session: Session, body: bytes) -> None:
+        session.job_assigned()
+        link = session.link
         self.holding_job = True
         handle, task, unique, data = body.split(b"\0", 3)
         if self.board.data_version != self.data_version:
             self._apply_runtime_data()
-        job = Job(handle.decode(), task.decode(), unique.decode("utf-8", "replace"), data, link)
+        job = Job(handle.decode(), task.decode(), unique.decode("utf-8", "replace"), data, session)
         kills, why = self.poison.kills(link.index, handle)
         fatal: BaseException | None = None
         started = time.monotonic()
@@ -420,13 +408,9 @@ class Worker:
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
-        if fatal is None and self._accepting():
-            reply += GRAB_THEN_SLEEP if link.grabbed_on_noop else GRAB
-            link.awaiting_grab = True
-            link.sleep_sent = link.grabbed_on_noop
-        link.grabbed_on_noop = False
+        reply += session.after_job(fatal is None and self._accepting())
         if link.status == UP:
-            self._send(link, reply)
+            self._send(session, reply)
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
@@ -533,9 +517,9 @@ class Worker:
         self._update(job, p.WORK_WARNING, encode_result(data))
 
     def _update(self, job: Job, kind: int, *args: bytes) -> None:
-        link = job.connection
-        if isinstance(link, GearmandConnection) and link.status == UP:
-            self._send(link, p.request(kind, job.handle.encode(), *args))
+        session = job.connection
+        if isinstance(session, Session) and session.link.status == UP:
+            self._send(session, p.request(kind, job.handle.encode(), *args))
 
 
 def _exit_status(err: BaseException) -> int:

@@ -1,7 +1,7 @@
 """A child's connection to one gearmand: a non-blocking connect, reconnects
 with back-off, blocking sends and receives bounded by a timeout, and the
 packet reader. What the connection is *for* (registering, grabbing jobs)
-is the child's business (child.py)."""
+is the session's business (session.py)."""
 
 from __future__ import annotations
 
@@ -50,19 +50,14 @@ def _lost(err: OSError, doing: str) -> Exception:
 
 class GearmandConnection:
     __slots__ = (
-        "awaiting_grab",
         "backoff",
         "connect_deadline",
         "connect_timeout",
         "down_since",
-        "dozing",
-        "grabbed_on_noop",
         "index",
         "reader",
-        "registered",
         "retry_at",
         "server",
-        "sleep_sent",
         "sock",
         "status",
     )
@@ -78,12 +73,6 @@ class GearmandConnection:
         self.retry_at = 0.0
         self.connect_deadline = 0.0
         self.down_since: float | None = None
-        self.awaiting_grab = False
-        self.registered = False
-        # Where this link stands in gearmand's sleep protocol:
-        self.grabbed_on_noop = False  # the GRAB in flight answered a NOOP: jobs come one at a time
-        self.sleep_sent = False  # gearmand has our PRE_SLEEP, and no GRAB since
-        self.dozing = False  # see doze()
 
     def start_connect(self) -> socket.socket:
         """Begin a non-blocking connect; the socket becomes writable when done."""
@@ -145,11 +134,9 @@ class GearmandConnection:
         the socket's low-water mark until the next read (undoze): the child
         then wakes once per job, for the NO_JOB and the NOOP together."""
         self._set_low_water(DOZING_LOW_WATER)
-        self.dozing = True
 
     def undoze(self) -> None:
         self._set_low_water(1)
-        self.dozing = False
 
     def _set_low_water(self, size: int) -> None:
         try:
@@ -162,9 +149,6 @@ class GearmandConnection:
             with contextlib.suppress(OSError):  # EBADF: task code closed it first
                 self.sock.close()
         self.sock, self.status = None, DOWN
-        self.awaiting_grab = False
-        self.registered = False
-        self.grabbed_on_noop = self.sleep_sent = self.dozing = False
 
     def schedule_retry(self, reason: str) -> None:
         """After close(): when to try again; logs once per outage."""

@@ -13,7 +13,7 @@ class Job:
     """One job from gearmand, as python-gearman tasks know it.
 
     ``data`` is the payload as bytes; ``handle``, ``task`` and ``unique``
-    are text. ``connection`` is the link it came on (for status updates).
+    are text. ``connection`` is the session it came on (for status updates).
     """
 
     __slots__ = ("connection", "data", "handle", "task", "unique")

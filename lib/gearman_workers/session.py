@@ -1,0 +1,102 @@
+"""A child's worker session with one gearmand: where it stands in the
+worker protocol's grab-and-sleep cycle, and the rules for what to send next.
+
+gearmand offers a worker nothing until asked: the worker sends GRAB, and
+gets a job or NO_JOB. After NO_JOB it sends PRE_SLEEP and waits for a NOOP,
+gearmand's "something came in", then grabs again. The rules here decide
+which of those packets go out when; the child (child.py) sends them, runs
+the jobs and handles a lost connection by calling reset(). The transport
+(connect, send, receive, the socket's low-water mark) is connection.py's.
+"""
+
+from __future__ import annotations
+
+from . import protocol as p
+from .connection import UP, GearmandConnection
+
+GRAB = p.request(p.GRAB_JOB_UNIQ)
+PRE_SLEEP = p.request(p.PRE_SLEEP)
+# After a job that a NOOP woke us for: the next job most likely comes alone
+# too, so the PRE_SLEEP goes with the GRAB instead of after its NO_JOB. It
+# reaches gearmand with the result, before the client can send the next job.
+# (A GRAB clears gearmand's sleep flag and a PRE_SLEEP that finds a job
+# waiting is answered with a NOOP at once: the pair is safe either way.)
+GRAB_THEN_SLEEP = GRAB + PRE_SLEEP
+NOTHING = b""
+
+
+class Session:
+    """The grab-and-sleep state of one connection. Each rule returns the
+    bytes to send (NOTHING when silence is the answer) and assumes they go
+    out; if they cannot, the connection is lost and reset() starts over."""
+
+    __slots__ = ("awaiting_grab", "dozing", "grabbed_on_noop", "link", "registered", "sleep_sent")
+
+    def __init__(self, link: GearmandConnection) -> None:
+        self.link = link
+        self.reset()
+
+    def reset(self) -> None:
+        """The connection is gone: a new one starts from nothing."""
+        self.awaiting_grab = False  # a GRAB is out and not answered yet
+        self.registered = False  # gearmand answered a GRAB: every CAN_DO before it is in effect
+        self.grabbed_on_noop = False  # the GRAB in flight answered a NOOP: jobs come one at a time
+        self.sleep_sent = False  # gearmand has our PRE_SLEEP, and no GRAB since
+        self.dozing = False  # the socket's low-water mark is raised (see settle_low_water)
+
+    def opening(self, hello: bytes) -> bytes:
+        """A fresh connection: our CAN_DOs and the first GRAB."""
+        self.awaiting_grab = True
+        return hello + GRAB
+
+    def confirm_registration(self) -> bool:
+        """The first answer to a GRAB on this connection confirms the
+        registration (gearmand answers in order): True the first time only."""
+        if self.registered:
+            return False
+        self.registered = True
+        return True
+
+    def job_assigned(self) -> None:
+        self.awaiting_grab = False
+
+    def no_job(self) -> bytes:
+        """NO_JOB: PRE_SLEEP at once, unless it went out with the GRAB. Until
+        gearmand has it, a new job does not wake us."""
+        self.awaiting_grab = False
+        if self.sleep_sent:
+            return NOTHING
+        self.sleep_sent = True
+        return PRE_SLEEP
+
+    def noop(self, accepting: bool) -> bytes:
+        """NOOP, gearmand's wake-up: grab, unless one is out or we take no jobs."""
+        if not accepting or self.awaiting_grab:
+            return NOTHING
+        self.awaiting_grab = self.grabbed_on_noop = True
+        self.sleep_sent = False
+        return GRAB
+
+    def after_job(self, accepting: bool) -> bytes:
+        """What goes out with a job's answer: the next GRAB (with a PRE_SLEEP
+        when jobs come one at a time), or nothing when we take no more."""
+        follow = NOTHING
+        if accepting:
+            follow = GRAB_THEN_SLEEP if self.grabbed_on_noop else GRAB
+            self.awaiting_grab = True
+            self.sleep_sent = self.grabbed_on_noop
+        self.grabbed_on_noop = False
+        return follow
+
+    def settle_low_water(self, stopping: bool) -> None:
+        """Doze while the answer to GRAB + PRE_SLEEP is pending (a lone
+        NO_JOB then does not wake us: see GearmandConnection.doze), not
+        otherwise, and not when stopping: then that answer is what we wait
+        for. Raises ConnectionLost."""
+        wanted = self.awaiting_grab and self.sleep_sent and not stopping
+        if wanted != self.dozing and self.link.status == UP:
+            if wanted:
+                self.link.doze()
+            else:
+                self.link.undoze()
+            self.dozing = wanted
