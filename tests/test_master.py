@@ -8,17 +8,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from gearman_workers import config as configuration
+from gearman_workers import handover as handover_module
 from gearman_workers import master as master_module
 from gearman_workers import scoreboard as scoreboard_module
 from gearman_workers.autoscale import Autoscaler, Decision, QueueDepth
-from gearman_workers.child import Limits
+from gearman_workers.children import CRASH_LOOP_LIFETIME
 from gearman_workers.commands import Scale, Stop
+from gearman_workers.handover import Upgrades
 from gearman_workers.master import Master
+from gearman_workers.parts import Parts
 from gearman_workers.poison import PoisonCheck
 from gearman_workers.scoreboard import ChildState, Recycle
 
@@ -41,34 +45,60 @@ class Clock:
         self.now += seconds
 
 
-class FakeMasterProcess(Master):
-    """Master with the process table replaced: forks hand out fake PIDs,
+class FakeProcesses:
+    """The process table (processes.py) replaced: forks hand out fake PIDs,
     signals are recorded, exits are queued by the test."""
 
-    def __init__(self, config: configuration.Config) -> None:
-        super().__init__(config, {}, pidfile=None)  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        self.fork_lock = threading.Lock()
         self.next_pid = 100
         self.sent: list[tuple[int, str]] = []
         self.exits: list[tuple[int, int]] = []
 
-    def _fork(self, slot: int, limits: Limits, group: str | None) -> int:
+    def prepare(self, servers: object) -> None:
+        pass
+
+    def fork(self, become_child: object) -> int:
         self.next_pid += 1
         return self.next_pid
 
-    def _signal(self, pid: int, sig: int) -> None:
+    def signal(self, pid: int, sig: int) -> None:
         self.sent.append((pid, signal.Signals(sig).name))
 
-    def _kill_group(self, pid: int) -> None:
+    def kill_group(self, pid: int) -> None:
         self.sent.append((pid, "KILL group"))
 
-    def _wait(self, block: bool) -> tuple[int, int] | None:
+    def wait(self, block: bool, children: object) -> tuple[int, int] | None:
         return self.exits.pop(0) if self.exits else None
 
-    def _adopted(self) -> set[int]:
+    def adopted(self, children: object) -> set[int]:
         return set()
 
-    def _record_processes(self) -> None:
+    def record(self, children: object) -> None:
         pass
+
+
+class FakeTitle:
+    def show(self, doing: str = "") -> None:
+        pass
+
+
+class FakeMasterProcess(Master):
+    """Master with fake parts: the process table, systemd and the PID file."""
+
+    def __init__(self, config: configuration.Config) -> None:
+        self.recorder = Recorder()  # systemd and the PID file
+        self.processes = FakeProcesses()
+        self.upgrades = Upgrades(config.pidfile, config.upgrade_timeout, self.recorder, self.recorder,  # type: ignore[arg-type]
+                                 self.processes.fork_lock)
+        super().__init__(config, {}, Parts(self.processes, self.recorder, self.upgrades, FakeTitle()))
+        self.sent, self.exits = self.processes.sent, self.processes.exits
+
+    def submit(self, command: object) -> None:
+        self.view.submit(command)  # type: ignore[arg-type]
+
+    def waiting_slots(self) -> dict[int, float]:
+        return self.backoffs.waiting
 
     # --- what a child would do ---------------------------------------------
 
@@ -110,6 +140,7 @@ class FakeMasterProcess(Master):
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(master_module, "time", fake)
+    monkeypatch.setattr(handover_module, "time", fake)
     monkeypatch.setattr(scoreboard_module, "time", fake)
     return fake
 
@@ -138,7 +169,7 @@ def test_a_registered_child_that_dies_is_replaced_at_once(tmp_path: Path, clock:
     master.dies(first)
     master.step()
     assert first not in master.pids() and len(master.children) == 2
-    assert master.slot_not_before == {}
+    assert master.waiting_slots() == {}
 
 
 def test_crash_backoff_is_per_slot(tmp_path: Path, clock: Clock) -> None:
@@ -188,11 +219,11 @@ def test_a_slot_whose_child_registers_and_lives_forgets_its_crashes(tmp_path: Pa
         master.step()
     (pid,) = master.pids()
     master.registers(pid)
-    clock.advance(master_module.CRASH_LOOP_LIFETIME)
+    clock.advance(CRASH_LOOP_LIFETIME)
     master.dies(pid, SEGV)
     master.step()
     assert len(master.children) == 1  # replaced at once: it had registered, and lived
-    assert master.slot_not_before == {}
+    assert master.waiting_slots() == {}
 
 
 def test_registered_children_that_crash_at_once_back_off_per_slot(tmp_path: Path, clock: Clock) -> None:
@@ -205,14 +236,14 @@ def test_registered_children_that_crash_at_once_back_off_per_slot(tmp_path: Path
         master.registers(looping)
         master.dies(looping, SEGV)
         master.step()
-        delays.append(round(master.slot_not_before.get(1, clock.now) - clock.now, 2))
+        delays.append(round(master.waiting_slots().get(1, clock.now) - clock.now, 2))
         clock.advance(delays[-1])
         master.step()
         (looping,) = master.pids() - {healthy}
     assert delays == [0.0, 0.25, 0.5, 1.0]
     master.dies(healthy, KILLED)  # killed from outside meanwhile: its slot does not wait
     master.step()
-    assert len(master.children) == 2 and master.slot_not_before == {}
+    assert len(master.children) == 2 and master.waiting_slots() == {}
 
 
 def test_children_killed_from_outside_in_a_storm_never_wait(tmp_path: Path, clock: Clock) -> None:
@@ -223,7 +254,7 @@ def test_children_killed_from_outside_in_a_storm_never_wait(tmp_path: Path, cloc
         master.registers(pid)
         master.dies(pid, KILLED)
         master.step()
-        assert len(master.children) == 1 and master.slot_not_before == {}
+        assert len(master.children) == 1 and master.waiting_slots() == {}
 
 
 def test_recycling_lets_the_old_child_go_only_after_its_successor_registered(tmp_path: Path, clock: Clock) -> None:
@@ -445,10 +476,9 @@ def upgrading(tmp_path: Path, clock: Clock) -> tuple[FakeMasterProcess, FakeSucc
     master.step()
     for pid in master.pids():
         master.registers(pid)
-    recorder = Recorder()
-    master.notifier = master.pidfile = recorder  # type: ignore[assignment]
-    successor = master.successor = FakeSuccessor(clock.now + 20)  # type: ignore[assignment]
-    return master, successor, recorder
+    successor = master.upgrades.successor = FakeSuccessor(clock.now + 20)  # type: ignore[assignment]
+    master.recorder.told.clear()  # what the start said
+    return master, successor, master.recorder
 
 
 def outcome(tmp_path: Path) -> dict:
@@ -461,7 +491,7 @@ def test_a_ready_successor_becomes_the_main_process_and_the_old_children_drain(t
     successor.ready = True
     master.step()
     assert recorder.told[:2] == [("mainpid", 555), ("pidfile", 555)]  # systemd first, then the PID file
-    assert recorder.muted and master.handed_over and master.stopping
+    assert recorder.muted and master.upgrades.handed_over and master.stopping
     assert master.retiring() == old and {(pid, "SIGTERM") for pid in old} <= set(master.sent)
     assert outcome(tmp_path) == {"from": master.pid, "to": 555, "ok": True, "reason": "handed over"}
     master.step()
@@ -473,7 +503,7 @@ def test_a_successor_that_failed_leaves_the_running_pool_alone(tmp_path: Path, c
     old = master.pids()
     successor.give_up("failed: cannot load task 'resize': SyntaxError")
     master.step()
-    assert master.successor is None and not master.stopping and not master.handed_over
+    assert master.upgrades.successor is None and not master.stopping and not master.upgrades.handed_over
     assert master.pids() == old and master.sent == [] and ("mainpid", 555) not in recorder.told
     assert outcome(tmp_path)["reason"] == "the new master failed: cannot load task 'resize': SyntaxError"
 
@@ -482,10 +512,10 @@ def test_a_successor_not_ready_by_upgrade_timeout_is_given_up(tmp_path: Path, cl
     master, successor, _ = upgrading(tmp_path, clock)
     clock.advance(19)
     master.step()
-    assert master.successor is successor and successor.given_up is None
+    assert master.upgrades.successor is successor and successor.given_up is None
     clock.advance(1)
     master.step()
-    assert master.successor is None and successor.given_up == "was not ready within upgrade_timeout 20 s"
+    assert master.upgrades.successor is None and successor.given_up == "was not ready within upgrade_timeout 20 s"
     assert not master.stopping and outcome(tmp_path)["ok"] is False
 
 
@@ -493,7 +523,7 @@ def test_a_stop_during_an_upgrade_gives_the_successor_up_too(tmp_path: Path, clo
     master, successor, _ = upgrading(tmp_path, clock)
     master.submit(Stop("SIGTERM"))
     master.step()
-    assert successor.given_up == "the pool is stopping" and master.stopping and not master.handed_over
+    assert successor.given_up == "the pool is stopping" and master.stopping and not master.upgrades.handed_over
 
 
 class FakeHandover:
@@ -511,27 +541,25 @@ class FakeHandover:
 
 def test_a_successor_speaks_to_systemd_only_once_its_predecessor_handed_over(tmp_path: Path, clock: Clock) -> None:
     master = make(tmp_path)
-    recorder = Recorder()
+    recorder = master.recorder
     recorder.muted = True
-    master.notifier = master.pidfile = recorder  # type: ignore[assignment]
-    master.handover, master.ready = FakeHandover(), True  # type: ignore[assignment]
+    master.upgrades.handover, master.ready = FakeHandover(), True  # type: ignore[assignment]
     master._report()
     assert recorder.muted and recorder.told == []  # not in charge yet: systemd would reject it
     (tmp_path / "default.pid").write_text(f"{master.pid}\n")  # the predecessor's last act
     master._report()
-    assert not recorder.muted and ("mainpid", master.pid) in recorder.told and master.handover is None
+    assert not recorder.muted and ("mainpid", master.pid) in recorder.told and master.upgrades.handover is None
 
 
 def test_a_successor_whose_predecessor_died_mid_handover_takes_charge(tmp_path: Path, clock: Clock) -> None:
     master = make(tmp_path)
-    recorder = Recorder()
+    recorder = master.recorder
     recorder.muted = True
-    master.notifier = master.pidfile = recorder  # type: ignore[assignment]
-    handover = master.handover = FakeHandover()  # type: ignore[assignment]
+    handover = master.upgrades.handover = FakeHandover()  # type: ignore[assignment]
     master.ready = True
     handover.alive = False
     master._report()
-    assert ("pidfile", None) in recorder.told and not recorder.muted and master.handover is None
+    assert ("pidfile", None) in recorder.told and not recorder.muted and master.upgrades.handover is None
 
 
 # --- groups: dedicated children, and autoscaling ------------------------------------

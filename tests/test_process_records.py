@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from gearman_workers.children import describe_exit
 from gearman_workers.identities import PoolProcesses, ProcessIdentity, StateFileError
-from gearman_workers.master import describe_exit
 
 
 def test_state_file_rejects_what_a_master_never_writes() -> None:

@@ -25,7 +25,7 @@ import threading
 from typing import Protocol
 
 from .commands import Command, QueueSeen
-from .config import Server
+from .config import Config, Server
 from .gearmand_admin import status
 
 log = logging.getLogger("gearman_workers.autoscale")
@@ -87,6 +87,19 @@ class Autoscaler:
         return decision
 
 
+def reconfigured(current: Autoscaler | None, config: Config, watching: bool) -> Autoscaler | None:
+    """After a reload: the same autoscaler with the new bounds (its history
+    kept), a new one, or none: without a queue watcher a new one could not
+    decide."""
+    if not config.autoscaling:
+        return None
+    if current is None:
+        return Autoscaler(*config.bounds(), config.scale_down_after) if watching else None
+    current.low, current.high = config.bounds()
+    current.scale_down_after = config.scale_down_after
+    return current
+
+
 class Master(Protocol):
     """What the watcher needs of the master (master.py)."""
 
@@ -102,7 +115,7 @@ class QueueWatcher:
 
     Names are resolved outside the master's fork lock, so a slow resolver
     never holds up a fork. The master resolved every configured name
-    before any thread existed (master._warm_up_before_threads), so the
+    before any thread existed (OsProcessTable.prepare in processes.py), so the
     resolver's modules are loaded and no dlopen can be in flight at a fork;
     what locks are left in glibc's resolver are reset in the child by fork
     itself, and a child that hung anyway would be killed as silent."""

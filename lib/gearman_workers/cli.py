@@ -15,14 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, cleanup
+from . import __version__, cleanup, identities, titles
 from . import config as configuration
 from . import log as logsetup
 from .files import current_umask
-from .handover import Handover, UpgradeFailed, request_upgrade
+from .handover import Handover, UpgradeFailed, Upgrades, request_upgrade
 from .master import Master
 from .notify import Notifier
+from .parts import Parts
 from .pidfile import PidFile, PidFileLocked
+from .processes import OsProcessTable
 from .procfs import resident_bytes
 
 if TYPE_CHECKING:  # imported where used: a pool without Redis, autoscaling or metrics loads none of them
@@ -155,7 +157,7 @@ def _serve(config: configuration.Config, tasks: dict[str, Task], pidfile: PidFil
         else:
             pidfile.write()
         run_preload(config)
-        return Master(config, tasks, pidfile, Notifier(), control, exporter=exporter, watcher=watcher).run()
+        return Master(config, tasks, _parts(config, pidfile, control, exporter, watcher)).run()
     except TaskLoadError as err:
         log.error("%s", err)
         return EXIT_TASKS
@@ -179,8 +181,9 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
     try:
         run_preload(config)
         exporter = _build_exporter(config, handover.metrics_fd)
-        return Master(config, tasks, pidfile, Notifier(), control, handover,
-                       handover.predecessor_processes(config.processes_file), exporter, _build_watcher(config)).run()
+        parts = _parts(config, pidfile, control, exporter, _build_watcher(config), handover,
+                       handover.predecessor_processes(config.processes_file))
+        return Master(config, tasks, parts).run()
     except TaskLoadError as err:
         log.error("%s", err)
         handover.announce_failure(str(err))
@@ -189,6 +192,17 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
         return _fail("gearman-workers", f"config error: {err}", EXIT_CONFIG, handover)
     finally:
         pidfile.release()
+
+
+def _parts(config: configuration.Config, pidfile: PidFile, control: ControlListener | None,
+           exporter: MetricsServer | None, watcher: QueueWatcher | None, handover: Handover | None = None,
+           inherited: list[identities.ProcessIdentity] | None = None) -> Parts:
+    """The master's parts (parts.py), real ones."""
+    processes = OsProcessTable(config.processes_file, config.state_dir, config.name, inherited)
+    systemd = Notifier()
+    upgrades = Upgrades(config.pidfile, config.upgrade_timeout, pidfile, systemd, processes.fork_lock,
+                        exporter.fileno() if exporter is not None else -1, handover)
+    return Parts(processes, systemd, upgrades, titles.master(config.name), control, exporter, watcher)
 
 
 def _upgrade(config: configuration.Config) -> int:

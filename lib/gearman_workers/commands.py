@@ -1,10 +1,14 @@
-"""What the master can be asked to do. Signal handlers and the control
-listener only put one of these on the master's queue; the main loop acts."""
+"""What the master can be asked to do, and its inbox. Signal handlers and
+the other threads only put a command in the inbox; the main loop acts."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import queue
 import signal
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -57,3 +61,46 @@ FROM_SIGNAL: dict[int, Command] = {
     signal.SIGTTIN: Scale(by=1),
     signal.SIGTTOU: Scale(by=-1),
 }
+
+
+class Inbox:
+    """The master's queue of commands, and the pipes that end its wait:
+    one written when a command arrives (and by the signal wake-up), one
+    its children write to when their registration changes (nudge_fd)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._wake_r, self.wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._nudged_r, self.nudge_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def put(self, command: Command) -> None:
+        """From any thread."""
+        self._queue.put(command)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_fd, b"c")
+
+    def put_from_signal(self, command: Command) -> None:
+        """From a signal handler: SimpleQueue.put is safe there, and the
+        signal wake-up fd (set to wake_fd) ends the wait."""
+        self._queue.put(command)
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def taken(self) -> Iterator[Command]:
+        while not self._queue.empty():
+            yield self._queue.get_nowait()
+
+    def fds(self) -> tuple[int, int]:
+        """What the main loop waits on."""
+        return self._wake_r, self._nudged_r
+
+    def drain(self, fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(fd, 4096):
+                pass
+
+    def forget_in_child(self) -> None:
+        """A child keeps only nudge_fd, to nudge its master."""
+        for fd in (self._wake_r, self.wake_fd, self._nudged_r):
+            os.close(fd)

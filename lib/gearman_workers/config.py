@@ -110,6 +110,12 @@ class Config:
         """Tasks with children of their own: name -> how many."""
         return {name: spec.processes for name, spec in self.tasks.items() if spec.processes}
 
+    def groups(self, shared: int) -> dict[str | None, int]:
+        """Children wanted per group: SHARED ones (None, if any task is
+        shared), and each task's dedicated ones."""
+        wanted: dict[str | None, int] = {None: shared} if self.shared_tasks() else {}
+        return wanted | self.dedicated()
+
     def shared_tasks(self) -> list[str]:
         """Tasks the pool's shared children register (all but the dedicated ones)."""
         return [name for name, spec in self.tasks.items() if not spec.processes]

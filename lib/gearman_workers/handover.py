@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from . import cleanup, files, identities
 from . import pidfile as pidfiles
+from .notify import Notifier
 from .prctl import PR_SET_CHILD_SUBREAPER, prctl
 from .procfs import start_time
 
@@ -249,6 +251,132 @@ class Handover:
         if self._predecessor_fd >= 0:
             os.close(self._predecessor_fd)
             self._predecessor_fd = -1
+
+
+# --- the master's side: one object the main loop asks --------------------------
+
+log = logging.getLogger("gearman_workers.master")
+HANDED_OVER, FAILED = "handed over", "failed"
+
+
+class Upgrades:
+    """An upgrade as the master's main loop sees it. As a predecessor: start
+    a successor (start), and each turn learn whether it is ready (check:
+    then hand over) or given up. As a successor: tell our predecessor we
+    are ready (announce_ready), then notice that the handover is done
+    (check_taken_over)."""
+
+    def __init__(self, pid_path: Path, timeout: float, pidfile: pidfiles.PidFile, notifier: Notifier,
+                 fork_lock: threading.Lock, exporter_fd: int = -1, handover: Handover | None = None) -> None:
+        self.pid_path, self.timeout = pid_path, timeout
+        self.pidfile, self.notifier, self.fork_lock, self.exporter_fd = pidfile, notifier, fork_lock, exporter_fd
+        self.handover = handover
+        self.successor: Successor | None = None
+        self.handed_over = False
+        self.in_charge = 0  # once handed over: the successor's PID
+        # Exit commands sent after this moment are for us (a successor takes
+        # over the listening from the moment its predecessor stopped).
+        self.control_since = handover.control_since if handover else time.time()
+
+    @property
+    def busy(self) -> bool:
+        return self.successor is not None or self.handover is not None
+
+    def start(self) -> bool:
+        """Start a successor on the code and configuration now on disk."""
+        try:
+            self.successor = Successor.start(self.pidfile.fileno or -1, self.exporter_fd,
+                                             self.notifier.environment(), time.time(), self.timeout, self.fork_lock)
+        except OSError as err:
+            log.error("upgrade failed, keeping this master: cannot start a new one: %s", err)
+            record_outcome(self.pid_path, os.getpid(), None, f"cannot start a new master: {err}")
+            return False
+        log.info("upgrade: started a new master on the code and configuration on disk; it takes over once "
+                 "its children are registered (upgrade_timeout %g s)", self.timeout)
+        return True
+
+    def wait_fd(self) -> int:
+        """What to wait on for the successor's word (-1: nothing)."""
+        return self.successor.ready_fd if self.successor is not None else -1
+
+    def deadline(self) -> float | None:
+        return self.successor.deadline if self.successor is not None else None
+
+    def check(self) -> str | None:
+        """HANDED_OVER, FAILED, or None while nothing happened."""
+        successor = self.successor
+        if successor is None:
+            return None
+        successor.poll()
+        if successor.overdue(time.monotonic()):
+            successor.give_up(f"was not ready within upgrade_timeout {self.timeout:g} s")
+        if successor.ready:
+            self._hand_over(successor)
+            return HANDED_OVER
+        if successor.given_up is not None:
+            self._failed(successor)
+            return FAILED
+        return None
+
+    def abandon(self, why: str) -> bool:
+        """Give the successor up (the pool is stopping): True if there was one."""
+        if self.successor is None:
+            return False
+        self.successor.give_up(why)
+        self._failed(self.successor)
+        return True
+
+    def _hand_over(self, successor: Successor) -> None:
+        self.notifier.send(mainpid=successor.pid)
+        self.notifier.muted = True  # nothing more from us: it is the main process now
+        self.pidfile.write(successor.pid)
+        record_outcome(self.pid_path, os.getpid(), successor.pid, "handed over")
+        successor.close()
+        self.successor, self.handed_over, self.in_charge = None, True, successor.pid
+        log.info("master %d is in charge now; this one lets its children finish their jobs and leaves",
+                 successor.pid)
+
+    def _failed(self, successor: Successor) -> None:
+        log.error("upgrade failed, keeping this master and its code: master %d %s", successor.pid,
+                  successor.given_up)
+        record_outcome(self.pid_path, os.getpid(), None, f"the new master {successor.given_up}")
+        self.successor = None
+
+    def starting_as_successor(self) -> None:
+        if self.handover is not None:
+            self.notifier.muted = True  # systemd hears from us once our predecessor made us its main process
+            log.info("master %d takes over from master %d", os.getpid(), self.handover.predecessor)
+
+    def announce_ready(self) -> None:
+        """Tell whoever waits that the pool is ready: systemd, or as a
+        successor our predecessor, who then hands over."""
+        if self.handover is None:
+            self.notifier.send(ready=1)
+            return
+        self.handover.announce_ready()
+        log.info("ready; waiting for master %d to hand over", self.handover.predecessor)
+
+    def check_taken_over(self) -> None:
+        """As a successor that announced itself: the handover is done once
+        our predecessor wrote our PID into the PID file (after telling
+        systemd), or has died without doing so."""
+        handover = self.handover
+        if handover is None or handover.ready_fd >= 0:
+            return
+        if pidfiles.read_pid(self.pid_path) != os.getpid():
+            if handover.predecessor_alive():
+                return  # still handing over
+            log.warning("master %d died during the handover; this one is in charge", handover.predecessor)
+            self.pidfile.write()
+        handover.close()
+        self.handover, self.notifier.muted = None, False
+        self.notifier.send(ready=1, mainpid=os.getpid())
+
+    def forget_in_child(self) -> None:
+        self.pidfile.forget_in_child()
+        for part in (self.handover, self.successor):
+            if part is not None:
+                part.close()
 
 
 # --- the operator's half: ask, and wait for the outcome -----------------------

@@ -28,12 +28,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .children import EXIT_REASONS
 from .config import Server
 from .jobstats import BUCKETS, OUTCOMES, TaskTotals
 
 CHILD_STATES = ("starting", "idle", "busy", "stopping")
-# Why a child left (see Master.exit_reason).
-EXIT_REASONS = ("crash", "killed", "recycled", "timeout", "hung", "stopped")
 log = logging.getLogger("gearman_workers.metrics")
 # The families this collector makes; each has add_metric (Metric itself has not).
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)

@@ -64,7 +64,7 @@ class PidFile:
         os.close(self._fd)
         self._fd = None
 
-    def close_inherited(self) -> None:
+    def forget_in_child(self) -> None:
         """In a forked child: drop the master's lock without touching files."""
         if self._fd is not None:
             os.close(self._fd)

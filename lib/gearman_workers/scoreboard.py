@@ -66,6 +66,11 @@ class SlotInfo:
     task: str
     job_handle: str
 
+    @property
+    def registered(self) -> bool:
+        """Registered with some gearmand and taking jobs (or running one)."""
+        return self.registered_with != 0 and self.state in (ChildState.IDLE, ChildState.BUSY)
+
 
 @dataclasses.dataclass(frozen=True)
 class Poisoned:

@@ -1,0 +1,99 @@
+"""What a child starts from, and how a freshly forked process becomes one.
+
+The master holds one ChildKit: the configuration and tasks children are
+built with, the runtime data they start with, the job counters they count
+into. become_child() runs on the child's side of the fork: it arms the
+death signal, makes its own process group, forgets what belongs to the
+master (the `forgotten` list: each part closes its own descriptors) and
+runs the worker (child.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import config as configuration
+from . import files, runtime, strays, titles
+from . import log as logsetup
+from .child import Limits, Worker, run_child
+from .jobstats import JobStats
+from .prctl import PR_SET_PDEATHSIG, prctl
+from .scoreboard import Scoreboard
+from .strays import StrayLog
+from .tasks import TaskLoadError, load_tasks
+
+log = logging.getLogger("gearman_workers.master")
+
+
+class Forgets(Protocol):
+    """A part of the master that a child must not keep (its descriptors)."""
+
+    def forget_in_child(self) -> None: ...
+
+
+class ReloadFailed(Exception):
+    """The configuration or the tasks on disk do not load; the text says why."""
+
+
+class ChildKit:
+    def __init__(self, config: configuration.Config, tasks: dict[str, Callable[..., Any]], board: Scoreboard,
+                 nudge_fd: int, count_jobs: bool) -> None:
+        self.config, self.tasks, self.board = config, tasks, board
+        self.master_pid = os.getpid()
+        self.nudge_fd = nudge_fd  # a child writes here when its registration changes
+        self.count_jobs = count_jobs  # metrics are served: children count their jobs
+        self.stats = JobStats(board.slots)
+        self.stats.add_tasks(tasks)
+        self.forgotten: list[Forgets] = []
+
+    def reload(self) -> configuration.Config:
+        """Children from now on start from the configuration and tasks on disk."""
+        try:
+            fresh = configuration.reload(self.config)
+            tasks = load_tasks(fresh)
+        except (configuration.ConfigError, TaskLoadError) as err:
+            raise ReloadFailed(str(err)) from None
+        self.config, self.tasks = fresh, tasks
+        self.stats.add_tasks(tasks)
+        return fresh
+
+    def publish_data(self, values: dict[str, Any]) -> None:
+        """New runtime data: children forked from now on start with it, the
+        running ones pick it up before their next job."""
+        if values == runtime.snapshot() and self.config.runtime_file.exists():
+            return
+        files.atomic_write(self.config.runtime_file, json.dumps(values, sort_keys=True))
+        runtime.replace(values)
+        self.board.bump_data_version()
+
+    def become_child(self, slot: int, limits: Limits, group: str | None) -> int:
+        """In the child, right after fork(): the exit status."""
+        try:
+            # SIGKILL, not TERM: even a wedged child must not outlive its
+            # master; gearmand hands a dead worker's job to another worker.
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != self.master_pid:
+                return 0  # the master died before the death signal was armed
+            os.setpgid(0, 0)  # our own group: the task's processes die with us
+            logsetup.set_role(f"child {slot}")
+            signal.set_wakeup_fd(-1)
+            for part in self.forgotten:
+                part.forget_in_child()
+            code = run_child(self._worker(slot, limits, group))
+        except BaseException:
+            log.exception("child failed to start")
+            code = 1
+        logging.shutdown()
+        return code
+
+    def _worker(self, slot: int, limits: Limits, group: str | None) -> Worker:
+        config = self.config
+        names = [group] if group is not None else config.shared_tasks()
+        return Worker(config, {name: self.tasks[name] for name in names}, self.board,
+                      self.board.writer(slot, os.getpid()), self.master_pid, self.nudge_fd, limits,
+                      self.stats.counter(slot) if self.count_jobs else None, titles.child(slot, config.name, group),
+                      StrayLog(strays.forks_file(config.state_dir, config.name, os.getpid())))

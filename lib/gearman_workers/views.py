@@ -1,0 +1,137 @@
+"""The master as its other threads see it. The control listener, the metrics
+server and the queue watcher hold a MasterView, never the master: through
+it they queue a command (the main loop acts on it) and read views built
+from a snapshot of the master's state. Everything here runs on their
+threads, and reads only."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Protocol
+
+from . import procfs
+from .autoscale import Autoscaler
+from .children import Child
+from .commands import Command, Inbox
+from .config import Config
+from .jobstats import JobStats, TaskTotals
+from .metrics import Snapshot
+from .scoreboard import ChildState, Scoreboard, SlotInfo
+
+
+class Observed(Protocol):
+    """What a view reads of the master (master.py)."""
+
+    pid: int
+    started_at: float
+    desired: int
+    config: Config
+    board: Scoreboard
+    children: dict[int, Child]
+    child_exits: dict[str, int]
+    autoscaler: Autoscaler | None
+    stats: JobStats
+
+
+class Listening(Protocol):
+    up: bool  # the control listener is subscribed now
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildView:
+    child: Child
+    info: SlotInfo
+
+    @property
+    def state(self) -> str:
+        """As status and metrics name it: asked to leave is stopping already;
+        a slot not yet written is starting."""
+        if not self.child.live:
+            return "stopping"
+        return "starting" if self.info.state == ChildState.EMPTY else self.info.state.name.lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSnapshot:
+    pid: int
+    started_at: float
+    desired: int
+    servers: list[str]
+    children: list[ChildView]
+    exits: dict[str, int]
+    autoscale: dict[str, Any] | None
+    control_up: bool | None
+    jobs: list[TaskTotals]
+
+
+def snapshot(master: Observed, control: Listening | None) -> PoolSnapshot:
+    """The master's state at one moment. list() copies atomically: the main
+    loop may change the children meanwhile."""
+    children = sorted(list(master.children.values()), key=lambda c: c.slot)
+    return PoolSnapshot(master.pid, master.started_at, master.desired, [str(s) for s in master.config.servers],
+                        [ChildView(child, master.board.read(child.slot)) for child in children],
+                        dict(master.child_exits), autoscale_summary(master.autoscaler),
+                        control.up if control is not None else None, master.stats.totals(master.board.header()[2]))
+
+
+def autoscale_summary(scaler: Autoscaler | None) -> dict[str, Any] | None:
+    if scaler is None:
+        return None
+    last = scaler.last
+    return {"min": scaler.low, "max": scaler.high, "waiting": scaler.waiting, "up": scaler.decisions["up"],
+            "down": scaler.decisions["down"], "last": None if last is None else {"to": last.to, "why": last.why}}
+
+
+def registered(snap: PoolSnapshot) -> int:
+    return sum(1 for view in snap.children if view.child.live and view.info.registered)
+
+
+def summary(snap: PoolSnapshot) -> dict[str, Any]:
+    """What the heartbeat tells the fleet (gm-ctl pools, gm-ctl status)."""
+    return {"pid": snap.pid, "desired": snap.desired, "registered": registered(snap), "started": snap.started_at,
+            "reported": time.time(), "autoscale": snap.autoscale,
+            "children": [child_row(view) for view in snap.children]}
+
+
+def child_row(view: ChildView) -> dict[str, Any]:
+    child, info, now = view.child, view.info, time.monotonic()
+    busy = info.state == ChildState.BUSY and info.pid == child.pid
+    return {"slot": child.slot, "pid": child.pid, "state": view.state, "dedicated_to": child.dedicated_to,
+            "task": info.task if busy else None, "job": info.job_handle if busy else None,
+            "busy_for": round(now - info.busy_since, 3) if busy else None,
+            "jobs_done": info.jobs_done, "jobs_failed": info.jobs_failed,
+            "rss": procfs.resident_bytes(child.pid), "age": round(now - child.started, 3)}
+
+
+def metrics(snap: PoolSnapshot) -> Snapshot:
+    states: dict[str, int] = {}
+    for view in snap.children:
+        states[view.state] = states.get(view.state, 0) + 1
+    registered_with = {server: sum(1 for view in snap.children if view.info.registered_with >> index & 1)
+                       for index, server in enumerate(snap.servers)}
+    resident = {"master": procfs.resident_bytes(snap.pid) or 0,
+                "children": sum(procfs.resident_bytes(view.child.pid) or 0 for view in snap.children)}
+    return Snapshot(snap.desired, states, snap.exits, registered_with, snap.control_up, snap.jobs, resident,
+                    snap.autoscale)
+
+
+class MasterView:
+    """The one object other threads hold (see the module's text)."""
+
+    def __init__(self, master: Observed, inbox: Inbox, fork_lock: threading.Lock, control_since: float,
+                 control: Listening | None = None) -> None:
+        self._master, self._inbox, self._control = master, inbox, control
+        self.pid = master.pid
+        self.fork_lock = fork_lock  # held by a thread whenever it is not just waiting (processes.py)
+        self.control_since = control_since  # commands stamped before this are not for this master
+
+    def submit(self, command: Command) -> None:
+        self._inbox.put(command)
+
+    def summary(self) -> dict[str, Any]:
+        return summary(snapshot(self._master, self._control))
+
+    def metrics_snapshot(self) -> Snapshot:
+        return metrics(snapshot(self._master, self._control))
