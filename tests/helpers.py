@@ -4,6 +4,7 @@ pools run as real processes, and waiting on what a user would observe."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +25,15 @@ BIN = ROOT / "bin"
 EXAMPLES = ROOT / "examples"
 TESTS = ROOT / "tests"
 WAIT = 10.0
+
+
+def load_script(path: str) -> Any:
+    """A script of this repository (scripts/, a role's files/) as a module."""
+    script = ROOT / path
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gearman_workers import config as configuration
-from helpers import ROOT
+from helpers import load_script
 
 
 def test_config_file_and_flags(tmp_path: Path) -> None:
@@ -63,10 +62,7 @@ def test_new_settings_are_checked(tmp_path: Path, bad: dict, problem: str) -> No
 
 
 def test_the_configuration_reference_is_the_option_table() -> None:
-    script = ROOT / "scripts/render_config_reference.py"
-    spec = importlib.util.spec_from_file_location(script.stem, script)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = load_script("scripts/render_config_reference.py")
     assert module.PAGE.read_text() == module.render(), "docs/reference/configuration.md is stale: " \
         "run scripts/render_config_reference.py"
     for option in configuration.OPTIONS:

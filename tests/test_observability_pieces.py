@@ -14,6 +14,7 @@ from gearman_workers.control import cli as control_cli
 from gearman_workers.jobstats import DONE, FAILED, MAX_TASKS, POISON, TIMEOUT, JobStats
 from gearman_workers.metrics import Snapshot, registry_for
 from gearman_workers.notify import Notifier
+from helpers import load_script
 
 
 def test_job_counts_survive_their_child_and_never_count_twice() -> None:
@@ -118,3 +119,10 @@ def test_status_table_drops_the_job_column_before_it_wraps(monkeypatch: pytest.M
         assert ("H:worker-host-17:90210" in out) == job_shown
         assert all(len(line) <= columns for line in out.splitlines())
         assert " 75s " in out and "2h01m" in out and "50M" in out
+
+
+def test_the_metrics_reference_is_what_the_collector_exports() -> None:
+    module = load_script("scripts/render_metrics_reference.py")
+    assert module.PAGE.read_text() == module.render(), "docs/reference/metrics.md is stale: " \
+        "run scripts/render_metrics_reference.py"
+    assert "`gearman_workers_jobs_total`" in module.render()

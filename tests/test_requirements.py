@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, load_script
 
 
 def _pins(text: str) -> dict[str, str]:
@@ -21,11 +21,7 @@ def _pins(text: str) -> dict[str, str]:
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("build_wheelhouse",
-                                                  ROOT / "roles/gearman_workers/files/build_wheelhouse.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script("roles/gearman_workers/files/build_wheelhouse.py")
 
 
 def test_requirements_txt_pins_what_requirements_in_asks_each_with_hashes() -> None:

@@ -269,7 +269,8 @@ SUBCOMMAND_ARGUMENTS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]], boo
     "scale": ("change the number of children", [("n", {"type": int})], True),
     "pools": ("list live pools from their heartbeats", [], False),
     "status": ("one row per child of every live pool: state, job, counts, memory",
-               [("--json", {"action": "store_true", "help": "print JSON (see README: fields are stable)"})], True),
+               [("--json", {"action": "store_true",
+                            "help": "print JSON (see docs/observability.md: fields are stable)"})], True),
 }
 
 
