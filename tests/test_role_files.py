@@ -4,7 +4,6 @@ role's pool template gives a configuration the pool accepts."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,19 +13,12 @@ import pytest
 import yaml
 
 from gearman_workers import config as configuration
-from helpers import ROOT
+from helpers import ROOT, load_script
 
 ROLE = ROOT / "roles/gearman_workers"
 
 
-def _plugin(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-units = _plugin("scripts/render_units.py")
+units = load_script("scripts/render_units.py")
 
 
 def test_the_units_under_systemd_are_the_role_templates_with_the_defaults() -> None:
@@ -70,7 +62,7 @@ def test_a_wrong_queue_type_fails_before_any_task(tmp_path: Path) -> None:
 
 
 def test_access_sources_are_the_inventory_hosts_and_the_extras_by_family() -> None:
-    access = _plugin("roles/gw_common/filter_plugins/access.py")
+    access = load_script("roles/gw_common/filter_plugins/access.py")
     hosts = [{"inventory_hostname": "w1", "ansible_host": "10.0.0.21"}, {"inventory_hostname": "127.0.0.9"},
              {"inventory_hostname": "w2", "ansible_host": "10.0.0.22"}]
     assert access.access_sources(hosts, ["10.0.0.20/31", "fd00::1"]) == {
@@ -81,7 +73,7 @@ def test_access_sources_are_the_inventory_hosts_and_the_extras_by_family() -> No
 
 
 def test_a_pool_user_reads_only_its_scopes_and_writes_only_expiring_keys_of_its_host() -> None:
-    acl = _plugin("roles/redis/filter_plugins/acl.py")
+    acl = load_script("roles/redis/filter_plugins/acl.py")
     rules = acl.pool_acl_rules("w1", "gw", "ctl").split()
     assert rules[:3] == ["resetchannels", "&ctl", "resetkeys"]
     assert [r for r in rules if r.startswith("%R~")] == [
@@ -91,3 +83,36 @@ def test_a_pool_user_reads_only_its_scopes_and_writes_only_expiring_keys_of_its_
     assert "+setex" in rules and "+set" not in rules and "+hset" not in rules
     with pytest.raises(ValueError, match="cannot be a pool's"):
         acl.pool_acl_rules("w*", "gw", "ctl")
+
+
+addresses = load_script("roles/gw_common/filter_plugins/addresses.py")
+
+
+def test_gearmand_servers_are_the_advertised_addresses_at_their_ports() -> None:
+    hosts = [{"inventory_hostname": "g1", "ansible_host": "10.0.0.11", "gearmand_advertise_address": "192.0.2.1"},
+             {"inventory_hostname": "g2", "ansible_host": "fd00::12", "gearmand_port": 4731},
+             {"inventory_hostname": "g3"}]
+    assert addresses.gearmand_servers(hosts) == ["192.0.2.1:4730", "[fd00::12]:4731", "g3:4730"]
+    assert addresses.gearmand_servers(hosts, ["gm.example:4730"]) == ["gm.example:4730"]  # given: used as is
+    assert configuration._servers(addresses.gearmand_servers(hosts))[1].host == "fd00::12"  # the pool reads them
+
+
+def test_redis_urls_encode_the_credentials_and_name_the_ca_under_tls() -> None:
+    plain = addresses.redis_endpoint({"inventory_hostname": "r1", "ansible_host": "10.0.0.5", "redis_port": 6380})
+    assert addresses.redis_url(plain, "pool-w1", "a/b:c@d") == "redis://pool-w1:a%2Fb%3Ac%40d@10.0.0.5:6380/0"
+    tls = addresses.redis_endpoint({"inventory_hostname": "r1", "redis_tls_port": 6390, "redis_port": 0,
+                                    "redis_tls_ca": "/ca.pem"})
+    assert tls["ca"] == "/ca.pem"
+    assert addresses.redis_url(tls, "operator", "pw", "/etc/gw/ca.pem") == \
+        "rediss://operator:pw@r1:6390/0?ssl_ca_certs=/etc/gw/ca.pem"
+    assert addresses.redis_url(addresses.redis_endpoint(None), "u", "p") == ""  # no Redis: no URL
+
+
+def test_the_pool_list_completes_each_pool_and_counts_up_the_metrics_ports() -> None:
+    pools = load_script("roles/gearman_workers/filter_plugins/pools.py")
+    defaults = {"tasks": {}, "processes": 2, "preload": ""}
+    listed = pools.pool_list([{"name": "images", "tasks": {"resize": "i:r"}}, {"name": "mail", "processes": 1}],
+                             defaults, "default", "9810", {"echo": "tasks:echo"})
+    assert [(p["name"], p["processes"], p["metrics_port"]) for p in listed] == [("images", 2, 9810), ("mail", 1, 9811)]
+    assert listed[1]["tasks"] == {"echo": "tasks:echo"} and listed[1]["preload"] == "tasks:preload"
+    assert [p["name"] for p in pools.pool_list(None, defaults, "default", 9810, {})] == ["default"]
