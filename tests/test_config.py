@@ -62,8 +62,9 @@ def test_new_settings_are_checked(tmp_path: Path, bad: dict, problem: str) -> No
 
 
 def test_the_configuration_reference_is_the_option_table() -> None:
-    module = load_script("scripts/render_config_reference.py")
-    assert module.PAGE.read_text() == module.render(), "docs/reference/configuration.md is stale: " \
-        "run scripts/render_config_reference.py"
+    module = load_script("scripts/render_reference.py")
+    page = module.ROOT / "docs/reference/configuration.md"
+    assert page.read_text() == module.configuration(), "docs/reference/configuration.md is stale: " \
+        "run scripts/render_reference.py"
     for option in configuration.OPTIONS:
-        assert f"`{option.key or 'call'}`" in module.render()
+        assert f"`{option.key or 'call'}`" in module.configuration()
