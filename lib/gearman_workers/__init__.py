@@ -1,3 +1,3 @@
 """gearman-workers: a supervised pre-fork pool of Python Gearman workers."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
