@@ -76,6 +76,9 @@ def test_a_killed_childs_counts_are_kept(gearmand: Gearmand, tmp_path: Path) -> 
     with running(pool):
         for _ in range(5):
             submit(gearmand, "echo", "x")
+        # A child counts a job right after its answer: the client may hear first.
+        wait_for(lambda: value(scrape(port), "gearman_workers_jobs_total", task="echo", outcome="done") == 5,
+                 what="the five jobs counted")
         (child,) = pool.children()
         os.kill(child, signal.SIGKILL)
         pool.wait_registered(1, exclude={child})
