@@ -48,23 +48,6 @@ or a table:
 """
 
 
-# Defaults the code derives at load time (config._complete), said in words.
-DERIVED = {"processes": "CPU count", "hostname": "this host's short name", "pidfile": "STATE_DIR/NAME.pid"}
-
-
-def _default(option: config.Option) -> str:
-    value = option.default
-    if value is None:
-        return DERIVED.get(option.key, "(none)")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[]"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def configuration() -> str:
     """docs/reference/configuration.md: every key, its flag, its default, what it does."""
     parts = [CONFIG_INTRO]
@@ -76,7 +59,7 @@ def configuration() -> str:
         parts.append(f"## [{section}]\n\n| key | flag | default | meaning |\n|---|---|---|---|")
         for option in options:
             flag = "--task" if option.dest == "tasks" else option.flag
-            parts.append(f"| `{option.key}` | `{flag}` | `{_default(option)}` | {option.help} |")
+            parts.append(f"| `{option.key}` | `{flag}` | `{config.default_text(option)}` | {option.help} |")
         parts.append("")
     parts.append(TASKS)
     return "\n".join(parts).rstrip() + "\n"
@@ -101,6 +84,7 @@ dashboard: [../observability.md](../observability.md).
 |---|---|---|---|
 """
 OPTIONAL = {"gearman_workers_control_up": "Only with a control channel.",
+            "gearman_workers_control_messages": "Only with a control channel.",
             "gearman_workers_autoscale_decisions": "Only when autoscaling.",
             "gearman_workers_queue_waiting": "Only when autoscaling.",
             "gearman_workers_children_min": "Only when autoscaling.",
@@ -113,7 +97,8 @@ class Sample:
     def metrics_snapshot(self) -> Snapshot:
         task = TaskTotals("echo", dict.fromkeys(OUTCOMES, 0), [0] * (len(BUCKETS) + 1), 0.0)
         autoscale = {"min": 1, "max": 4, "waiting": 0, "up": 0, "down": 0, "last": None}
-        return Snapshot(1, {}, {}, {"127.0.0.1:4730": 1}, True, [task], {"master": 0, "children": 0}, autoscale)
+        return Snapshot(1, {}, {}, {"127.0.0.1:4730": 1}, True, [task], {"master": 0, "children": 0}, autoscale,
+                        {("applied", "exit"): 0})
 
 
 def _series(name: str, kind: str) -> str:
@@ -129,7 +114,7 @@ def metrics() -> str:
     rows = []
     for family in PoolCollector(Sample(), "POOL", "HOST").collect():
         labels = sorted({label for sample in family.samples for label in sample.labels} - {"pool", "host", "le"})
-        where = f" ({OPTIONAL[family.name]})" if family.name in OPTIONAL else ""
+        where = f" {OPTIONAL[family.name]}" if family.name in OPTIONAL else ""
         rows.append(f"| {_series(family.name, family.type)} | {family.type} | {', '.join(labels) or '-'} | "
                     f"{family.documentation}{where} |")
     return METRICS_INTRO + "\n".join(rows) + "\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -24,9 +25,18 @@ from helpers import (
 
 
 def ctl(redis_server: RedisServer, *args: str) -> str:
-    result = run_cli("gm-ctl", *args[:1], "--redis-url", redis_server.url, *args[1:])
-    assert result.returncode == 0, result.stderr
+    """gm-ctl on the test's Redis, unsigned unless the test gives a secret;
+    every live pool aimed at must apply it."""
+    signing = () if "--secret-file" in args else ("--allow-unsigned",)
+    result = run_cli("gm-ctl", *args[:1], "--redis-url", redis_server.url, *signing, *args[1:])
+    assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def gm_exit(redis_server: RedisServer, *args: str) -> subprocess.CompletedProcess:
+    signing = () if "--secret-file" in args else ("--allow-unsigned",)
+    aim = () if "--pool" in args or "--host" in args else ("--all",)
+    return run_cli("gm-exit", "--redis-url", redis_server.url, *signing, *aim, *args)
 
 
 def test_gm_exit_drains_two_pools_on_two_hosts(gearmand: Gearmand, redis_server: RedisServer,
@@ -40,9 +50,9 @@ def test_gm_exit_drains_two_pools_on_two_hosts(gearmand: Gearmand, redis_server:
         client = threading.Thread(target=lambda: result.update(r=submit(gearmand, "slow", "1.5")))
         client.start()
         wait_for(lambda: gearmand.status()["slow"][1] == 1, what="the slow job to run")
-        done = run_cli("gm-exit", "--redis-url", redis_server.url, "--wait", "--timeout", "20")
+        done = gm_exit(redis_server, "--wait", "--timeout", "20")
         assert done.returncode == 0, done.stderr
-        assert "received by 2 listener(s)" in done.stdout
+        assert "host-a/alpha: applied\nhost-b/beta: applied\n" in done.stdout
         assert "host-a/alpha stopped" in done.stdout and "host-b/beta stopped" in done.stdout
         assert first.wait_exit() == 0 and second.wait_exit() == 0
         client.join(15)
@@ -55,8 +65,9 @@ def test_gm_exit_pool_stops_only_that_pool(gearmand: Gearmand, redis_server: Red
     with running(first), running(second):
         wait_for(lambda: heartbeat_up(redis_server, first) and heartbeat_up(redis_server, second),
                  what="both heartbeats")
-        done = run_cli("gm-exit", "--redis-url", redis_server.url, "--pool", "beta", "--wait")
+        done = gm_exit(redis_server, "--pool", "beta", "--wait")
         assert done.returncode == 0, done.stderr
+        assert "host-b/beta: applied" in done.stdout and "alpha" not in done.stdout.split("waiting")[0]
         assert second.wait_exit() == 0
         # alpha got the message too: prove it was handled (and ignored) by a later command.
         ctl(redis_server, "set", "marker", '"after"')
@@ -69,7 +80,7 @@ def test_gm_ctl_set_reaches_every_child_and_respawned_ones(gearmand: Gearmand, r
                                                            tmp_path: Path) -> None:
     with running(control_pool(gearmand, tmp_path, redis_server.url, processes=3)) as pool:
         wait_for(lambda: heartbeat_up(redis_server, pool), what="the heartbeat")
-        assert "1 listener(s) notified" in ctl(redis_server, "set", "limit", '{"rate": 5}')
+        assert ctl(redis_server, "set", "limit", '{"rate": 5}') == "host-a/alpha: applied\n"
         children = pool.children()
 
         def every_child_sees_it() -> bool:
@@ -82,7 +93,7 @@ def test_gm_ctl_set_reaches_every_child_and_respawned_ones(gearmand: Gearmand, r
         assert len(fresh) == 1
         wait_for(lambda: fresh <= set(values_seen(gearmand, "limit", 9)), what="the new child to take jobs")
         assert set(values_seen(gearmand, "limit", 9).values()) == {"{'rate': 5}"}
-        ctl(redis_server, "del", "limit")
+        ctl(redis_server, "del", "limit", "--all")
         wait_for(lambda: set(values_seen(gearmand, "limit", 6).values()) == {"None"}, what="the delete")
 
 
@@ -95,8 +106,9 @@ def test_exit_published_while_cut_off_is_obeyed_on_reconnect(gearmand: Gearmand,
             wait_for(lambda: heartbeat_up(redis_server, pool), what="the heartbeat")
             relay.cut()
             wait_for(lambda: "unreachable" in pool.log(), what="the pool to notice the outage")
-            done = run_cli("gm-exit", "--redis-url", redis_server.url)
-            assert "received by 0 listener(s)" in done.stdout
+            done = gm_exit(redis_server)
+            assert done.returncode == 1  # the pool is aimed at (its heartbeat lives) and cannot answer
+            assert "host-a/alpha: no answer within 2 s" in done.stdout
             assert submit(gearmand, "echo", b"cut off but serving").result == b"cut off but serving"
             relay.restore()
             assert pool.wait_exit(20) == 0
@@ -107,7 +119,8 @@ def test_exit_published_while_cut_off_is_obeyed_on_reconnect(gearmand: Gearmand,
 
 def test_a_pool_started_after_an_exit_keeps_running(gearmand: Gearmand, redis_server: RedisServer,
                                                     tmp_path: Path) -> None:
-    assert run_cli("gm-exit", "--redis-url", redis_server.url).returncode == 0
+    done = gm_exit(redis_server)
+    assert done.returncode == 1 and "no live pool is aimed at; kept for the pools that start later" in done.stdout
     with running(control_pool(gearmand, tmp_path, redis_server.url)) as pool:
         wait_for(lambda: heartbeat_up(redis_server, pool), what="the heartbeat")
         # Commands are handled in order: once this value shows, an exit would have been acted on.
@@ -119,9 +132,9 @@ def test_a_pool_started_after_an_exit_keeps_running(gearmand: Gearmand, redis_se
 def test_scale_follows_in_gearmand(gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
     with running(control_pool(gearmand, tmp_path, redis_server.url, processes=2)) as pool:
         wait_for(lambda: heartbeat_up(redis_server, pool), what="the heartbeat")
-        ctl(redis_server, "scale", "4")
+        ctl(redis_server, "scale", "4", "--pool", "alpha")
         pool.wait_registered(4)
-        ctl(redis_server, "scale", "1")
+        ctl(redis_server, "scale", "1", "--all")
         pool.wait_registered(1)
         assert len(gearmand.workers("alpha")) == 1
 
@@ -188,7 +201,7 @@ def test_with_a_secret_only_signed_fresh_commands_work(gearmand: Gearmand, redis
         wait_for(lambda: "replayed message" in pool.log() and "bad signature" in pool.log(), what="rejections")
         assert "unsigned message" in pool.log()
         assert submit(gearmand, "echo", b"still serving").result == b"still serving"
-        done = run_cli("gm-exit", "--redis-url", redis_server.url, "--secret-file", str(secret_file), "--wait")
+        done = gm_exit(redis_server, "--secret-file", str(secret_file), "--wait")
         assert done.returncode == 0, done.stderr
         assert pool.wait_exit() == 0
 
@@ -214,6 +227,6 @@ def test_gm_exit_wait_times_out_naming_the_pool(redis_server: RedisServer) -> No
                               json.dumps({"host": "h9", "name": "stuck", "pid": 1, "started": 1.0, "reported": 1.0,
                                              "desired": 1, "registered": 1, "autoscale": None, "children": []}),
                                   ex=60)
-    done = run_cli("gm-exit", "--redis-url", redis_server.url, "--wait", "--timeout", "1")
+    done = gm_exit(redis_server, "--wait", "--timeout", "1")
     assert done.returncode == 1
     assert "still running: h9/stuck" in done.stderr

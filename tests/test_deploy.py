@@ -333,7 +333,8 @@ def test_gm_exit_for_one_host_restarts_only_that_hosts_pools(fleet: Fleet) -> No
     before = {(host.name, pool): host.main_pid(pool) for host in (worker1, worker2) for pool in POOLS}
     done = worker2.run("gm-exit --host worker1 --wait --timeout 60")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "waiting for 2 pool(s): worker1/batch, worker1/default" in done.stdout
+    assert "worker1/batch: applied\nworker1/default: applied\n" in done.stdout  # each pool aimed at answered
+    assert "waiting for 2 pool(s) to stop: worker1/batch, worker1/default" in done.stdout
     for pool in POOLS:
         wait_for(lambda pool=pool: worker1.main_pid(pool) not in (0, before["worker1", pool]), timeout=30,
                  what=f"worker1's pool {pool} to come back")

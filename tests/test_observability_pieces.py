@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gearman_workers.control import cli as control_cli
+from gearman_workers.control import tables
 from gearman_workers.jobstats import DONE, FAILED, MAX_TASKS, POISON, TIMEOUT, JobStats
 from gearman_workers.metrics import Snapshot, registry_for
 from gearman_workers.notify import Notifier
@@ -109,12 +109,12 @@ def test_status_table_drops_the_job_column_before_it_wraps(monkeypatch: pytest.M
              "job": "H:worker-host-17:90210", "busy_for": 75.2, "jobs_done": 12345, "jobs_failed": 3,
              "rss": 52_000_000, "age": 7300.0}
     pools = [{"host": "worker-host-17", "name": "images", "pid": 4000, "desired": 1, "children": [child]}]
-    document = control_cli.status_document(pools)
+    document = tables.status_document(pools)
     assert document["children"][0] == {"host": "worker-host-17", "pool": "images", "master": 4000,
                                        "reported": None, **child}
     for columns, job_shown in ((200, True), (80, False)):
         monkeypatch.setenv("COLUMNS", str(columns))
-        control_cli._print_status(document["children"])
+        tables.print_status(document["children"])
         out = capsys.readouterr().out
         assert ("H:worker-host-17:90210" in out) == job_shown
         assert all(len(line) <= columns for line in out.splitlines())

@@ -52,6 +52,7 @@ class Snapshot:
     jobs: list[TaskTotals]
     resident: dict[str, int] = dataclasses.field(default_factory=dict)  # "master"/"children" -> bytes
     autoscale: dict[str, Any] | None = None  # min, max, waiting, up, down (None: a fixed pool)
+    control_messages: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (outcome, reason)
 
 
 class Source(Protocol):
@@ -137,6 +138,14 @@ class PoolCollector(Collector):
                                    "1 while the master is subscribed to the Redis control channel.")
             control.add_metric(self._values(), 1 if snap.control_up else 0)
             yield control
+            messages = self._family(CounterMetricFamily, "gearman_workers_control_messages",
+                                    "Control messages aimed at this pool (or unreadable), by outcome (applied, "
+                                    "refused) and reason (the command applied, or why it was refused: "
+                                    "bad-signature, unsigned, stale, replayed, malformed, autoscaling...).",
+                                    "outcome", "reason")
+            for (outcome, reason), count in sorted(snap.control_messages.items()):
+                messages.add_metric(self._values(outcome, reason), count)
+            yield messages
 
 
     def _autoscale(self, scaling: dict[str, Any]) -> Iterator[Metric]:

@@ -4,6 +4,7 @@ real parts are put together in cli.py; tests put fakes in their place
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from collections.abc import Callable, Collection, Iterable
@@ -42,13 +43,12 @@ class Upgrades(Protocol):
     """Handing the pool to a new master (handover.Upgrades)."""
 
     handed_over: bool
-    in_charge: int
     control_since: float
 
     @property
     def busy(self) -> bool: ...  # a successor is starting, or we are one not yet in charge
-    def start(self) -> bool: ...
-    def check(self) -> str | None: ...
+    def start(self, view: MasterView) -> None: ...
+    def check(self, view: MasterView, listen_again: bool) -> str | None: ...
     def abandon(self, why: str) -> bool: ...
     def wait_fd(self) -> int: ...
     def deadline(self) -> float | None: ...
@@ -62,6 +62,7 @@ class Control(Protocol):
     """The fleet-control listener (control/listener.py)."""
 
     up: bool  # subscribed to the channel now
+    outcomes: collections.Counter[tuple[str, str]]  # (outcome, reason) -> control messages
 
     def start(self, master: MasterView) -> None: ...
     def stop(self) -> None: ...

@@ -6,6 +6,7 @@ threads, and reads only."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -37,6 +38,7 @@ class Observed(Protocol):
 
 class Listening(Protocol):
     up: bool  # the control listener is subscribed now
+    outcomes: collections.Counter[tuple[str, str]]  # (outcome, reason) -> control messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,7 @@ class PoolSnapshot:
     exits: dict[str, int]
     autoscale: dict[str, Any] | None
     control_up: bool | None
+    control_messages: dict[tuple[str, str], int]
     jobs: list[TaskTotals]
 
 
@@ -73,7 +76,9 @@ def snapshot(master: Observed, control: Listening | None) -> PoolSnapshot:
     return PoolSnapshot(master.pid, master.started_at, master.desired, [str(s) for s in master.config.servers],
                         [ChildView(child, master.board.read(child.slot)) for child in children],
                         dict(master.child_exits), autoscale_summary(master.autoscaler),
-                        control.up if control is not None else None, master.stats.totals(master.board.header()[2]))
+                        control.up if control is not None else None,
+                        dict(control.outcomes) if control is not None else {},
+                        master.stats.totals(master.board.header()[2]))
 
 
 def autoscale_summary(scaler: Autoscaler | None) -> dict[str, Any] | None:
@@ -86,6 +91,17 @@ def autoscale_summary(scaler: Autoscaler | None) -> dict[str, Any] | None:
 
 def registered(snap: PoolSnapshot) -> int:
     return sum(1 for view in snap.children if view.child.live and view.info.registered)
+
+
+def status_line(seen: list[ChildView], servers: list[Any], wanted: int) -> str:
+    """What systemd's STATUS= says (the main loop's, each turn): counts, and
+    the gearmands no child is registered with."""
+    registered_n = sum(view.child.live and view.info.registered for view in seen)
+    busy = sum(view.info.state == ChildState.BUSY for view in seen)
+    line = f"{registered_n}/{wanted} children registered, {busy} busy"
+    silent = [str(server) for index, server in enumerate(servers)
+              if not any(view.info.registered_with >> index & 1 for view in seen)]
+    return line + (f"; waiting for gearmand {', '.join(silent)}" if silent and seen else "")
 
 
 def summary(snap: PoolSnapshot) -> dict[str, Any]:
@@ -114,7 +130,7 @@ def metrics(snap: PoolSnapshot) -> Snapshot:
     resident = {"master": procfs.resident_bytes(snap.pid) or 0,
                 "children": sum(procfs.resident_bytes(view.child.pid) or 0 for view in snap.children)}
     return Snapshot(snap.desired, states, snap.exits, registered_with, snap.control_up, snap.jobs, resident,
-                    snap.autoscale)
+                    snap.autoscale, snap.control_messages)
 
 
 class MasterView:
@@ -135,3 +151,6 @@ class MasterView:
 
     def metrics_snapshot(self) -> Snapshot:
         return metrics(snapshot(self._master, self._control))
+
+    def autoscales(self) -> bool:
+        return self._master.autoscaler is not None

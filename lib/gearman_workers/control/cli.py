@@ -1,11 +1,15 @@
-"""gm-exit and gm-ctl: the operator's side of the control channel."""
+"""gm-exit and gm-ctl: the operator's side of the control channel.
+
+Every command that changes something is answered by each live pool it is
+aimed at (send.py, acks.py): one line per pool, and a status that says
+whether every one applied it. Commands that reach every pool on every
+host (exit, scale, del) ask for --all, or a yes on a terminal."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -14,13 +18,17 @@ from typing import Any
 
 import redis
 
+from .. import __version__
 from .. import config as configuration
-from ..log import escape
-from . import data, exit, registry, scale, store
+from . import data, exit, scale, store, tables
 from .client import connect, read_secret
-from .messages import BadMessage, Message, decode, encode
+from .messages import BadMessage, Message, decode
+from .send import Sender, StoredRecordRefused, refusal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+OPERATOR_CONFIG = Path("/etc/gearman-workers/control.toml")
+ANSWER_TIMEOUT = 2.0  # seconds a command waits for the pools' answers by default
+STOP_TIMEOUT = 120.0  # seconds gm-exit --wait waits for the pools to stop by default
 
 
 @dataclasses.dataclass
@@ -30,15 +38,31 @@ class Settings:
     prefix: str
     secret: bytes | None
     source: Path | None = None  # the configuration file they came from
+    allow_unsigned: bool = False
+
+
+class Refused(Exception):
+    """The command cannot be sent as given: its line, and the exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- flags ------------------------------------------------------------------------
+
+
+def _suppressed(after_subcommand: bool, default: Any) -> Any:
+    """After a subcommand, a flag left out must not overwrite one given
+    before it (argparse applies a subparser's defaults last): SUPPRESS."""
+    return argparse.SUPPRESS if after_subcommand else default
 
 
 def connection_options(after_subcommand: bool = False) -> argparse.ArgumentParser:
-    """The connection flags; gm-ctl takes them before or after its subcommand.
-    After it, a flag left out must not overwrite one given before it (argparse
-    applies a subparser's defaults last), hence SUPPRESS there."""
-    default = argparse.SUPPRESS if after_subcommand else None
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("connection (default: from --config, else local Redis)")
+    group = parent.add_argument_group(f"connection (default: from --config, else {OPERATOR_CONFIG} where it "
+                                      "exists, else a local Redis)")
+    default = _suppressed(after_subcommand, None)
     group.add_argument("--config", type=Path, default=default,
                        help=f"a configuration file's [control] table (default: the operator's, {OPERATOR_CONFIG}, "
                        "where it exists; a pool's own file has the pool's Redis user, which may not send commands)")
@@ -46,32 +70,52 @@ def connection_options(after_subcommand: bool = False) -> argparse.ArgumentParse
     group.add_argument("--channel", default=default, help="control channel (default gearman-workers)")
     group.add_argument("--secret-file", type=Path, default=default, help="shared secret to sign commands with")
     group.add_argument("--key-prefix", default=default, help="prefix of the Redis keys (default gearman-workers)")
+    group.add_argument("--allow-unsigned", action="store_true", default=_suppressed(after_subcommand, False),
+                       help="send without a secret, to pools started with allow_unsigned")
     return parent
 
 
-def target_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", action="append", default=[], metavar="HOST",
-                        help="only pools on this host (repeatable; default: every host)")
-    parser.add_argument("--pool", help="only pools with this name (default: every pool)")
+def target_options(after_subcommand: bool = False) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("which pools (default: none; --all for every pool on every host)")
+    group.add_argument("--host", action="append", default=_suppressed(after_subcommand, []), metavar="HOST",
+                       help="only pools on this host (repeatable)")
+    group.add_argument("--pool", default=_suppressed(after_subcommand, None), help="only pools with this name")
+    group.add_argument("--all", action="store_true", default=_suppressed(after_subcommand, False),
+                       help="every pool on every host (exit, scale and del ask for it)")
+    return parent
 
 
-OPERATOR_CONFIG = Path("/etc/gearman-workers/control.toml")
+def answer_options(default: float = ANSWER_TIMEOUT, after_subcommand: bool = False) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--timeout", type=float, default=_suppressed(after_subcommand, None), metavar="SECONDS",
+                        help=f"how long to wait for the pools' answers (default {default:g})")
+    return parent
 
 
-def settings(args: argparse.Namespace) -> Settings:
+def settings(args: argparse.Namespace, sending: bool) -> Settings:
     """Flags, else the config file's [control] table (by default the one the
-    deployment writes for operators, if present), else the defaults."""
+    deployment writes for operators, if present), else the defaults. A
+    command that SENDING needs a secret, or --allow-unsigned."""
     path = args.config or (OPERATOR_CONFIG if OPERATOR_CONFIG.exists() else None)
     base = configuration.load(path=path, require_tasks=False) if path else None
-    url = args.redis_url or (base.redis_url if base else None) or "redis://127.0.0.1:6379/0"
+    if args.redis_url:
+        try:
+            configuration.redis_url(args.redis_url)
+        except ValueError as err:
+            raise configuration.ConfigError(f"--redis-url: {err}") from None
     secret_file = args.secret_file or (base.secret_file if base else None)
-    return Settings(
-        url=url,
+    conf = Settings(
+        url=args.redis_url or (base.redis_url if base else None) or "redis://127.0.0.1:6379/0",
         channel=args.channel or (base.channel if base else "gearman-workers"),
         prefix=args.key_prefix or (base.key_prefix if base else "gearman-workers"),
         secret=read_secret(secret_file) if secret_file else None,
         source=path,
-    )
+        allow_unsigned=args.allow_unsigned or bool(base and base.allow_unsigned))
+    if sending and conf.secret is None and not conf.allow_unsigned:
+        raise Refused("no secret to sign with: pools that have one refuse unsigned commands; give --secret-file "
+                      "(or [control] secret_file in --config), or --allow-unsigned for pools that run without one")
+    return conf
 
 
 def _fail(prog: str, message: str, status: int) -> int:
@@ -79,109 +123,119 @@ def _fail(prog: str, message: str, status: int) -> int:
     return status
 
 
-def _redis_time(client: redis.Redis) -> float:
-    seconds, micros = client.time()
-    return seconds + micros / 1e6
+def _aimed(args: argparse.Namespace, what: str, fleet_wide_needs_all: bool) -> dict[str, Any]:
+    """The targets; a command that would reach every pool on every host
+    only with --all, or a yes on a terminal."""
+    hosts, pool = tuple(args.host), args.pool
+    if args.all and (hosts or pool):
+        raise Refused("--all with --host or --pool: say one or the other")
+    if fleet_wide_needs_all and not (hosts or pool or args.all) and not _confirmed(what):
+        raise Refused(f"{what} would reach every pool on every host: aim it with --host or --pool, or say --all")
+    return {"hosts": hosts, "pool": pool}
 
 
-def publish(client: redis.Redis, conf: Settings, message: Message) -> int:
-    """Stamp, sign, keep (where its command keeps it) and publish MESSAGE."""
-    message = dataclasses.replace(message, ts=_redis_time(client))
-    command = registry.command_of(message)
-    raw = encode(message, conf.secret)
-    keys = store.Keys(conf.prefix)
-    with client.pipeline(transaction=False) as pipe:  # no MULTI: operators need no such right
-        for scope in store.command_scopes(message.hosts, message.pool):
-            command.record(pipe, keys, scope, message, raw)
-        pipe.publish(conf.channel, raw)
-        return int(pipe.execute()[-1])
+def _confirmed(what: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{what}: every pool on every host? [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _pool_id(info: dict[str, Any]) -> str:
-    return f"{info.get('host')}/{info.get('name')}"
+# --- gm-exit ------------------------------------------------------------------------
 
 
-def _targeted(pools: list[dict[str, Any]], hosts: list[str], pool: str | None) -> dict[str, dict[str, Any]]:
-    probe = Message("", hosts=tuple(hosts), pool=pool)
-    return {_pool_id(p): p for p in pools if probe.targets(str(p.get("host")), str(p.get("name")))}
+def exit_main(argv: list[str] | None = None) -> int:
+    prog = "gm-exit"
+    parser = argparse.ArgumentParser(
+        prog=prog, parents=[connection_options(), target_options(), answer_options()],
+        description="Tell gearman-workers pools to finish the jobs in hand and exit (under systemd they come back "
+        "with fresh code). Each live pool aimed at answers; the status is 0 when every one obeyed. --timeout is "
+        f"how long to wait for the answers (default {ANSWER_TIMEOUT:g} s), or with --wait for the stop "
+        f"(default {STOP_TIMEOUT:g} s).")
+    parser.add_argument("--wait", action="store_true",
+                        help=f"then wait until every pool aimed at has stopped (--timeout: default {STOP_TIMEOUT:g})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+    conf: Settings | None = None
+    try:
+        targets = _aimed(args, "exit", fleet_wide_needs_all=True)
+        conf = settings(args, sending=True)
+        client = connect(conf.url)
+        keys = store.Keys(conf.prefix)
+        before = _targeted(store.live_pools(client, keys), **targets) if args.wait else {}
+        status = _sender(client, conf, ANSWER_TIMEOUT if args.wait else args.timeout).send(exit.message(**targets))
+        if args.wait:
+            return max(status, _wait_stopped(client, keys, before, args.timeout or STOP_TIMEOUT))
+        return status
+    except Refused as err:
+        return _fail(prog, str(err), err.status)
+    except configuration.ConfigError as err:
+        return _fail(prog, f"config error: {err}", EXIT_USAGE)
+    except StoredRecordRefused as err:
+        return _fail(prog, str(err), EXIT_FAILED)
+    except (redis.RedisError, OSError) as err:
+        return _fail(prog, _redis_problem(err, conf), EXIT_FAILED)
 
 
-def _wait_stopped(client: redis.Redis, keys: store.Keys, before: dict[str, dict[str, Any]],
-                  timeout: float) -> int:
+def _sender(client: redis.Redis, conf: Settings, timeout: float | None, force: bool = False) -> Sender:
+    return Sender(client, conf.channel, store.Keys(conf.prefix), conf.secret,
+                  ANSWER_TIMEOUT if timeout is None else timeout, force)
+
+
+def _targeted(pools: list[dict[str, Any]], hosts: tuple[str, ...], pool: str | None) -> dict[str, dict[str, Any]]:
+    probe = Message("", hosts=hosts, pool=pool)
+    return {tables.pool_id(p): p for p in pools if probe.targets(str(p.get("host")), str(p.get("name")))}
+
+
+def _wait_stopped(client: redis.Redis, keys: store.Keys, before: dict[str, dict[str, Any]], timeout: float) -> int:
     if not before:
-        print("no live pool matched the targets; nothing to wait for")
         return EXIT_OK
-    print(f"waiting for {len(before)} pool(s): {', '.join(sorted(before))}")
-    started = time.monotonic()
+    print(f"waiting for {len(before)} pool(s) to stop: {', '.join(sorted(before))}", flush=True)
+    deadline = time.monotonic() + timeout
     remaining = dict(before)
     while remaining:
-        now_live = {_pool_id(p): p for p in store.live_pools(client, keys)}
+        now_live = {tables.pool_id(p): p for p in store.live_pools(client, keys)}
         for pool_id, old in list(remaining.items()):
             new = now_live.get(pool_id)
             if new is None or (new.get("pid"), new.get("started")) != (old.get("pid"), old.get("started")):
                 del remaining[pool_id]
-                print(f"  {pool_id} stopped after {time.monotonic() - started:.1f} s "
-                      f"({len(before) - len(remaining)}/{len(before)})", flush=True)
-        if remaining and time.monotonic() - started > timeout:
-            print(f"timed out after {timeout:.0f} s; still running: {', '.join(sorted(remaining))}",
-                  file=sys.stderr)
+                print(f"  {pool_id} stopped ({len(before) - len(remaining)}/{len(before)})", flush=True)
+        if remaining and time.monotonic() > deadline:
+            print(f"timed out after {timeout:g} s; still running: {', '.join(sorted(remaining))}", file=sys.stderr)
             return EXIT_FAILED
         if remaining:
             time.sleep(0.2)
     return EXIT_OK
 
 
-def exit_main(argv: list[str] | None = None) -> int:
-    prog = "gm-exit"
-    parser = argparse.ArgumentParser(
-        prog=prog, parents=[connection_options()],
-        description="Tell gearman-workers pools to finish the jobs in hand and exit "
-        "(under systemd they come back with fresh code).")
-    target_options(parser)
-    parser.add_argument("--wait", action="store_true", help="wait until every targeted pool has stopped")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
-    args = parser.parse_args(argv)
-    conf: Settings | None = None
-    try:
-        conf = settings(args)
-        client = connect(conf.url)
-        keys = store.Keys(conf.prefix)
-        before = _targeted(store.live_pools(client, keys), args.host, args.pool) if args.wait else {}
-        receivers = publish(client, conf, exit.message(hosts=tuple(args.host), pool=args.pool))
-    except configuration.ConfigError as err:
-        return _fail(prog, f"config error: {err}", EXIT_USAGE)
-    except (redis.RedisError, OSError) as err:
-        return _fail(prog, _redis_problem(err, conf), EXIT_FAILED)
-    assert conf is not None
-    print(f"exit published on {conf.channel}: received by {receivers} listener(s)")
-    if not args.wait:
-        return EXIT_OK
-    try:
-        return _wait_stopped(client, keys, before, args.timeout)
-    except (redis.RedisError, OSError) as err:
-        return _fail(prog, f"lost redis while waiting: {err}", EXIT_FAILED)
+# --- gm-ctl -------------------------------------------------------------------------
 
 
 def ctl_main(argv: list[str] | None = None) -> int:
     prog = "gm-ctl"
-    common = connection_options(after_subcommand=True)
-    parser = argparse.ArgumentParser(prog=prog, parents=[connection_options()],
-                                     description="Control gearman-workers pools through Redis.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, (text, arguments, targeted) in SUBCOMMAND_ARGUMENTS.items():
-        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+    parser = argparse.ArgumentParser(prog=prog, parents=[connection_options(), target_options()],
+                                     description="Control gearman-workers pools through Redis. Commands that "
+                                     "change something are answered by each live pool aimed at.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    after = [connection_options(after_subcommand=True), target_options(after_subcommand=True)]
+    for name, (handler, text, arguments) in SUBCOMMANDS.items():
+        parents = after + ([answer_options(after_subcommand=True)] if handler in SENDING else [])
+        sub = commands.add_parser(name, parents=parents, help=text, description=text)
         for flag, options in arguments:
             sub.add_argument(flag, **options)
-        if targeted:
-            target_options(sub)
     args = parser.parse_args(argv)
+    args.timeout = getattr(args, "timeout", None)
     conf: Settings | None = None
+    handler = SUBCOMMANDS[args.command][0]
     try:
-        conf = settings(args)
-        client = connect(conf.url)
-        return _ctl(prog, args, conf, client)
+        conf = settings(args, sending=handler in SENDING)
+        return handler(args, conf, connect(conf.url))
+    except Refused as err:
+        return _fail(prog, str(err), err.status)
     except configuration.ConfigError as err:
         return _fail(prog, f"config error: {err}", EXIT_USAGE)
+    except StoredRecordRefused as err:
+        return _fail(prog, str(err), EXIT_FAILED)
     except (redis.RedisError, OSError) as err:
         return _fail(prog, _redis_problem(err, conf), EXIT_FAILED)
 
@@ -203,162 +257,106 @@ def _redis_user(url: str) -> str:
     return user or "default"
 
 
-def _ctl(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    return SUBCOMMANDS[args.command](prog, args, conf, client)
-
-
-def _targets(args: argparse.Namespace) -> dict[str, Any]:
-    return {"hosts": tuple(getattr(args, "host", ())), "pool": getattr(args, "pool", None)}
-
-
-def _set(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+def _set(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
     try:
         value = json.loads(args.value)
     except ValueError:
-        return _fail(prog, f"VALUE {args.value!r} is not JSON (quote text: '\"{args.value}\"')", EXIT_USAGE)
-    receivers = publish(client, conf, data.set_message(args.key, value, **_targets(args)))
-    print(f"set {args.key}; {receivers} listener(s) notified")
-    return EXIT_OK
+        raise Refused(f"VALUE {args.value!r} is not JSON (quote text: '\"{args.value}\"')") from None
+    message = data.set_message(args.key, value, **_aimed(args, "set", fleet_wide_needs_all=False))
+    return _sender(client, conf, args.timeout, args.force).send(message)
 
 
-def _del(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    receivers = publish(client, conf, data.del_message(args.key, **_targets(args)))
-    print(f"deleted {args.key}; {receivers} listener(s) notified")
-    return EXIT_OK
+def _del(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    message = data.del_message(args.key, **_aimed(args, "del", fleet_wide_needs_all=True))
+    return _sender(client, conf, args.timeout, args.force).send(message)
 
 
-def _scale(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    message = scale.message(args.n, **_targets(args))
+def _scale(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    if args.n == 0 and not args.allow_zero:
+        raise Refused("scale 0 leaves the pools without a worker: say --allow-zero if that is what you want")
+    message = scale.message(args.n, **_aimed(args, "scale", fleet_wide_needs_all=True))
     try:
         scale.SCALE.check(message)
     except BadMessage as err:
-        return _fail(prog, str(err), EXIT_USAGE)
-    receivers = publish(client, conf, message)
-    print(f"scale {args.n} published; received by {receivers} listener(s)")
+        raise Refused(str(err)) from None
+    return _sender(client, conf, args.timeout).send(message)
+
+
+def _get(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    if args.host or args.pool or args.all:
+        raise Refused("get shows the data of every scope: --host, --pool and --all do not apply to it")
+    shown = _print_data(client, store.Keys(conf.prefix), args.key, conf.secret)
+    if args.key is not None and not shown:
+        print(f"{args.key}: not set", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
-def _get(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    _print_data(client, store.Keys(conf.prefix), args.key)
-    return EXIT_OK
-
-
-def _status(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    pools = sorted(_targeted(store.live_pools(client, store.Keys(conf.prefix)), args.host, args.pool).values(),
-                   key=_pool_id)
+def _status(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    document = tables.status_document(_live(args, conf, client))
     if args.json:
-        print(json.dumps(status_document(pools), indent=2, sort_keys=True))
+        print(json.dumps(document, indent=2, sort_keys=True))
     else:
-        _print_status(status_document(pools)["children"])
+        tables.print_status(document["children"])
     return EXIT_OK
 
 
-def _pools(prog: str, args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    _print_pools(store.live_pools(client, store.Keys(conf.prefix)))
+def _pools(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    pools = _live(args, conf, client)
+    if args.json:
+        print(json.dumps(tables.status_document(pools)["pools"], indent=2, sort_keys=True))
+    else:
+        tables.print_pools(pools)
     return EXIT_OK
 
 
-SUBCOMMANDS: dict[str, Callable[[str, argparse.Namespace, Settings, redis.Redis], int]] = {
-    "set": _set, "del": _del, "get": _get, "scale": _scale, "pools": _pools, "status": _status}
-# name -> (what it does, its own arguments, whether --host/--pool choose the pools)
-SUBCOMMAND_ARGUMENTS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]], bool]] = {
-    "set": ("set runtime data KEY to a JSON VALUE",
-            [("key", {}), ("value", {"help": 'a JSON value: 42, true, "text", {"a": 1}'})], True),
-    "del": ("remove runtime data KEY", [("key", {})], True),
-    "get": ("show the stored runtime data", [("key", {"nargs": "?"})], True),
-    "scale": ("change the number of children", [("n", {"type": int})], True),
-    "pools": ("list live pools from their heartbeats", [], False),
-    "status": ("one row per child of every live pool: state, job, counts, memory",
-               [("--json", {"action": "store_true",
-                            "help": "print JSON (see docs/observability.md: fields are stable)"})], True),
+def _live(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> list[dict[str, Any]]:
+    if args.all and (args.host or args.pool):
+        raise Refused("--all with --host or --pool: say one or the other")
+    found = _targeted(store.live_pools(client, store.Keys(conf.prefix)), tuple(args.host), args.pool)
+    return sorted(found.values(), key=tables.pool_id)
+
+
+JSON_FLAG = ("--json", {"action": "store_true", "help": "print JSON (see docs/observability.md: fields are stable)"})
+FORCE_FLAG = ("--force", {"action": "store_true", "help": "replace a stored record even when it does not verify "
+                          "with our secret (after a secret rotation)"})
+Handler = Callable[[argparse.Namespace, Settings, redis.Redis], int]
+SENDING: set[Handler] = {_set, _del, _scale}
+# name -> (handler, what it does, its own arguments)
+SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = {
+    "set": (_set, "set runtime data KEY to a JSON VALUE",
+            [("key", {}), ("value", {"help": 'a JSON value: 42, true, "text", {"a": 1}'}), FORCE_FLAG]),
+    "del": (_del, "remove runtime data KEY", [("key", {}), FORCE_FLAG]),
+    "get": (_get, "show the stored runtime data, marking what the pools ignore (exit 1: KEY not set)",
+            [("key", {"nargs": "?"})]),
+    "scale": (_scale, "change the number of children of each pool aimed at",
+              [("n", {"type": int}), ("--allow-zero", {"action": "store_true", "help": "let n be 0"})]),
+    "pools": (_pools, "list live pools from their heartbeats", [JSON_FLAG]),
+    "status": (_status, "one row per child of every live pool: state, job, counts, memory", [JSON_FLAG]),
 }
 
 
-def _print_data(client: redis.Redis, keys: store.Keys, only: str | None) -> None:
+def _print_data(client: redis.Redis, keys: store.Keys, only: str | None, secret: bytes | None) -> int:
+    """Print the stored data (only ONLY's); how many entries were shown."""
+    shown = 0
     for name in sorted(client.scan_iter(match=keys.data("*"))):
         scope = name.decode("utf-8", "replace").removeprefix(keys.data(""))
         for field, raw in sorted(client.hgetall(name).items()):
             key = store.raw_reply(field).decode("utf-8", "replace")
             if only is not None and key != only:
                 continue
-            try:
-                message = decode(store.raw_reply(raw), None)  # shown, not obeyed: the pools check signatures
-            except BadMessage as err:
-                print(f"{scope:24s} {key} (unreadable: {err})")
-                continue
-            if message.cmd == data.SET.name:
-                print(f"{scope:24s} {key} = {json.dumps(message.value)}")
+            shown += 1
+            print(_data_line(scope, key, store.raw_reply(raw), secret))
+    return shown
 
 
-def _children(info: dict[str, Any]) -> list[dict[str, Any]]:
-    """A heartbeat's child rows (a master older than gm-ctl status sent a count)."""
-    children = info.get("children")
-    return [c for c in children if isinstance(c, dict)] if isinstance(children, list) else []
-
-
-def _child_count(info: dict[str, Any]) -> int:
-    children = info.get("children", 0)
-    return len(children) if isinstance(children, list) else int(children or 0)
-
-
-CHILD_FIELDS = ("slot", "pid", "state", "dedicated_to", "task", "job", "busy_for", "jobs_done", "jobs_failed",
-                "rss", "age")
-POOL_FIELDS = ("pid", "desired", "registered", "started", "reported", "autoscale")
-
-
-def status_document(pools: list[dict[str, Any]]) -> dict[str, Any]:
-    """What `gm-ctl status --json` prints: every pool, and every child with
-    its pool's host, name and master. Values are as of the pool's last
-    heartbeat (`reported`, seconds since the epoch; a few seconds old)."""
-    document: dict[str, list[dict[str, Any]]] = {"pools": [], "children": []}
-    for info in pools:
-        where = {"host": info.get("host"), "pool": info.get("name")}
-        document["pools"].append(where | {key: info.get(key) for key in POOL_FIELDS} |
-                                 {"children": _child_count(info)})
-        for child in _children(info):
-            document["children"].append(where | {"master": info.get("pid"), "reported": info.get("reported")} |
-                                        {key: child.get(key) for key in CHILD_FIELDS})
-    return document
-
-
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _mib(size: int | None) -> str:
-    return "-" if size is None else f"{size / 2**20:.0f}M"
-
-
-def _print_status(children: list[dict[str, Any]]) -> None:
-    """A table sized to the terminal: the job handle column goes first when narrow."""
-    columns = [("HOST", "host"), ("POOL", "pool"), ("PID", "pid"), ("STATE", "state"), ("TASK", "task"),
-               ("JOB", "job"), ("BUSY", "busy_for"), ("DONE", "jobs_done"), ("FAILED", "jobs_failed"),
-               ("RSS", "rss"), ("AGE", "age")]
-    shown = {"busy_for": _span, "age": _span, "rss": _mib}
-    rows = [[escape(shown.get(key, lambda v: "-" if v is None else str(v))(child.get(key))) for _, key in columns]
-            for child in children]
-    widths = [max([len(title), *(len(row[i]) for row in rows)]) for i, (title, _) in enumerate(columns)]
-    keep = list(range(len(columns)))
-    if sum(widths) + len(widths) > shutil.get_terminal_size((100, 24)).columns:
-        keep.remove(5)
-    numeric = {2, 6, 7, 8, 9, 10}
-    for row in [[title for title, _ in columns], *rows]:
-        print(" ".join(row[i].rjust(widths[i]) if i in numeric else row[i].ljust(widths[i]) for i in keep).rstrip())
-    if not children:
-        print("(no live pool matched)")
-
-
-def _print_pools(pools: list[dict[str, Any]]) -> None:
-    print(f"{'HOST':20s} {'POOL':16s} {'PID':>7s} {'CHILDREN':>9s} {'REGISTERED':>10s} {'UP':>8s}")
-    for info in sorted(pools, key=_pool_id):
-        up = time.time() - float(info.get("started", time.time()))
-        print(f"{info.get('host', '?'):20s} {info.get('name', '?'):16s} {info.get('pid', 0):>7} "
-              f"{_child_count(info):>4}/{info.get('desired', 0):<4} {info.get('registered', 0):>10} "
-              f"{up:>7.0f}s")
+def _data_line(scope: str, key: str, raw: bytes, secret: bytes | None) -> str:
+    try:
+        message = decode(raw, None)  # read here; whether the pools accept it is the verdict below
+    except BadMessage as err:
+        return f"{scope:24s} {key} (unreadable: {err})"
+    shown = f"= {json.dumps(message.value)}" if message.cmd == data.SET.name else "(deleted)"
+    refused = refusal(raw, secret) if secret is not None else None
+    ignored = str(refused) if refused is not None else None
+    unchecked = "" if secret is not None else "  [not verified: no secret given]"
+    return f"{scope:24s} {key} {shown}" + (f"  [pools ignore it: {ignored}]" if ignored else unchecked)

@@ -1,10 +1,11 @@
 """What a control command is: the protocol each command module implements
 (exit.py, data.py, scale.py), and what the pool side offers them.
 
-A command says four things, each in one place: what it requires of a
+A command says five things, each in one place: what it requires of a
 message (`check`), where an operator's message is kept in Redis besides
-being published (`record`), what an accepted message makes the pool do
-(`apply`), and how it reads in the pool's log (`describe`). registry.py
+being published (`record`, and `recorded` reads what is there), what an
+accepted message makes the pool do or why the pool refuses it (`apply`),
+and how it reads in the pool's log (`describe`). registry.py
 maps the names to them; the listener and the operator CLI dispatch only
 through it."""
 
@@ -26,6 +27,9 @@ class Pool(Protocol):
     def reload_data(self) -> None:
         """Read the stored runtime data again and publish what changed."""
 
+    def autoscales(self) -> bool:
+        """The pool sizes itself on gearmand's queue (its bounds are its configuration's)."""
+
 
 class ControlCommand(Protocol):
     name: str
@@ -37,8 +41,16 @@ class ControlCommand(Protocol):
         """Queue on PIPE what keeps MESSAGE (RAW: as signed) for pools that
         are not listening now; nothing for a command that is not kept."""
 
+    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
+        """What record() would replace for MESSAGE in SCOPE (None: nothing)."""
+
+    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
+        """Put back RAW, what recorded() said was there before MESSAGE (None: remove MESSAGE's)."""
+
     def apply(self, pool: Pool, message: Message) -> None:
-        """What a pool does with an accepted MESSAGE aimed at it."""
+        """What a pool does with an accepted MESSAGE aimed at it; BadMessage
+        (with its reason) when this pool refuses it. Its answer (acks.py)
+        says which."""
 
     def describe(self, message: Message) -> str:
         """The command as the pool's log names it."""

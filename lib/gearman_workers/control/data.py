@@ -62,6 +62,15 @@ class DataCommand:
     def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
         pipe.hset(keys.data(scope), message.key, raw)
 
+    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
+        return client.hget(keys.data(scope), message.key)
+
+    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
+        if raw is None:
+            client.hdel(keys.data(scope), message.key)
+        else:
+            client.hset(keys.data(scope), message.key, raw)
+
     def apply(self, pool: Pool, message: Message) -> None:
         pool.reload_data()
 

@@ -30,6 +30,15 @@ class Exit:
     def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
         pipe.set(keys.exit(scope), raw)
 
+    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
+        return client.get(keys.exit(scope))
+
+    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
+        if raw is None:
+            client.delete(keys.exit(scope))
+        else:
+            client.set(keys.exit(scope), raw)
+
     def apply(self, pool: Pool, message: Message) -> None:
         pool.submit(Stop("exit command"))
 

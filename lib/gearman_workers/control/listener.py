@@ -15,6 +15,7 @@ the message's command (registry.py): the listener is the `Pool` those act on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -29,10 +30,11 @@ from ..backoff import Backoff
 from ..commands import Command as MasterCommand
 from ..commands import PublishData
 from ..config import Config
-from . import exit, registry, store
+from . import acks, exit, registry, store
 from .client import connect, read_secret
 from .data import DataBook, stored
-from .messages import BadMessage, Message, Verifier
+from .messages import NONCE_RE, BadMessage, Message, Verifier
+from .messages import decode as parse
 
 
 class Master(Protocol):
@@ -44,12 +46,15 @@ class Master(Protocol):
 
     def submit(self, command: MasterCommand) -> None: ...
     def summary(self) -> dict[str, Any]: ...
+    def autoscales(self) -> bool: ...
 
 log = logging.getLogger("gearman_workers.control")
 
 HEARTBEAT_INTERVAL = 2.0  # what gm-ctl status shows is at most this old
 HEARTBEAT_TTL = 15
 MAX_RETRY_DELAY = 5.0
+MAX_REFUSALS_ANSWERED = 20  # a second (see _answer)
+DUPLICATE_WARNING_INTERVAL = 60.0
 
 
 class ControlListener:
@@ -69,6 +74,11 @@ class ControlListener:
         self._pubsub: Any = None  # redis-py's PubSub of the running session
         self._outage_since: float | None = None
         self.up = False  # subscribed and caught up (gearman_workers_control_up)
+        # (outcome, reason) -> messages (gearman_workers_control_messages_total)
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._refusal_window = (0, 0)  # (second, refusals answered in it): see _answer
+        self._last_beat = 0.0  # `reported` of our last heartbeat: a later one by another PID is a twin
+        self._next_duplicate_warning = 0.0
 
     @classmethod
     def from_config(cls, config: Config) -> ControlListener:
@@ -193,6 +203,10 @@ class ControlListener:
         assert self._client is not None  # commands are applied within a session
         self._reload_data(self._client)
 
+    def autoscales(self) -> bool:
+        assert self.master is not None
+        return self.master.autoscales()
+
     def _reload_data(self, client: redis.Redis) -> None:
         """Read the stored data; what is newer than what we hold goes to the children."""
         assert self.master is not None
@@ -208,21 +222,54 @@ class ControlListener:
     def _beat(self, client: redis.Redis) -> None:
         assert self.master is not None
         info: dict[str, Any] = self.master.summary()
+        # Not at the first beat: what is there may be a dead master's last one.
+        other = store.other_writer(client, self.keys, self.hostname, self.pool, self.master.pid,
+                                   self._last_beat) if self._last_beat else None
+        if other is not None:
+            info["duplicate_of"] = other
+            if time.monotonic() >= self._next_duplicate_warning:
+                self._next_duplicate_warning = time.monotonic() + DUPLICATE_WARNING_INTERVAL
+                log.error("another live master (pid %d) publishes as %s/%s too: two hosts share a name, or a pool "
+                          "name is used twice; gm-ctl shows either and --host reaches both. Set [pool] hostname "
+                          "or name apart", other, self.hostname, self.pool)
+        self._last_beat = info["reported"]
         store.write_heartbeat(client, self.keys, self.hostname, self.pool, info, HEARTBEAT_TTL)
 
     def _on_message(self, client: redis.Redis, data: bytes) -> None:
+        """Check, apply if aimed here, and answer (acks.py) what was aimed here."""
+        message = None
         try:
             message = registry.decode(data, self.secret)
             if self.secret is not None:
                 self.verifier.check(message, remember=lambda nonce: self._remember(client, nonce))
             self._check_is_new(message)
-        except BadMessage as err:
-            log.warning("rejected control message on %s: %s", self.channel, err)
-            return
-        if message.targets(self.hostname, self.pool):
+            if not message.targets(self.hostname, self.pool):
+                return
             command = registry.COMMANDS[message.cmd]
             log.info("control command: %s (pid %d)", command.describe(message), os.getpid())
             command.apply(self, message)
+        except BadMessage as err:
+            log.warning("rejected control message on %s: %s", self.channel, err)
+            self.outcomes[acks.REFUSED, err.reason] += 1
+            self._answer(client, message or _peek(data), acks.Ack(acks.REFUSED, err.reason, str(err)))
+            return
+        self.outcomes[acks.APPLIED, message.cmd] += 1
+        self._answer(client, message, acks.Ack(acks.APPLIED, message.cmd))
+
+    def _answer(self, client: redis.Redis, message: Message | None, ack: acks.Ack) -> None:
+        """Answer MESSAGE if it names this pool and carries a nonce. Refusals
+        are answered at most MAX_REFUSALS_ANSWERED a second: whoever can
+        publish junk must not make every pool write keys without end."""
+        if message is None or message.nonce is None or not NONCE_RE.fullmatch(message.nonce) \
+                or not message.targets(self.hostname, self.pool):
+            return
+        if not ack.applied:
+            second, count = self._refusal_window
+            now = int(time.monotonic())
+            self._refusal_window = (now, count + 1 if now == second else 1)
+            if self._refusal_window[1] > MAX_REFUSALS_ANSWERED:
+                return
+        acks.answer(client, self.keys, self.hostname, self.pool, message.nonce, ack)
 
     def _remember(self, client: redis.Redis, nonce: str) -> bool:
         """True the first time this pool sees NONCE (kept in Redis, so a
@@ -236,8 +283,17 @@ class ControlListener:
         such a set or del stored, the catch-up has read already."""
         assert self.master is not None
         if message.ts is not None and message.ts < self.master.control_since:
-            raise BadMessage(f"{message.cmd} sent before this pool started")
+            raise BadMessage(f"{message.cmd} sent before this pool started", "before-start")
 
     def _safe_url(self) -> str:
         scheme, _, rest = self.url.partition("://")
         return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def _peek(data: bytes) -> Message | None:
+    """A refused message's targets and nonce, read without its signature:
+    enough to answer it, never to act on it."""
+    try:
+        return parse(data, None)
+    except BadMessage:
+        return None

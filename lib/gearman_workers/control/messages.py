@@ -35,7 +35,17 @@ _LATEST_TS = 1e11  # year 5138: anything later is not a timestamp
 
 
 class BadMessage(ValueError):
-    """The message is rejected; the text says why."""
+    """The message is rejected; the text says why, `reason` in one word (the
+    label of gearman_workers_control_messages_total, and what an operator's
+    command is told): malformed, unsigned, bad-signature, stale, replayed,
+    unknown-command, before-start."""
+
+    def __init__(self, text: str, reason: str = "malformed") -> None:
+        super().__init__(text)
+        self.reason = reason
+
+
+NONCE_RE = re.compile(r"[0-9a-f]{32}")  # what encode() makes: safe in a Redis key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +83,17 @@ def signature(body: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, _canonical(body), hashlib.sha256).hexdigest()
 
 
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
 def encode(message: Message, secret: bytes | None, now: float | None = None) -> bytes:
-    """Serialise MESSAGE, stamping and signing it when there is a secret."""
+    """Serialise MESSAGE with a fresh nonce (it names the pools' answers:
+    acks.py), stamping and signing it when there is a secret."""
+    message = dataclasses.replace(message, nonce=message.nonce or new_nonce())
     if secret is not None:
         stamp = message.ts if message.ts is not None else (now if now is not None else time.time())
-        message = dataclasses.replace(message, ts=stamp, nonce=secrets.token_hex(16))
+        message = dataclasses.replace(message, ts=stamp)
     body = message.body()
     if secret is not None:
         body["sig"] = signature(body, secret)
@@ -130,7 +146,7 @@ def _decode(data: bytes, secret: bytes | None) -> Message:
         raise BadMessage("message is not UTF-8") from None
     if text.strip() == PLAIN_EXIT:
         if secret is not None:
-            raise BadMessage("unsigned message (a secret is configured): plain 'exit' ignored")
+            raise BadMessage("unsigned message (a secret is configured): plain 'exit' ignored", "unsigned")
         return Message(PLAIN_EXIT)
     try:
         raw = json.loads(text)
@@ -154,12 +170,12 @@ def _decode(data: bytes, secret: bytes | None) -> Message:
 def _check_signature(raw: dict[str, Any], secret: bytes) -> None:
     sig = raw.get("sig")
     if sig is None:
-        raise BadMessage("unsigned message (a secret is configured)")
+        raise BadMessage("unsigned message (a secret is configured)", "unsigned")
     if not isinstance(sig, str) or not _SIGNATURE_RE.fullmatch(sig):
         raise BadMessage("malformed signature (expected 64 hex digits)")
     body = {k: v for k, v in raw.items() if k != "sig"}
     if not hmac.compare_digest(sig, signature(body, secret)):
-        raise BadMessage("bad signature")
+        raise BadMessage("bad signature", "bad-signature")
     if not isinstance(raw.get("ts"), (int, float)) or not isinstance(raw.get("nonce"), str):
         raise BadMessage("signed message without ts and nonce")
 
@@ -210,10 +226,10 @@ class Verifier:
             return
         if message.ts - now > MAX_FUTURE_SKEW:
             raise BadMessage(f"message from the future ({message.ts - now:.0f} s ahead, "
-                             f"limit {MAX_FUTURE_SKEW:.0f} s)")
+                             f"limit {MAX_FUTURE_SKEW:.0f} s)", "stale")
         if now - message.ts > self.max_age:
-            raise BadMessage(f"stale message ({now - message.ts:.0f} s old, limit {self.max_age:.0f} s)")
+            raise BadMessage(f"stale message ({now - message.ts:.0f} s old, limit {self.max_age:.0f} s)", "stale")
         self._seen = {n: t for n, t in self._seen.items() if now - t <= self.lifetime}
         if message.nonce in self._seen or (remember is not None and not remember(message.nonce)):
-            raise BadMessage("replayed message (nonce already seen)")
+            raise BadMessage("replayed message (nonce already seen)", "replayed")
         self._seen[message.nonce] = now

@@ -18,7 +18,7 @@ def command_of(message: Message) -> ControlCommand:
     """MESSAGE's command, after its own checks (BadMessage if it has none)."""
     command = COMMANDS.get(message.cmd)
     if command is None:
-        raise BadMessage(f"unknown command {message.cmd!r} (expected one of {', '.join(COMMANDS)})")
+        raise BadMessage(f"unknown command {message.cmd!r} (expected one of {', '.join(COMMANDS)})", "unknown-command")
     command.check(message)
     return command
 

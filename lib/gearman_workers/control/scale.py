@@ -3,8 +3,9 @@
 Sent by `gm-ctl scale N [--host H] [--pool P]`. Not kept: a scale is for
 the pools running when it is sent; a pool that starts later starts with
 its configuration's size. A pool obeys it unless it autoscales (then its
-configuration's bounds decide, and the master refuses with a log line);
-N is from 0 to the pool's MAX_PROCESSES."""
+configuration's bounds decide, and it refuses: reason "autoscaling");
+N is from 0 to the pool's MAX_PROCESSES (gm-ctl asks for --allow-zero
+before it sends 0)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,16 @@ class Scale:
     def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
         """Not kept (see above)."""
 
+    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
+        return None
+
+    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
+        """Nothing was kept."""
+
     def apply(self, pool: Pool, message: Message) -> None:
+        if pool.autoscales():
+            raise BadMessage("this pool autoscales: its min_processes and max_processes decide; change them "
+                             "in its configuration and reload it", "autoscaling")
         pool.submit(ScaleTo(to=message.n))
 
     def describe(self, message: Message) -> str:

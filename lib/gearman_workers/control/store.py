@@ -55,6 +55,9 @@ class Keys:
     def nonce(self, host: str, pool: str, nonce: str) -> str:
         return f"{self.prefix}:nonce:{host}:{pool}:{nonce}"
 
+    def ack(self, host: str, pool: str, nonce: str) -> str:
+        return f"{self.prefix}:ack:{host}:{pool}:{nonce}"
+
     @property
     def heartbeat_pattern(self) -> str:
         return f"{self.prefix}:pool:*"
@@ -113,6 +116,17 @@ def write_heartbeat(client: redis.Redis, keys: Keys, hostname: str, pool: str,
     client.setex(keys.heartbeat(hostname, pool), ttl, json.dumps(info | {"host": hostname, "name": pool}))
 
 
+def other_writer(client: redis.Redis, keys: Keys, hostname: str, pool: str, pid: int, after: float) -> int | None:
+    """The PID of another master that wrote this pool's heartbeat since
+    AFTER (our last write): two live masters with one host and pool name.
+    A dead master's last heartbeat, older than ours, is no one."""
+    found = _heartbeat(client.get(keys.heartbeat(hostname, pool)))
+    other, reported = found.get("pid"), found.get("reported")
+    if isinstance(other, int) and other != pid and isinstance(reported, (int, float)) and reported > after:
+        return other
+    return None
+
+
 def remember_nonce(client: redis.Redis, keys: Keys, hostname: str, pool: str, nonce: str, ttl: int) -> bool:
     """True the first time this pool records NONCE. A read, then SETEX (the
     pool user has no SET, whose expiry is optional): safe without atomicity,
@@ -143,7 +157,7 @@ _NUMBER = (int, float)
 # What gm-ctl reads of a heartbeat, with the types a master writes (master.summary).
 POOL_TYPES: dict[str, tuple[type, ...]] = {
     "pid": (int,), "desired": (int,), "registered": (int,), "started": _NUMBER, "reported": _NUMBER,
-    "autoscale": (dict, type(None)), "children": (list,)}
+    "autoscale": (dict, type(None)), "children": (list,), "duplicate_of": (int, type(None))}
 CHILD_TYPES: dict[str, tuple[type, ...]] = {
     "slot": (int,), "pid": (int,), "state": (str,), "dedicated_to": (str, type(None)), "task": (str, type(None)),
     "job": (str, type(None)), "busy_for": (*_NUMBER, type(None)), "jobs_done": (int,), "jobs_failed": (int,),

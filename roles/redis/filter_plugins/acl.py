@@ -4,7 +4,7 @@ stolen pool password allows, kept to what a pool does (control/store.py).
 It reads the four scopes of exit records and runtime data that can concern
 a pool on HOST (all, host:HOST, pool:*, host:HOST:pool:*; a pool name is
 fleet-wide, so every pool:NAME), and reads and writes only HOST's
-heartbeats and nonces: with SETEX alone, so every key it writes expires.
+heartbeats, nonces and answers to commands (acks): with SETEX alone, so every key it writes expires.
 Other hosts' heartbeats and data stay unreadable to it."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def pool_acl_rules(host: str, prefix: str, channel: str) -> str:
         raise ValueError(f"host name {host!r} cannot be a pool's (letters, digits, '.', '_', '-')")
     reads = [f"{kind}:{scope}" for kind in ("exit", "data")
              for scope in ("all", f"host:{host}", "pool:*", f"host:{host}:pool:*")]
-    own = [f"pool:{host}:*", f"nonce:{host}:*"]
+    own = [f"pool:{host}:*", f"nonce:{host}:*", f"ack:{host}:*"]
     return " ".join(["resetchannels", f"&{channel}", "resetkeys",
                      *(f"%R~{prefix}:{key}" for key in reads), *(f"~{prefix}:{key}" for key in own),
                      POOL_COMMANDS])
