@@ -46,16 +46,21 @@ def test_every_pool_key_the_role_renders_is_one_the_pool_knows() -> None:
     assert rendered <= set(pool_keys), rendered - set(pool_keys)
 
 
+def _run_role(tmp_path: Path, role: str, *extra_vars: str) -> subprocess.CompletedProcess:
+    """ROLE run for real against this machine, with EXTRA_VARS."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(f"- hosts: localhost\n  gather_facts: false\n  roles: [{role}]\n")
+    env = os.environ | {"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_HOME": str(tmp_path / "ansible"),
+                        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "False"}
+    extra = [arg for value in extra_vars for arg in ("-e", value)]
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           str(playbook), *extra], capture_output=True, text=True, env=env, timeout=120)
+
+
 def test_a_wrong_queue_type_fails_before_any_task(tmp_path: Path) -> None:
     """The gearmand role, run for real against this machine with a wrong
     gearmand_queue_type, stops at its argument check: nothing is run."""
-    playbook = tmp_path / "play.yml"
-    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [gearmand]\n")
-    env = os.environ | {"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_HOME": str(tmp_path / "ansible"),
-                        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "False"}
-    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           str(playbook), "-e", "gearmand_queue_type=mysql"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = _run_role(tmp_path, "gearmand", "gearmand_queue_type=mysql")
     assert done.returncode != 0
     assert "gearmand_queue_type must be one of: builtin, libsqlite3, redis, got: mysql" in done.stdout, done.stdout
     assert "ok=0" in done.stdout and "changed=0" in done.stdout
@@ -79,7 +84,7 @@ def test_a_pool_user_reads_only_its_scopes_and_writes_only_expiring_keys_of_its_
     assert [r for r in rules if r.startswith("%R~")] == [
         "%R~gw:exit:all", "%R~gw:exit:host:w1", "%R~gw:exit:pool:*", "%R~gw:exit:host:w1:pool:*",
         "%R~gw:data:all", "%R~gw:data:host:w1", "%R~gw:data:pool:*", "%R~gw:data:host:w1:pool:*"]
-    assert [r for r in rules if r.startswith("~")] == ["~gw:pool:w1:*", "~gw:nonce:w1:*"]
+    assert [r for r in rules if r.startswith("~")] == ["~gw:pool:w1:*", "~gw:nonce:w1:*", "~gw:ack:w1:*"]
     assert "+setex" in rules and "+set" not in rules and "+hset" not in rules
     with pytest.raises(ValueError, match="cannot be a pool's"):
         acl.pool_acl_rules("w*", "gw", "ctl")
@@ -116,3 +121,15 @@ def test_the_pool_list_completes_each_pool_and_counts_up_the_metrics_ports() -> 
     assert [(p["name"], p["processes"], p["metrics_port"]) for p in listed] == [("images", 2, 9810), ("mail", 1, 9811)]
     assert listed[1]["tasks"] == {"echo": "tasks:echo"} and listed[1]["preload"] == "tasks:preload"
     assert [p["name"] for p in pools.pool_list(None, defaults, "default", 9810, {})] == ["default"]
+
+
+def test_a_pool_without_tasks_is_refused_outside_the_test_inventory(tmp_path: Path) -> None:
+    """The pool role, run for real against this machine without tasks,
+    stops at its preflight before anything changes: the example tasks never
+    reach production gearmands by default."""
+    done = _run_role(tmp_path, "gearman_workers", "gearman_workers_servers=['127.0.0.1:1']")
+    assert done.returncode != 0
+    assert "pool(s) default name no tasks" in done.stdout, done.stdout
+    assert "changed=0" in done.stdout
+    pools = load_script("roles/gearman_workers/filter_plugins/pools.py")
+    assert pools.pool_list(None, {"tasks": {}}, "default", 9810, {})[0]["tasks"] == {}  # no examples slipped in

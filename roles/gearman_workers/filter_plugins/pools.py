@@ -13,11 +13,12 @@ from typing import Any
 def pool_list(pools: Iterable[Mapping[str, Any]] | None, defaults: Mapping[str, Any], name: str,
               metrics_port: int | str, examples: Mapping[str, str]) -> list[dict[str, Any]]:
     """POOLS (None or empty: one pool called NAME) completed from DEFAULTS.
-    A pool without tasks gets the EXAMPLES, with their preload."""
+    A pool without tasks gets the EXAMPLES, with their preload, if any
+    (else it keeps none, and the role's preflight refuses it)."""
     completed = []
     for index, given in enumerate(list(pools or []) or [{"name": name}]):
         pool = {**defaults, "metrics_port": int(metrics_port) + index, **given}
-        if not pool.get("tasks"):
+        if not pool.get("tasks") and examples:
             pool |= {"tasks": dict(examples), "preload": pool.get("preload") or "tasks:preload"}
         completed.append(pool)
     return completed
