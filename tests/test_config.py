@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gearman_workers import config as configuration
-from helpers import load_script
+from helpers import ROOT, load_script, run_cli
 
 
 def test_config_file_and_flags(tmp_path: Path) -> None:
@@ -68,3 +68,44 @@ def test_the_configuration_reference_is_the_option_table() -> None:
         "run scripts/render_reference.py"
     for option in configuration.OPTIONS:
         assert f"`{option.key or 'call'}`" in module.configuration()
+
+
+def test_help_groups_the_flags_by_table_with_defaults_and_units() -> None:
+    text = run_cli("gearman-workers", "--help").stdout
+    assert "[pool]:" in text and "[gearman]:" in text and "[control]:" in text
+    flat = " ".join(text.split())  # argparse wraps to the terminal
+    assert "--graceful-timeout SECONDS seconds a stopping child may finish its job (default: 30)" in flat
+    assert "--max-memory MIB" in flat and "(default: CPU count)" in flat
+
+
+def test_print_config_shows_file_and_flags_merged_and_loads_back(tmp_path: Path) -> None:
+    done = run_cli("gearman-workers", "--config", str(ROOT / "examples/gearman-workers.toml"), "--processes", "3",
+                   "--print-config")
+    assert done.returncode == 0, done.stderr
+    printed = tmp_path / "printed.toml"
+    printed.write_text(done.stdout)
+    original = configuration.load(path=ROOT / "examples/gearman-workers.toml")
+    again = configuration.load(path=printed)
+    assert again.processes == 3 and again.tasks == original.tasks and again.name == original.name == "examples"
+
+
+def test_an_unknown_key_suggests_the_one_meant(tmp_path: Path) -> None:
+    path = tmp_path / "pool.toml"
+    path.write_text('[pool]\ngraceful_timout = 3\n[tasks]\necho = "tasks:echo"\n')
+    with pytest.raises(configuration.ConfigError, match=r"unknown key \[pool\] graceful_timout "
+                                                        r"\(did you mean graceful_timeout\?\)"):
+        configuration.load(path=path)
+
+
+def test_a_task_that_cannot_take_worker_and_job_is_refused_at_check_config(tmp_path: Path) -> None:
+    (tmp_path / "sig.py").write_text("def one(job):\n    return b''\n")
+    done = run_cli("gearman-workers", "--python-path", str(tmp_path), "--task", "x=sig:one", "--check-config")
+    assert done.returncode == 3
+    assert done.stderr.startswith("gearman-workers: cannot load task 'x': sig:one: takes (job); "
+                                  "a task takes (worker, job)")
+
+
+def test_a_task_given_twice_is_warned_about(tmp_path: Path) -> None:
+    done = run_cli("gearman-workers", "--python-path", str(ROOT / "examples"), "--task", "e=tasks:echo",
+                   "--task", "e=tasks:reverse", "--check-config")
+    assert done.returncode == 0 and "--task e given twice; the last one (tasks:reverse) wins" in done.stderr

@@ -133,7 +133,7 @@ class FakeMasterProcess(Master):
         return {pid for pid, c in self.children.items() if c.stop_deadline is not None}
 
     def registered_staying(self) -> int:
-        return sum(1 for c in self._live() if self._registered(c))
+        return sum(1 for c in self._live() if self.board.read(c.slot).registered)
 
 
 @pytest.fixture
@@ -662,3 +662,48 @@ def test_starting_children_count_as_spare(tmp_path: Path, clock: Clock) -> None:
     assert scaler.decide(0, depth(5), desired=2, spare=1) is None  # one still starting: wait for it
     assert scaler.decide(0, depth(5), desired=2, spare=0) == Decision(7, "5 job(s) waiting and all 2 children busy")
     assert scaler.decide(0, depth(0), desired=9, spare=3).to == 8  # bounds moved by a reload: back inside
+
+
+# --- what operators expect of TTOU and of a start without gearmand ------------------------
+
+
+def test_ttou_stops_at_one_child_and_only_a_scale_by_number_empties_the_pool(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, processes=1)
+    master.step()
+    master.submit(Scale(by=-1))
+    master.step()
+    assert master.desired == 1 and len(master.children) == 1
+    master.submit(Scale(to=0))  # gm-ctl scale 0 --allow-zero
+    master.step()
+    assert master.desired == 0
+    master.submit(Scale(by=-1))
+    master.step()
+    assert master.desired == 0  # TTOU at zero stays there
+
+
+def test_without_gearmand_a_first_start_is_ready_after_connect_timeout_saying_what_it_waits_for(
+        tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path)
+    master.step()
+    clock.advance(4.9)
+    master.step()
+    assert ("ready", 1) not in master.recorder.told  # the children still try
+    clock.advance(0.1)
+    master.step()
+    assert ("ready", 1) in master.recorder.told
+    servers = ", ".join(map(str, master.config.servers))
+    assert ("status", f"0/2 children registered, 0 busy; waiting for gearmand {servers}") in master.recorder.told
+    for pid in master.pids():
+        master.registers(pid)
+    master.step()
+    assert master.recorder.told[-1] == ("status", "2/2 children registered, 0 busy")
+
+
+def test_a_successor_without_gearmand_never_claims_ready(tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path)
+    master.upgrades.handover = FakeHandover()  # type: ignore[assignment]
+    master.upgrades.handover.ready_fd = 7  # not yet announced
+    master.step()
+    clock.advance(60)
+    master.step()
+    assert not master.ready  # its predecessor serves until the new children registered

@@ -24,8 +24,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from . import log as logging_setup
 from . import protocol as p
 from . import runtime
+from .commands import MEANINGLESS_SIGNALS
 from .config import Config
 from .connection import CONNECTING, DOWN, UP, ConnectionLost, DescriptorsClosed, GearmandConnection
 from .job import Job, encode_result
@@ -50,7 +52,10 @@ IDLE_TITLE_AFTER = 0.05
 EXIT_OK = 0
 EXIT_ERROR = 1
 # The master's signals, which mean nothing to a child (see master.py).
-IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
+# Signals that mean nothing to anyone in the pool: logged and ignored
+# (their default would end the child and its job). SIGALRM is the time limit's.
+NOTED_SIGNALS = (signal.SIGUSR1, *(sig for sig in MEANINGLESS_SIGNALS if sig != signal.SIGALRM))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Worker:
         # between leaves the job in the slot, where the master counts it.
         self.holding_job = False
         self.forked_by_task = False  # set in a process that task code forked (see _forget_pool_after_fork)
+        self.noted_signals: list[int] = []  # signals the loop acts on (see _act_on_signals)
         self.idle_title_due = False
         self.data_version = board.data_version
         self.timer = JobTimer()
@@ -115,6 +121,8 @@ class Worker:
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        for sig in NOTED_SIGNALS:
+            signal.signal(sig, self._on_noted_signal)
         self.timer.install()
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.poller.register(self._wake_r, select.POLLIN)
@@ -133,7 +141,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.set_wakeup_fd(-1)
-        for sig in (*IGNORED_SIGNALS, signal.SIGTERM, signal.SIGALRM):  # the pool's meanings, not this process's
+        for sig in (*IGNORED_SIGNALS, *NOTED_SIGNALS, signal.SIGTERM, signal.SIGALRM):  # the pool's, not its own
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if self.stray_log is not None:
@@ -141,6 +149,18 @@ class Worker:
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
+
+    def _on_noted_signal(self, signum: int, frame: object) -> None:
+        self.noted_signals.append(signum)  # acted on by the loop, between jobs: list.append is safe here
+
+    def _act_on_signals(self) -> None:
+        """SIGUSR1 (sent on by the master): reopen the log file; the others: say so."""
+        while self.noted_signals:
+            signum = self.noted_signals.pop(0)
+            if signum == signal.SIGUSR1:
+                logging_setup.reopen()
+            else:
+                log.warning("%s means nothing to gearman-workers; ignored", signal.Signals(signum).name)
 
     def _start_heartbeat(self) -> None:
         """A busy child cannot beat from its loop. A task with a time limit
@@ -198,6 +218,8 @@ class Worker:
         stop_deadline = None
         single = self.sessions[0] if len(self.sessions) == 1 else None
         while True:
+            if self.noted_signals:
+                self._act_on_signals()
             if self.stopping:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + self.config.connect_timeout

@@ -2,7 +2,9 @@
 
 Exit statuses of gearman-workers carry meaning, for systemd and scripts:
 0 stopped on request, 1 unexpected error, 2 bad configuration or flags,
-3 task code cannot be loaded, 4 another master holds the PID file.
+3 task code cannot be loaded, 4 another master holds the PID file, 75
+task code or preload raised while running (start_backoff.py: systemd
+starts it again; 2, 3 and 4 it does not).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, cleanup, identities, titles
+from . import __version__, cleanup, identities, start_backoff, titles
 from . import config as configuration
 from . import log as logsetup
 from .files import current_umask
@@ -37,12 +40,23 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
 log = logging.getLogger("gearman_workers")
 
 
-def _fail(prog: str, message: str, status: int, handover: Handover | None = None) -> int:
-    """One line on stderr; as a successor, the same to our predecessor."""
+def _fail(prog: str, message: str, status: int, handover: Handover | None = None,
+          cause: BaseException | None = None) -> int:
+    """One line on stderr (then CAUSE's traceback, with the same prefix);
+    as a successor, the line to our predecessor too."""
     print(f"{prog}: {message}", file=sys.stderr)
+    if cause is not None:
+        for line in "".join(traceback.format_exception(cause)).rstrip().splitlines():
+            print(f"{prog}: {line}", file=sys.stderr)
     if handover is not None:
         handover.announce_failure(message)
     return status
+
+
+def _load_failed(err: TaskLoadError) -> int:
+    """Task code or preload: exit 3 for code that cannot load, EXIT_RETRY
+    when running it raised (start_backoff.py)."""
+    return start_backoff.EXIT_RETRY if err.temporary else EXIT_TASKS
 
 
 def pool_parser() -> argparse.ArgumentParser:
@@ -52,6 +66,8 @@ def pool_parser() -> argparse.ArgumentParser:
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration, load the tasks, and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the configuration in effect (file and flags merged) as TOML, and exit")
     parser.add_argument("--upgrade", action="store_true",
                         help="hand the running pool of this configuration to a new master on the code now on "
                         "disk, without a gap (SIGUSR2); wait until it is in charge (exit 0) or given up (exit 1)")
@@ -60,11 +76,12 @@ def pool_parser() -> argparse.ArgumentParser:
 
 
 class Refused(Exception):
-    """A start-up step that cannot go on: its one line, and the exit status."""
+    """A start-up step that cannot go on: its one line, the exit status, and
+    the exception behind it when its traceback helps."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, cause: BaseException | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.cause = status, cause
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handover = _handover()
         config, control = _configure(args)
+        if args.print_config:
+            print(configuration.to_toml(config), end="")
+            return EXIT_OK
         if args.upgrade:
             return _upgrade(config)
         logsetup.setup(config.log_level, log_format=config.log_format)
-        tasks = _load_tasks(config)
+        tasks = _load_tasks(config, starting=not args.check_config and handover is None)
         if args.check_config:
             print(_summary(config, tasks))
             return EXIT_OK
@@ -86,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             return _take_over(config, tasks, pidfile, control, handover)
         _acquire(pidfile, config)
     except Refused as err:
-        return _fail("gearman-workers", str(err), err.status, handover)
+        return _fail("gearman-workers", str(err), err.status, handover, err.cause)
     return _serve(config, tasks, pidfile, control, args.daemon)
 
 
@@ -114,11 +134,13 @@ def _configure(args: argparse.Namespace) -> tuple[configuration.Config, ControlL
         raise Refused(f"config error: {err}", EXIT_CONFIG) from None
 
 
-def _load_tasks(config: configuration.Config) -> dict[str, Task]:
+def _load_tasks(config: configuration.Config, starting: bool) -> dict[str, Task]:
     try:
         tasks = load_tasks(config)
     except TaskLoadError as err:
-        raise Refused(str(err), EXIT_TASKS) from None
+        if starting and err.temporary:
+            start_backoff.wait_before_exit(config, str(err))
+        raise Refused(str(err), _load_failed(err), err.__cause__) from None
     _check(configuration.check_limits, config, resident_bytes() or 0)  # the tasks are loaded: a child's size
     return tasks
 
@@ -157,10 +179,13 @@ def _serve(config: configuration.Config, tasks: dict[str, Task], pidfile: PidFil
         else:
             pidfile.write()
         run_preload(config)
+        start_backoff.loaded(config)
         return Master(config, tasks, _parts(config, pidfile, control, exporter, watcher)).run()
     except TaskLoadError as err:
-        log.error("%s", err)
-        return EXIT_TASKS
+        log.error("%s", err, exc_info=err.__cause__)
+        if err.temporary:
+            start_backoff.wait_before_exit(config, str(err))
+        return _load_failed(err)
     except MetricsUnavailable as err:
         return _fail("gearman-workers", f"config error: {err}", EXIT_CONFIG)
     finally:
@@ -185,9 +210,9 @@ def _take_over(config: configuration.Config, tasks: dict, pidfile: PidFile, cont
                        handover.predecessor_processes(config.processes_file))
         return Master(config, tasks, parts).run()
     except TaskLoadError as err:
-        log.error("%s", err)
+        log.error("%s", err, exc_info=err.__cause__)
         handover.announce_failure(str(err))
-        return EXIT_TASKS
+        return _load_failed(err)
     except MetricsUnavailable as err:
         return _fail("gearman-workers", f"config error: {err}", EXIT_CONFIG, handover)
     finally:
@@ -201,7 +226,7 @@ def _parts(config: configuration.Config, pidfile: PidFile, control: ControlListe
     processes = OsProcessTable(config.processes_file, config.state_dir, config.name, inherited)
     systemd = Notifier()
     upgrades = Upgrades(config.pidfile, config.upgrade_timeout, pidfile, systemd, processes.fork_lock,
-                        exporter.fileno() if exporter is not None else -1, handover)
+                        exporter, handover, control)
     return Parts(processes, systemd, upgrades, titles.master(config.name), control, exporter, watcher)
 
 

@@ -33,6 +33,18 @@ class Upgrade:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReopenLogs:
+    """Reopen the log file (logrotate's postrotate sends SIGUSR1), in the master and every child."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ignored:
+    """A signal that means nothing to the pool: logged, never fatal."""
+
+    signal: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Scale:
     to: int | None = None
     by: int = 0
@@ -50,17 +62,23 @@ class QueueSeen:
     depth: QueueDepth
 
 
-Command = Stop | Reload | Upgrade | Scale | PublishData | QueueSeen
+Command = Stop | Reload | Upgrade | ReopenLogs | Ignored | Scale | PublishData | QueueSeen
+
+# Signals an operator or a tool may send by mistake, whose default would
+# end the master (and so every child and the jobs in hand).
+MEANINGLESS_SIGNALS = (signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR)
 
 FROM_SIGNAL: dict[int, Command] = {
     signal.SIGTERM: Stop("SIGTERM"),
     signal.SIGINT: Stop("SIGINT", hurry_if_stopping=True),
     signal.SIGQUIT: Stop("SIGQUIT", graceful=False),
     signal.SIGHUP: Reload(),
+    signal.SIGUSR1: ReopenLogs(),
     signal.SIGUSR2: Upgrade(),
     signal.SIGTTIN: Scale(by=1),
     signal.SIGTTOU: Scale(by=-1),
 }
+FROM_SIGNAL.update({sig: Ignored(signal.Signals(sig).name) for sig in MEANINGLESS_SIGNALS})
 
 
 class Inbox:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import json
+import logging
 import os
 import re
 import socket
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -277,10 +281,24 @@ def _tasks(value: Any) -> dict[str, TaskSpec]:
     return tasks
 
 
-def _redis_url(value: Any) -> str:
+def redis_url(value: Any) -> str:
+    """A Redis URL as redis-py will read it, checked now: a typo is one line
+    at start, not a traceback a second in the control thread."""
     url = _text(value)
+    shown = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)  # never the password
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {shown!r}")
+    from redis.connection import parse_url  # here: a pool without fleet control never loads redis
+
+    try:
+        parsed = parse_url(url)
+    except ValueError as err:
+        raise ValueError(f"{shown!r} is not a Redis URL redis-py can use: {err}") from None
+    database = urllib.parse.urlsplit(url).path.strip("/")
+    if not url.startswith("unix://") and database and not database.isdigit():
+        raise ValueError(f"{shown!r}: the database after the last / must be a number, got {database!r}")
+    if not url.startswith("unix://") and not parsed.get("host"):
+        raise ValueError(f"{shown!r} names no host")
     return url
 
 
@@ -342,7 +360,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", "python_path", _paths, [], "directories added to sys.path before tasks load"),
     Option("pool", "preload", _optional(callable_spec), None, "module:callable run once before forking"),
     Option("tasks", "", _tasks, {}, "", field="tasks"),
-    Option("control", "redis_url", _optional(_redis_url), None, "Redis URL for fleet control (empty: off)"),
+    Option("control", "redis_url", _optional(redis_url), None, "Redis URL for fleet control (empty: off)"),
     Option("control", "channel", _name, "gearman-workers", "Redis pub/sub channel for commands"),
     Option("control", "secret_file", _optional(_path), None, "file with the shared secret for signed commands"),
     Option("control", "max_message_age", _seconds, 60.0, "signed commands older than this are rejected"),
@@ -377,24 +395,89 @@ def _file_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
         for key, value in table.items():
             option = known.get((section, key))
             if option is None:
-                raise ConfigError(f"{path}: unknown key [{section}] {key}")
+                close = difflib.get_close_matches(key, [o.key for o in OPTIONS if o.section == section], 1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
             values[option.dest] = value
     return values
 
 
+# Defaults the code derives at load time (_complete), said in words.
+DERIVED_DEFAULTS = {"processes": "CPU count", "hostname": "this host's short name", "pidfile": "STATE_DIR/NAME.pid"}
+
+
+def default_text(option: Option) -> str:
+    """OPTION's default as --help and the reference page say it."""
+    value = option.default
+    if value is None:
+        return DERIVED_DEFAULTS.get(option.key, "(none)")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _metavar(option: Option) -> str:
+    """The flag's value, named with its unit where it has one."""
+    if option.parse in (_seconds, _seconds_or_off):
+        return "SECONDS"
+    return "MIB" if option.key == "max_memory" else option.dest.upper()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per key; --task and --python-path may repeat."""
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    """One flag per key, grouped by its TOML table, with its default and
+    unit; --task and --python-path may repeat."""
+    parser.add_argument("--config", type=Path, help="TOML configuration file (flags win over it)")
+    sections = dict.fromkeys(option.section for option in OPTIONS)
+    groups = {section: parser.add_argument_group(f"[{section}]") for section in sections}
     for option in OPTIONS:
+        group = groups[option.section]
+        text = f"{option.help} (default: {default_text(option)})"
         if option.dest == "tasks":
-            parser.add_argument("--task", action="append", metavar="NAME=module:callable",
-                                help="register a task (repeatable)")
+            group.add_argument("--task", action="append", metavar="NAME=module:callable",
+                               help="register a task (repeatable)")
         elif option.dest == "python_path":
-            parser.add_argument(option.flag, action="append", metavar="DIR", help=option.help)
+            group.add_argument(option.flag, action="append", metavar="DIR", help=text)
         elif option.parse is _bool:
-            parser.add_argument(option.flag, action="store_const", const=True, help=option.help)
+            group.add_argument(option.flag, action="store_const", const=True, help=text)
         else:
-            parser.add_argument(option.flag, metavar=option.dest.upper(), help=option.help)
+            group.add_argument(option.flag, metavar=_metavar(option), help=text)
+
+
+def to_toml(config: Config) -> str:
+    """CONFIG as a TOML file that loads back to it (gearman-workers
+    --print-config): every key, flags and file merged. A password in the
+    Redis URL is shown as ***."""
+    lines: list[str] = []
+    for section in dict.fromkeys(o.section for o in OPTIONS if o.dest != "tasks"):
+        lines.append(f"[{section}]")
+        for option in (o for o in OPTIONS if o.section == section):
+            value = getattr(config, option.dest)
+            if option.dest == "redis_url" and value:
+                value = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value)
+            lines.append(f"{option.key} = {_toml_value(value)}" if value is not None
+                         else f"# {option.key} = (not set)")
+        lines.append("")
+    lines.append("[tasks]")
+    for name, spec in config.tasks.items():
+        extra = {"timeout": spec.timeout, "processes": spec.processes}
+        table = ", ".join([f"call = {_toml_value(spec.call)}",
+                           *(f"{k} = {_toml_value(v)}" for k, v in extra.items() if v is not None)])
+        lines.append(f"{_toml_value(name)} = {{ {table} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -404,7 +487,11 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
         name, sep, spec = item.partition("=")
         if not sep:
             raise ConfigError(f"--task {item!r}: expected NAME=module:callable")
-        values.setdefault("tasks", {})[name.strip()] = spec
+        tasks = values.setdefault("tasks", {})
+        if name.strip() in tasks:
+            logging.getLogger("gearman_workers").warning(
+                "gearman-workers: --task %s given twice; the last one (%s) wins", name.strip(), spec)
+        tasks[name.strip()] = spec
     return values
 
 

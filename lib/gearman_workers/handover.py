@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 from . import cleanup, files, identities
 from . import pidfile as pidfiles
@@ -256,7 +257,16 @@ class Handover:
 # --- the master's side: one object the main loop asks --------------------------
 
 log = logging.getLogger("gearman_workers.master")
-HANDED_OVER, FAILED = "handed over", "failed"
+
+
+class Exporter(Protocol):
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Listener(Protocol):
+    def start(self, master: Any) -> None: ...
+    def stop(self) -> None: ...
 
 
 class Upgrades:
@@ -267,13 +277,13 @@ class Upgrades:
     (check_taken_over)."""
 
     def __init__(self, pid_path: Path, timeout: float, pidfile: pidfiles.PidFile, notifier: Notifier,
-                 fork_lock: threading.Lock, exporter_fd: int = -1, handover: Handover | None = None) -> None:
+                 fork_lock: threading.Lock, exporter: Exporter | None = None, handover: Handover | None = None,
+                 control: Listener | None = None) -> None:
         self.pid_path, self.timeout = pid_path, timeout
-        self.pidfile, self.notifier, self.fork_lock, self.exporter_fd = pidfile, notifier, fork_lock, exporter_fd
-        self.handover = handover
+        self.pidfile, self.notifier, self.fork_lock, self.exporter = pidfile, notifier, fork_lock, exporter
+        self.handover, self.control = handover, control
         self.successor: Successor | None = None
         self.handed_over = False
-        self.in_charge = 0  # once handed over: the successor's PID
         # Exit commands sent after this moment are for us (a successor takes
         # over the listening from the moment its predecessor stopped).
         self.control_since = handover.control_since if handover else time.time()
@@ -282,18 +292,29 @@ class Upgrades:
     def busy(self) -> bool:
         return self.successor is not None or self.handover is not None
 
-    def start(self) -> bool:
-        """Start a successor on the code and configuration now on disk."""
+    def start(self, view: Any) -> None:
+        """Start a successor on the code and configuration now on disk. One
+        control listener at a time: the successor's from now on."""
+        if self.busy:
+            log.warning("upgrade asked while an upgrade is under way; ignored")
+            return
+        if self.control is not None:
+            self.control.stop()
         try:
-            self.successor = Successor.start(self.pidfile.fileno or -1, self.exporter_fd,
+            self.successor = Successor.start(self.pidfile.fileno or -1,
+                                             self.exporter.fileno() if self.exporter is not None else -1,
                                              self.notifier.environment(), time.time(), self.timeout, self.fork_lock)
         except OSError as err:
             log.error("upgrade failed, keeping this master: cannot start a new one: %s", err)
             record_outcome(self.pid_path, os.getpid(), None, f"cannot start a new master: {err}")
-            return False
+            self._listen_again(view)
+            return
         log.info("upgrade: started a new master on the code and configuration on disk; it takes over once "
                  "its children are registered (upgrade_timeout %g s)", self.timeout)
-        return True
+
+    def _listen_again(self, view: Any) -> None:
+        if self.control is not None:
+            self.control.start(view)  # its catch-up applies what was sent meanwhile
 
     def wait_fd(self) -> int:
         """What to wait on for the successor's word (-1: nothing)."""
@@ -302,8 +323,9 @@ class Upgrades:
     def deadline(self) -> float | None:
         return self.successor.deadline if self.successor is not None else None
 
-    def check(self) -> str | None:
-        """HANDED_OVER, FAILED, or None while nothing happened."""
+    def check(self, view: Any, listen_again: bool) -> str | None:
+        """Why this master must now leave (it handed over), or None. An
+        upgrade given up leaves us listening again (if LISTEN_AGAIN)."""
         successor = self.successor
         if successor is None:
             return None
@@ -312,10 +334,13 @@ class Upgrades:
             successor.give_up(f"was not ready within upgrade_timeout {self.timeout:g} s")
         if successor.ready:
             self._hand_over(successor)
-            return HANDED_OVER
+            if self.exporter is not None:
+                self.exporter.close()  # scrapes go to the new master (it shares our socket)
+            return f"handed over to master {successor.pid}"
         if successor.given_up is not None:
             self._failed(successor)
-            return FAILED
+            if listen_again:
+                self._listen_again(view)
         return None
 
     def abandon(self, why: str) -> bool:
@@ -332,7 +357,7 @@ class Upgrades:
         self.pidfile.write(successor.pid)
         record_outcome(self.pid_path, os.getpid(), successor.pid, "handed over")
         successor.close()
-        self.successor, self.handed_over, self.in_charge = None, True, successor.pid
+        self.successor, self.handed_over = None, True
         log.info("master %d is in charge now; this one lets its children finish their jobs and leaves",
                  successor.pid)
 

@@ -11,6 +11,7 @@ Three shapes of line:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -100,6 +101,33 @@ def formatter(log_format: str = "text", journal: bool = False, timestamps: bool 
         stamp = "%(asctime)s " if timestamps and not journal else ""
         shape = TextFormatter(f"{stamp}%(levelname)s %(name)s %(role)s[%(process)d]: %(message)s")
     return JournalFormatter(shape) if journal else shape
+
+
+def reopen() -> str:
+    """Close and reopen the log file (after logrotate moved it; SIGUSR1),
+    and point stdout and stderr at the new file where they wrote to the old
+    one (--daemon: a traceback printed by Python goes there too). What was
+    done, for the log line; handlers without a file are left alone."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return "no log file to reopen (logging to stderr)"
+    for handler in files:
+        with handler.lock or contextlib.nullcontext():
+            old = os.fstat(handler.stream.fileno()) if handler.stream else None
+            if handler.stream:
+                handler.stream.close()
+            handler.stream = handler._open()  # appends: whatever was written meanwhile stays
+            _follow_to(handler.stream.fileno(), old)
+    return f"reopened {', '.join(h.baseFilename for h in files)}"
+
+
+def _follow_to(fd: int, old: os.stat_result | None) -> None:
+    """Make stdout and stderr FD where they were the file OLD."""
+    for stdio in (1, 2):
+        with contextlib.suppress(OSError):
+            now = os.fstat(stdio)
+            if old is not None and (now.st_dev, now.st_ino) == (old.st_dev, old.st_ino):
+                os.dup2(fd, stdio)
 
 
 def setup(level: str, log_file: Path | None = None, timestamps: bool = True, log_format: str = "text") -> None:

@@ -23,24 +23,23 @@ from typing import Any
 
 from . import children as rules
 from . import config as configuration
+from . import log as logsetup
 from .autoscale import Autoscaler, QueueDepth, reconfigured
 from .bootstrap import ChildKit, ReloadFailed
 from .children import EXIT_REASONS, KILLED_STOP, Child, SlotBackoffs
-from .commands import FROM_SIGNAL, Inbox, PublishData, QueueSeen, Reload, Scale, Stop, Upgrade
+from .commands import FROM_SIGNAL, Ignored, Inbox, PublishData, QueueSeen, Reload, ReopenLogs, Scale, Stop, Upgrade
 from .parts import Parts
 from .poison import PoisonLedger
 from .scoreboard import ChildState, Scoreboard, SlotInfo
-from .views import MasterView
+from .views import ChildView, MasterView, status_line
 
 log = logging.getLogger("gearman_workers.master")
 
 
 class Master:
     def __init__(self, config: configuration.Config, tasks: dict[str, Callable[..., Any]], parts: Parts) -> None:
-        self.config = config
-        self.parts = parts
-        self.pid = os.getpid()
-        self.started_at = time.time()
+        self.config, self.parts = config, parts
+        self.pid, self.started_at, self.started = os.getpid(), time.time(), time.monotonic()
         self.board = Scoreboard(configuration.MAX_PROCESSES + 1)
         self.inbox = Inbox()
         self.kit = ChildKit(config, tasks, self.board, self.inbox.nudge_fd, parts.exporter is not None)
@@ -56,9 +55,7 @@ class Master:
         self.backoffs = SlotBackoffs()
         self.ledger = PoisonLedger()
         self.generation = 0
-        self.stopping = False
-        self.ready = False
-        self._orphans_possible = False
+        self.stopping = self.ready = self._orphans_possible = False
 
     # --- the main loop ------------------------------------------------------
 
@@ -75,7 +72,7 @@ class Master:
         self._record_processes()
         self._start_threads()
         log.info("master %d starting %d children for tasks %s on %s%s", self.pid,
-                 sum(self.config.groups(self.desired).values()), ", ".join(self.kit.tasks),
+                 self.groups_wanted(), ", ".join(self.kit.tasks),
                  ", ".join(map(str, self.config.servers)),
                  "".join(f"; {n} of them only for {task}" for task, n in self.config.dedicated().items()))
         try:
@@ -128,12 +125,8 @@ class Master:
         """Seconds until something is due: a respawn, a stop or time-limit
         deadline, a heartbeat check."""
         now = time.monotonic()
-        due = [now + 1.0, *self.backoffs.due(now)]
-        for extra in (self.parts.systemd.watchdog_due(), self.parts.upgrades.deadline()):
-            if extra is not None:
-                due.append(extra)
-        if self.config.heartbeat_timeout:
-            due.append(now + self.config.heartbeat_timeout / 4)
+        due = [now + min(1.0, self.config.heartbeat_timeout / 4 or 1.0), *self.backoffs.due(now)]
+        due += [t for t in (self.parts.systemd.watchdog_due(), self.parts.upgrades.deadline()) if t is not None]
         for child in self.children.values():
             due += rules.due_times(child, self.board.read(child.slot), self.config.kill_grace)
         return max(0.0, min(due) - now)
@@ -169,8 +162,14 @@ class Master:
                 self.reload()
             elif isinstance(command, Upgrade):
                 self.upgrade()
+            elif isinstance(command, ReopenLogs):
+                self.reopen_logs()
+            elif isinstance(command, Ignored):
+                log.warning("%s means nothing to gearman-workers; ignored", command.signal)
             elif isinstance(command, Scale):
-                self.scale(command.to if command.to is not None else self.desired + command.by)
+                # TTOU stops at one child: an empty pool only when asked by number (gm-ctl scale 0 --allow-zero)
+                by = max(min(1, self.desired), self.desired + command.by)
+                self.scale(command.to if command.to is not None else by)
             elif isinstance(command, PublishData):
                 self.kit.publish_data(command.values)
             elif isinstance(command, QueueSeen):
@@ -186,8 +185,7 @@ class Master:
         self.stopping = True
         if self.parts.watcher is not None:
             self.parts.watcher.stop()
-        if self.parts.upgrades.abandon("the pool is stopping"):
-            self._listen_again()
+        self.parts.upgrades.abandon("the pool is stopping")
         for child in self.children.values():
             if not graceful:
                 self._kill(child, KILLED_STOP)
@@ -236,30 +234,23 @@ class Master:
         self.generation += 1
         log.info("configuration reloaded; replacing the children one at a time")
 
+    def reopen_logs(self) -> None:
+        log.info("SIGUSR1: %s; the children reopen theirs", logsetup.reopen())
+        for child in self._live():
+            self.parts.processes.signal(child.pid, signal.SIGUSR1)
+
     def upgrade(self) -> None:
         """Start a successor on the code and configuration now on disk; hand
         over once its children are registered (handover.py)."""
-        if self.stopping or self.parts.upgrades.busy:
-            why = "the pool is stopping" if self.stopping else "an upgrade is under way"
-            log.warning("upgrade asked while %s; ignored", why)
-            return
-        if self.parts.control is not None:
-            self.parts.control.stop()  # one listener at a time: the successor's from now on
-        if not self.parts.upgrades.start():
-            self._listen_again()
+        if self.stopping:
+            log.warning("upgrade asked while the pool is stopping; ignored")
+        else:
+            self.parts.upgrades.start(self.view)
 
     def _check_upgrade(self) -> None:
-        outcome = self.parts.upgrades.check()
-        if outcome == "handed over":
-            if self.parts.exporter is not None:
-                self.parts.exporter.close()  # scrapes go to the new master (it shares our socket)
-            self.stop(graceful=True, why=f"handed over to master {self.parts.upgrades.in_charge}")
-        elif outcome == "failed":
-            self._listen_again()
-
-    def _listen_again(self) -> None:
-        if self.parts.control is not None and not self.stopping:
-            self.parts.control.start(self.view)  # its catch-up applies what was sent meanwhile
+        handed_over = self.parts.upgrades.check(self.view, listen_again=not self.stopping)
+        if handed_over:
+            self.stop(graceful=True, why=handed_over)
 
     # --- keeping the pool whole -------------------------------------------------
 
@@ -286,9 +277,9 @@ class Master:
             # enough others are registered: recycling never leaves gearmand
             # with fewer than `wanted` registered workers.
             staying = [c for c in live if c not in outgoing]
-            if sum(self._registered(c) for c in live) > wanted:
+            if sum(self.board.read(c.slot).registered for c in live) > wanted:
                 self._retire(self._pick_retiree(outgoing))
-            elif len(staying) < wanted and all(self._registered(c) for c in staying):
+            elif len(staying) < wanted and all(self.board.read(c.slot).registered for c in staying):
                 self._spawn_missing(1, group)
             return
         missing = wanted - len(live)
@@ -428,21 +419,23 @@ class Master:
 
     # --- reporting ----------------------------------------------------------------
 
-    def _registered(self, child: Child) -> bool:
-        return self.board.read(child.slot).registered
-
     def _report(self) -> None:
-        registered = sum(self._registered(c) for c in self._live())
-        wanted = sum(self.config.groups(self.desired).values())
-        if not self.ready and not self.stopping and registered >= wanted:
+        """READY once every child registered, or (a first start, not a
+        successor) once they had connect_timeout to try: STATUS then says what they wait for."""
+        seen = [ChildView(c, self.board.read(c.slot)) for c in self.children.values()]
+        registered, wanted = sum(v.child.live and v.info.registered for v in seen), self.groups_wanted()
+        tried = time.monotonic() - self.started >= self.config.connect_timeout and not self.parts.upgrades.busy
+        if not self.ready and not self.stopping and (registered >= wanted or tried):
             self.ready = True
-            log.info("pool ready: %d children registered", registered)
+            log.info("pool ready: %d of %d children registered", registered, wanted)
             self.parts.upgrades.announce_ready()
         else:
             self.parts.upgrades.check_taken_over()
         if not self.stopping:
-            busy = sum(1 for c in self.children.values() if self.board.read(c.slot).state == ChildState.BUSY)
-            self.parts.systemd.status(f"{registered}/{wanted} children registered, {busy} busy")
+            self.parts.systemd.status(status_line(seen, self.config.servers, wanted))
+
+    def groups_wanted(self) -> int:
+        return sum(self.config.groups(self.desired).values())
 
     def _record_processes(self) -> None:
         if not self.parts.upgrades.handed_over:  # else the processes file is our successor's now
