@@ -453,14 +453,17 @@ def values_seen(gearmand: Gearmand, key: str, jobs: int) -> dict[int, str]:
 # --- metrics, as a scraper sees them ---------------------------------------------
 
 
-def pool_config(tmp_path: Path, metrics_port: int | None = None, redis_url: str = "") -> Path:
-    """The example tasks, a task with its own time limit, a segfaulting one."""
+def pool_config(tmp_path: Path, metrics_port: int | None = None, redis_url: str = "",
+                autoscale: tuple[int, int] | None = None) -> Path:
+    """The example tasks, a task with its own time limit, a segfaulting one;
+    AUTOSCALE: (min_processes, max_processes)."""
+    bounds = f"min_processes = {autoscale[0]}\nmax_processes = {autoscale[1]}\n" if autoscale else ""
     path = tmp_path / "pool.toml"
     path.write_text(f'''
 [pool]
 python_path = ["{EXAMPLES}", "{TESTS}"]
 heartbeat_timeout = 30
-[tasks]
+{bounds}[tasks]
 echo = "tasks:echo"
 fail = "tasks:fail"
 slow = "tasks:slow"

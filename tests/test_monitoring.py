@@ -21,8 +21,10 @@ from helpers import (
     Pool,
     RedisServer,
     free_port,
+    heartbeat_up,
     needs_program,
     pool_config,
+    run_cli,
     running,
     submit,
     wait_for,
@@ -71,7 +73,7 @@ class Prometheus(LoopbackServer):
 
 def dashboard_queries() -> list[str]:
     dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 def alert_queries() -> list[str]:
@@ -88,7 +90,8 @@ def test_every_dashboard_query_and_alert_finds_its_series(gearmand: Gearmand, re
                                                            tmp_path: Path) -> None:
     needs_program("prometheus", "prometheus")
     metrics_port = free_port()
-    pool = Pool(gearmand, tmp_path, processes=2, config=pool_config(tmp_path, metrics_port, redis_server.url))
+    pool = Pool(gearmand, tmp_path, processes=2,
+                config=pool_config(tmp_path, metrics_port, redis_server.url, autoscale=(1, 2)))
     scraper = Prometheus(tmp_path, metrics_port)
     with running(pool):
         scraper.start()
@@ -97,6 +100,9 @@ def test_every_dashboard_query_and_alert_finds_its_series(gearmand: Gearmand, re
                 submit(gearmand, "echo", str(n))
             submit(gearmand, "fail", "x")
             submit(gearmand, "nap", "5")
+            wait_for(lambda: heartbeat_up(redis_server, pool), what="the control channel")
+            told = run_cli("gm-ctl", "--redis-url", redis_server.url, "--allow-unsigned", "set", "k", "1")
+            assert told.returncode == 0, told.stdout + told.stderr  # counted: a row of the dashboard shows it
             wait_for(lambda: scraper.query('gearman_workers_jobs_total{outcome="timeout"} > 0'),
                      what="Prometheus to scrape the counted jobs")
             # Two scrapes after the jobs: rates over them are defined.
@@ -112,3 +118,17 @@ def test_every_dashboard_query_and_alert_finds_its_series(gearmand: Gearmand, re
     used = {name for expr in dashboard_queries() + alert_queries() for name in METRIC.findall(expr)}
     served = known | {f"{name}_bucket" for name in known} | {re.sub(r"_(bucket|sum|count)$", "", n) for n in known}
     assert used <= served, f"queries use metrics the pool does not serve: {used - served}"
+
+
+def test_the_dashboard_provisions_from_files_and_shows_autoscaling_and_versions() -> None:
+    text = (MONITORING / "grafana-dashboard.json").read_text()
+    dashboard = json.loads(text)
+    assert "__inputs" not in dashboard and "${DS_PROMETHEUS}" not in text  # what file provisioning cannot fill in
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    sources = [p["datasource"] for p in dashboard["panels"] if "datasource" in p]
+    assert sources and all(source["uid"] == "${datasource}" for source in sources)
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert "Autoscaling" in rows and "Versions" in rows
+    assert any("gearman_workers_build_info" in expr for expr in dashboard_queries())
+    assert any("gearman_workers_children_max" in expr for expr in dashboard_queries())

@@ -264,7 +264,8 @@ def test_bad_config_file_exit_2(tmp_path: Path) -> None:
     config.write_text('[pool]\nproceses = 3\n[tasks]\necho = "tasks:echo"\n')
     result = run_cli("gearman-workers", "--config", str(config))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"gearman-workers: config error: {config}: unknown key [pool] proceses"
+    assert result.stderr.strip() == f"gearman-workers: config error: {config}: unknown key [pool] proceses " \
+                                    "(did you mean processes?)"
 
 
 def test_task_code_that_cannot_import_exits_3(tmp_path: Path) -> None:

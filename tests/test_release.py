@@ -28,3 +28,12 @@ def test_every_role_declares_the_same_licence() -> None:
 def test_the_changelog_says_what_this_version_changed() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"\n## {__version__} (" in changelog
+
+
+def test_the_collection_roles_and_package_share_one_version() -> None:
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text())
+    defaults = yaml.safe_load((ROOT / "roles/gearman_workers/defaults/main.yml").read_text())
+    specs = yaml.safe_load((ROOT / "roles/gearman_workers/meta/argument_specs.yml").read_text())
+    assert galaxy["version"] == defaults["gearman_workers_version"] == __version__
+    assert specs["argument_specs"]["main"]["options"]["gearman_workers_version"]["default"] == __version__
+    assert galaxy["license"] == ["MIT"]

@@ -50,7 +50,7 @@ def _run_role(tmp_path: Path, role: str, *extra_vars: str) -> subprocess.Complet
     """ROLE run for real against this machine, with EXTRA_VARS."""
     playbook = tmp_path / "play.yml"
     playbook.write_text(f"- hosts: localhost\n  gather_facts: false\n  roles: [{role}]\n")
-    env = os.environ | {"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_HOME": str(tmp_path / "ansible"),
+    env = os.environ | {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_HOME": str(tmp_path / "ansible"),
                         "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "False"}
     extra = [arg for value in extra_vars for arg in ("-e", value)]
     return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
@@ -67,7 +67,7 @@ def test_a_wrong_queue_type_fails_before_any_task(tmp_path: Path) -> None:
 
 
 def test_access_sources_are_the_inventory_hosts_and_the_extras_by_family() -> None:
-    access = load_script("roles/gw_common/filter_plugins/access.py")
+    access = load_script("plugins/filter/access.py")
     hosts = [{"inventory_hostname": "w1", "ansible_host": "10.0.0.21"}, {"inventory_hostname": "127.0.0.9"},
              {"inventory_hostname": "w2", "ansible_host": "10.0.0.22"}]
     assert access.access_sources(hosts, ["10.0.0.20/31", "fd00::1"]) == {
@@ -78,7 +78,7 @@ def test_access_sources_are_the_inventory_hosts_and_the_extras_by_family() -> No
 
 
 def test_a_pool_user_reads_only_its_scopes_and_writes_only_expiring_keys_of_its_host() -> None:
-    acl = load_script("roles/redis/filter_plugins/acl.py")
+    acl = load_script("plugins/filter/acl.py")
     rules = acl.pool_acl_rules("w1", "gw", "ctl").split()
     assert rules[:3] == ["resetchannels", "&ctl", "resetkeys"]
     assert [r for r in rules if r.startswith("%R~")] == [
@@ -90,7 +90,7 @@ def test_a_pool_user_reads_only_its_scopes_and_writes_only_expiring_keys_of_its_
         acl.pool_acl_rules("w*", "gw", "ctl")
 
 
-addresses = load_script("roles/gw_common/filter_plugins/addresses.py")
+addresses = load_script("plugins/filter/addresses.py")
 
 
 def test_gearmand_servers_are_the_advertised_addresses_at_their_ports() -> None:
@@ -114,7 +114,7 @@ def test_redis_urls_encode_the_credentials_and_name_the_ca_under_tls() -> None:
 
 
 def test_the_pool_list_completes_each_pool_and_counts_up_the_metrics_ports() -> None:
-    pools = load_script("roles/gearman_workers/filter_plugins/pools.py")
+    pools = load_script("plugins/filter/pools.py")
     defaults = {"tasks": {}, "processes": 2, "preload": ""}
     listed = pools.pool_list([{"name": "images", "tasks": {"resize": "i:r"}}, {"name": "mail", "processes": 1}],
                              defaults, "default", "9810", {"echo": "tasks:echo"})
@@ -131,5 +131,5 @@ def test_a_pool_without_tasks_is_refused_outside_the_test_inventory(tmp_path: Pa
     assert done.returncode != 0
     assert "pool(s) default name no tasks" in done.stdout, done.stdout
     assert "changed=0" in done.stdout
-    pools = load_script("roles/gearman_workers/filter_plugins/pools.py")
+    pools = load_script("plugins/filter/pools.py")
     assert pools.pool_list(None, {"tasks": {}}, "default", 9810, {})[0]["tasks"] == {}  # no examples slipped in

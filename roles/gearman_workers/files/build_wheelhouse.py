@@ -2,7 +2,8 @@
 """Build the wheelhouse a worker host installs from, on the controller.
 
 Worker hosts never reach a package index: everything they install comes
-from here. The project is built as a wheel (reproducibly: the same sources
+from here. The project is a released wheel (--release, downloaded) or
+this checkout built as one (--project; reproducibly: the same sources
 give the same bytes), and its pinned requirements and the task code's are
 downloaded as wheels for the hosts' Python, glibc and architecture, which
 need not be the controller's. A lock file lists every wheel with its
@@ -64,12 +65,15 @@ def pip(*args: str, env: dict[str, str] | None = None) -> None:
 
 
 def build(args: argparse.Namespace, into: Path) -> None:
-    env = os.environ | {"SOURCE_DATE_EPOCH": ZIP_EPOCH}
-    pip("wheel", "--no-deps", "--wheel-dir", str(into), str(args.project), env=env)
     target = ["--only-binary=:all:", "--implementation", "cp", "--python-version", args.python_version,
               "--abi", "cp" + "".join(args.python_version.split(".")[:2])]
     for tag in platforms(args.glibc, args.arch):
         target += ["--platform", tag]
+    if args.project is not None:
+        pip("wheel", "--no-deps", "--wheel-dir", str(into), str(args.project),
+            env=os.environ | {"SOURCE_DATE_EPOCH": ZIP_EPOCH})
+    else:
+        pip("download", "--no-deps", "--dest", str(into), *target, *index_options(args.index), args.release)
     for requirement in args.requirement:  # the project's, locked: pip checks every file against its hashes
         pip("download", "--dest", str(into), *target, "--require-hashes", "-r", str(requirement))
     if args.package:  # the task code's, as the operator gave them
@@ -80,6 +84,13 @@ def build(args: argparse.Namespace, into: Path) -> None:
     environment = target_environment(args.python_version, args.arch)
     while missing := sorted(missing_requirements(into, environment)):
         pip("download", "--no-deps", "--dest", str(into), *target, *missing)
+
+
+def index_options(index: str | None) -> list[str]:
+    """Where the release comes from: an index URL, or a directory of wheels."""
+    if not index:
+        return []
+    return ["--index-url", index] if "://" in index else ["--no-index", "--find-links", index]
 
 
 def target_environment(python_version: str, arch: str) -> dict[str, str]:
@@ -148,7 +159,10 @@ def write_lock(house: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--project", type=Path, required=True, help="the project's checkout")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--project", type=Path, help="the project's checkout, built into a wheel")
+    source.add_argument("--release", help="the released project to download, e.g. gearman-workers==0.2.0")
+    parser.add_argument("--index", help="where --release comes from: an index URL or a directory of wheels")
     parser.add_argument("--out", type=Path, required=True, help="the wheelhouse directory")
     parser.add_argument("--python-version", required=True, help="the hosts' Python, e.g. 3.11.2")
     parser.add_argument("--glibc", required=True, help="the hosts' glibc, e.g. 2.36")
@@ -187,12 +201,16 @@ def fingerprint(args: argparse.Namespace) -> str:
     """What the wheelhouse is made from: the project's files, the
     requirements and the target. (A requirement that is not pinned is
     looked up again only when one of these changes.)"""
-    digest = hashlib.sha256(json.dumps([args.python_version, args.glibc, args.arch, args.package]).encode())
-    sources = [args.project / "pyproject.toml", args.project / "README.md", *args.requirement,
-               *sorted(path for path in (args.project / "lib").rglob("*")
-                       if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path))]
+    digest = hashlib.sha256(json.dumps([args.python_version, args.glibc, args.arch, args.package, args.release,
+                                        args.index]).encode())
+    root = args.project or Path("/")
+    sources = [*args.requirement]
+    if args.project is not None:
+        sources += [root / "pyproject.toml", root / "README.md",
+                    *sorted(path for path in (root / "lib").rglob("*")
+                            if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path))]
     for path in sources:
-        digest.update(str(path.relative_to(args.project) if path.is_relative_to(args.project) else path).encode())
+        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path).encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest() + "\n"
 
