@@ -155,17 +155,28 @@ def exit_main(argv: list[str] | None = None) -> int:
                         help=f"then wait until every pool aimed at has stopped (--timeout: default {STOP_TIMEOUT:g})")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
-    conf: Settings | None = None
+    return _guarded(prog, lambda read: _exit(args, read))
+
+
+def _exit(args: argparse.Namespace, read: list[Settings]) -> int:
+    targets = _aimed(args, "exit", fleet_wide_needs_all=True)
+    conf = settings(args, sending=True)
+    read.append(conf)
+    client = connect(conf.url)
+    keys = store.Keys(conf.prefix)
+    before = _targeted(store.live_pools(client, keys), **targets) if args.wait else {}
+    status = _sender(client, conf, ANSWER_TIMEOUT if args.wait else args.timeout).send(exit.message(**targets))
+    if args.wait:
+        return max(status, _wait_stopped(client, keys, before, args.timeout or STOP_TIMEOUT))
+    return status
+
+
+def _guarded(prog: str, work: Callable[[list[Settings]], int]) -> int:
+    """WORK's status, or one line and the status its failure means. WORK
+    puts the settings it read in the list: a Redis refusal's advice names them."""
+    read: list[Settings] = []
     try:
-        targets = _aimed(args, "exit", fleet_wide_needs_all=True)
-        conf = settings(args, sending=True)
-        client = connect(conf.url)
-        keys = store.Keys(conf.prefix)
-        before = _targeted(store.live_pools(client, keys), **targets) if args.wait else {}
-        status = _sender(client, conf, ANSWER_TIMEOUT if args.wait else args.timeout).send(exit.message(**targets))
-        if args.wait:
-            return max(status, _wait_stopped(client, keys, before, args.timeout or STOP_TIMEOUT))
-        return status
+        return work(read)
     except Refused as err:
         return _fail(prog, str(err), err.status)
     except configuration.ConfigError as err:
@@ -173,7 +184,7 @@ def exit_main(argv: list[str] | None = None) -> int:
     except StoredRecordRefused as err:
         return _fail(prog, str(err), EXIT_FAILED)
     except (redis.RedisError, OSError) as err:
-        return _fail(prog, _redis_problem(err, conf), EXIT_FAILED)
+        return _fail(prog, _redis_problem(err, read[0] if read else None), EXIT_FAILED)
 
 
 def _sender(client: redis.Redis, conf: Settings, timeout: float | None, force: bool = False) -> Sender:
@@ -225,19 +236,12 @@ def ctl_main(argv: list[str] | None = None) -> int:
             sub.add_argument(flag, **options)
     args = parser.parse_args(argv)
     args.timeout = getattr(args, "timeout", None)
-    conf: Settings | None = None
     handler = SUBCOMMANDS[args.command][0]
-    try:
-        conf = settings(args, sending=handler in SENDING)
-        return handler(args, conf, connect(conf.url))
-    except Refused as err:
-        return _fail(prog, str(err), err.status)
-    except configuration.ConfigError as err:
-        return _fail(prog, f"config error: {err}", EXIT_USAGE)
-    except StoredRecordRefused as err:
-        return _fail(prog, str(err), EXIT_FAILED)
-    except (redis.RedisError, OSError) as err:
-        return _fail(prog, _redis_problem(err, conf), EXIT_FAILED)
+
+    def work(read: list[Settings]) -> int:
+        read.append(settings(args, sending=handler in SENDING))
+        return handler(args, read[0], connect(read[0].url))
+    return _guarded(prog, work)
 
 
 def _redis_problem(err: Exception, conf: Settings | None = None) -> str:
