@@ -326,6 +326,15 @@ def run_cli(name: str, *args: str, timeout: float = 30, **kwargs: Any) -> subpro
 
 
 PYTHON = sys.executable
+ANSWER_PATIENCE = "15"  # seconds a test's command waits for the pools' answers; it ends at the last one
+
+
+def operator_cli(name: str, *args: str) -> subprocess.CompletedProcess:
+    """gm-exit or gm-ctl; a command that pools answer waits for the answers
+    patiently (a loaded machine), unless the test says how long."""
+    sending = name == "gm-exit" or any(word in args for word in ("set", "del", "scale"))
+    patience = ("--timeout", ANSWER_PATIENCE) if sending and "--timeout" not in args else ()
+    return run_cli(name, *args, *patience)
 
 
 class RedisServer(LoopbackServer):

@@ -18,7 +18,20 @@ import pytest
 
 from gearman_workers.autoscale import QueueWatcher
 from gearman_workers.config import Server
-from helpers import EXAMPLES, Gearmand, Pool, RedisServer, free_port, run_cli, running, scrape, submit, value, wait_for
+from helpers import (
+    EXAMPLES,
+    Gearmand,
+    Pool,
+    RedisServer,
+    free_port,
+    operator_cli,
+    run_cli,
+    running,
+    scrape,
+    submit,
+    value,
+    wait_for,
+)
 
 
 def autoscaled(gearmand: Gearmand, tmp_path: Path, low: int, high: int, after: float = 2,
@@ -115,7 +128,7 @@ def test_operators_cannot_push_an_autoscaling_pool_out_of_its_bounds(
             wait_for(lambda number=number: refusals() == number, what=f"refusal {number}")
         wait_for(lambda: " test " in run_cli("gm-ctl", "pools", "--redis-url", redis_server.url).stdout,
                  what="the pool to listen on the control channel")  # a scale is not stored: it must hear it
-        done = run_cli("gm-ctl", "scale", "5", "--all", "--allow-unsigned", "--redis-url", redis_server.url)
+        done = operator_cli("gm-ctl", "scale", "5", "--all", "--allow-unsigned", "--redis-url", redis_server.url)
         assert done.returncode == 1  # refused, and said so
         assert "/test: refused (autoscaling: this pool autoscales" in done.stdout
         assert shared_workers(gearmand) == 1

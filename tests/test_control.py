@@ -16,6 +16,7 @@ from helpers import (
     Relay,
     control_pool,
     heartbeat_up,
+    operator_cli,
     run_cli,
     running,
     submit,
@@ -28,7 +29,7 @@ def ctl(redis_server: RedisServer, *args: str) -> str:
     """gm-ctl on the test's Redis, unsigned unless the test gives a secret;
     every live pool aimed at must apply it."""
     signing = () if "--secret-file" in args else ("--allow-unsigned",)
-    result = run_cli("gm-ctl", *args[:1], "--redis-url", redis_server.url, *signing, *args[1:])
+    result = operator_cli("gm-ctl", *args[:1], "--redis-url", redis_server.url, *signing, *args[1:])
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -36,7 +37,7 @@ def ctl(redis_server: RedisServer, *args: str) -> str:
 def gm_exit(redis_server: RedisServer, *args: str) -> subprocess.CompletedProcess:
     signing = () if "--secret-file" in args else ("--allow-unsigned",)
     aim = () if "--pool" in args or "--host" in args else ("--all",)
-    return run_cli("gm-exit", "--redis-url", redis_server.url, *signing, *aim, *args)
+    return operator_cli("gm-exit", "--redis-url", redis_server.url, *signing, *aim, *args)
 
 
 def test_gm_exit_drains_two_pools_on_two_hosts(gearmand: Gearmand, redis_server: RedisServer,
@@ -106,7 +107,7 @@ def test_exit_published_while_cut_off_is_obeyed_on_reconnect(gearmand: Gearmand,
             wait_for(lambda: heartbeat_up(redis_server, pool), what="the heartbeat")
             relay.cut()
             wait_for(lambda: "unreachable" in pool.log(), what="the pool to notice the outage")
-            done = gm_exit(redis_server)
+            done = gm_exit(redis_server, "--timeout", "2")
             assert done.returncode == 1  # the pool is aimed at (its heartbeat lives) and cannot answer
             assert "host-a/alpha: no answer within 2 s" in done.stdout
             assert submit(gearmand, "echo", b"cut off but serving").result == b"cut off but serving"

@@ -17,6 +17,7 @@ from helpers import (
     control_pool,
     free_port,
     heartbeat_up,
+    operator_cli,
     run_cli,
     running,
     scrape,
@@ -27,7 +28,7 @@ from helpers import (
 
 
 def gm(name: str, redis_server: RedisServer, *args: str) -> subprocess.CompletedProcess:
-    return run_cli(name, "--redis-url", redis_server.url, *args)
+    return operator_cli(name, "--redis-url", redis_server.url, *args)
 
 
 def signed(gearmand: Gearmand, tmp_path: Path, redis_server: RedisServer, secret_file: Path, *extra: str,
@@ -170,3 +171,13 @@ def test_a_master_restarted_after_kill_9_is_no_twin_of_its_dead_self(gearmand: G
             return len(reports) >= 3
         wait_for(beats, what="three heartbeats of the new master")
         assert "another live master" not in again.log()
+
+
+def test_the_commands_read_only_the_control_table_of_a_file(redis_server: RedisServer, tmp_path: Path) -> None:
+    config = tmp_path / "pool.toml"  # a pool's file whose other tables the pool alone reads
+    config.write_text(f'[pool]\nprocesses = 0\n[control]\nredis_url = "{redis_server.url}"\nallow_unsigned = true\n')
+    done = run_cli("gm-ctl", "--config", str(config), "pools")
+    assert done.returncode == 0, done.stderr
+    config.write_text(f'[control]\nredis_ur = "{redis_server.url}"\n')
+    refused = run_cli("gm-ctl", "--config", str(config), "pools")
+    assert refused.returncode == 2 and "unknown key [control] redis_ur (did you mean redis_url?)" in refused.stderr

@@ -14,7 +14,17 @@ import time
 from pathlib import Path
 
 from gearman_workers.control.messages import Message, encode
-from helpers import Gearmand, RedisServer, control_pool, heartbeat_up, run_cli, running, values_seen, wait_for
+from helpers import (
+    Gearmand,
+    RedisServer,
+    control_pool,
+    heartbeat_up,
+    operator_cli,
+    run_cli,
+    running,
+    values_seen,
+    wait_for,
+)
 
 
 def secret_of(secret_file: Path) -> bytes:
@@ -26,7 +36,7 @@ def signed(gearmand: Gearmand, tmp_path: Path, redis_server: RedisServer, secret
 
 
 def gm(name: str, redis_server: RedisServer, secret_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_cli(name, "--redis-url", redis_server.url, "--secret-file", str(secret_file), *args)
+    return operator_cli(name, "--redis-url", redis_server.url, "--secret-file", str(secret_file), *args)
 
 
 def test_heartbeats_speak_only_for_the_pool_their_key_names(gearmand: Gearmand, redis_server: RedisServer,

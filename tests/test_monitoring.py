@@ -23,8 +23,8 @@ from helpers import (
     free_port,
     heartbeat_up,
     needs_program,
+    operator_cli,
     pool_config,
-    run_cli,
     running,
     submit,
     wait_for,
@@ -101,7 +101,7 @@ def test_every_dashboard_query_and_alert_finds_its_series(gearmand: Gearmand, re
             submit(gearmand, "fail", "x")
             submit(gearmand, "nap", "5")
             wait_for(lambda: heartbeat_up(redis_server, pool), what="the control channel")
-            told = run_cli("gm-ctl", "--redis-url", redis_server.url, "--allow-unsigned", "set", "k", "1")
+            told = operator_cli("gm-ctl", "--redis-url", redis_server.url, "--allow-unsigned", "set", "k", "1")
             assert told.returncode == 0, told.stdout + told.stderr  # counted: a row of the dashboard shows it
             wait_for(lambda: scraper.query('gearman_workers_jobs_total{outcome="timeout"} > 0'),
                      what="Prometheus to scrape the counted jobs")

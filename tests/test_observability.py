@@ -4,6 +4,7 @@ shaped for journald or for log shippers."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -250,7 +251,9 @@ def test_json_log_lines_for_shippers(gearmand: Gearmand, tmp_path: Path, journal
     assert failure["level"] == "error" and failure["role"] == "child 0" and failure["pid"] == child
     assert "RuntimeError: asked to fail with b'on purpose'" in failure["message"]
     assert any(e["role"] == "master" and e["level"] == "info" for e in entries)
-    assert all(abs(e["time"] - time.time()) < 300 for e in entries)
+    # ISO 8601, UTC, as log shippers parse it
+    assert all(abs(datetime.datetime.fromisoformat(e["time"]).timestamp() - time.time()) < 300 for e in entries)
+    assert all(e["time"].endswith("Z") for e in entries)
 
 
 def test_text_log_lines_elsewhere_keep_their_timestamp(gearmand: Gearmand, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from helpers import (
     control_pool,
     heartbeat_up,
     needs_root,
+    operator_cli,
     pid_alive,
     run_cli,
     running,
@@ -178,7 +179,7 @@ def signed_pool(gearmand: Gearmand, tmp_path: Path, redis_server: RedisServer, s
 
 
 def gm(name: str, redis_server: RedisServer, secret_file: Path, *args: str) -> str:
-    result = run_cli(name, "--redis-url", redis_server.url, "--secret-file", str(secret_file), *args)
+    result = operator_cli(name, "--redis-url", redis_server.url, "--secret-file", str(secret_file), *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -393,12 +393,37 @@ def _file_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if not isinstance(table, dict) or section not in {o.section for o in OPTIONS}:
             raise ConfigError(f"{path}: unknown section [{section}]")
         for key, value in table.items():
-            option = known.get((section, key))
-            if option is None:
-                close = difflib.get_close_matches(key, [o.key for o in OPTIONS if o.section == section], 1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
-            values[option.dest] = value
+            values[_known(known, path, section, key).dest] = value
+    return values
+
+
+def _known(known: dict[tuple[str, str], Option], path: Path, section: str, key: str) -> Option:
+    option = known.get((section, key))
+    if option is None:
+        close = difflib.get_close_matches(key, [o.key for o in OPTIONS if o.section == section], 1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
+    return option
+
+
+def load_control(path: Path) -> dict[str, Any]:
+    """The [control] table of PATH alone, checked (gm-exit and gm-ctl: what
+    the file says of the pool is the pool's business)."""
+    table = _read_toml(path).get("control", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [control] must be a table")
+    known = {(o.section, o.key): o for o in OPTIONS if o.section == "control"}
+    for key in table:
+        _known(known, path, "control", key)
+    values: dict[str, Any] = {}
+    for (_, key), option in known.items():
+        raw = table.get(key, option.default)
+        try:
+            values[key] = None if raw is None else option.parse(raw)
+        except ValueError as err:
+            raise ConfigError(f"{path}: [control] {key}: {err}") from None
+    if values["secret_file"] is not None:
+        values["secret_file"] = values["secret_file"].absolute()  # as the pool reads it (see _complete)
     return values
 
 

@@ -12,6 +12,7 @@ Three shapes of line:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -74,7 +75,8 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name,
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="microseconds")
+        entry = {"time": stamp.replace("+00:00", "Z"), "level": record.levelname.lower(), "logger": record.name,
                  "role": getattr(record, "role", _role), "pid": record.process, "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -98,20 +98,20 @@ def settings(args: argparse.Namespace, sending: bool) -> Settings:
     deployment writes for operators, if present), else the defaults. A
     command that SENDING needs a secret, or --allow-unsigned."""
     path = args.config or (OPERATOR_CONFIG if OPERATOR_CONFIG.exists() else None)
-    base = configuration.load(path=path, require_tasks=False) if path else None
+    base = configuration.load_control(path) if path else {}
     if args.redis_url:
         try:
             configuration.redis_url(args.redis_url)
         except ValueError as err:
             raise configuration.ConfigError(f"--redis-url: {err}") from None
-    secret_file = args.secret_file or (base.secret_file if base else None)
+    secret_file = args.secret_file or base.get("secret_file")
     conf = Settings(
-        url=args.redis_url or (base.redis_url if base else None) or "redis://127.0.0.1:6379/0",
-        channel=args.channel or (base.channel if base else "gearman-workers"),
-        prefix=args.key_prefix or (base.key_prefix if base else "gearman-workers"),
+        url=args.redis_url or base.get("redis_url") or "redis://127.0.0.1:6379/0",
+        channel=args.channel or base.get("channel") or "gearman-workers",
+        prefix=args.key_prefix or base.get("key_prefix") or "gearman-workers",
         secret=read_secret(secret_file) if secret_file else None,
         source=path,
-        allow_unsigned=args.allow_unsigned or bool(base and base.allow_unsigned))
+        allow_unsigned=args.allow_unsigned or bool(base.get("allow_unsigned")))
     if sending and conf.secret is None and not conf.allow_unsigned:
         raise Refused("no secret to sign with: pools that have one refuse unsigned commands; give --secret-file "
                       "(or [control] secret_file in --config), or --allow-unsigned for pools that run without one")
@@ -149,8 +149,8 @@ def exit_main(argv: list[str] | None = None) -> int:
         prog=prog, parents=[connection_options(), target_options(), answer_options()],
         description="Tell gearman-workers pools to finish the jobs in hand and exit (under systemd they come back "
         "with fresh code). Each live pool aimed at answers; the status is 0 when every one obeyed. --timeout is "
-        f"how long to wait for the answers (default {ANSWER_TIMEOUT:g} s), or with --wait for the stop "
-        f"(default {STOP_TIMEOUT:g} s).")
+        f"how long to wait for the answers (default {ANSWER_TIMEOUT:g} s), or with --wait for the answers and "
+        f"then for the stop (default {STOP_TIMEOUT:g} s each).")
     parser.add_argument("--wait", action="store_true",
                         help=f"then wait until every pool aimed at has stopped (--timeout: default {STOP_TIMEOUT:g})")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -165,7 +165,8 @@ def _exit(args: argparse.Namespace, read: list[Settings]) -> int:
     client = connect(conf.url)
     keys = store.Keys(conf.prefix)
     before = _targeted(store.live_pools(client, keys), **targets) if args.wait else {}
-    status = _sender(client, conf, ANSWER_TIMEOUT if args.wait else args.timeout).send(exit.message(**targets))
+    waits = args.timeout or (STOP_TIMEOUT if args.wait else ANSWER_TIMEOUT)  # --wait: for the answers, then the stop
+    status = _sender(client, conf, waits).send(exit.message(**targets))
     if args.wait:
         return max(status, _wait_stopped(client, keys, before, args.timeout or STOP_TIMEOUT))
     return status
