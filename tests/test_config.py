@@ -109,3 +109,15 @@ def test_a_task_given_twice_is_warned_about(tmp_path: Path) -> None:
     done = run_cli("gearman-workers", "--python-path", str(ROOT / "examples"), "--task", "e=tasks:echo",
                    "--task", "e=tasks:reverse", "--check-config")
     assert done.returncode == 0 and "--task e given twice; the last one (tasks:reverse) wins" in done.stderr
+
+
+def test_a_malformed_redis_url_is_one_line_and_exit_2_in_every_command(tmp_path: Path) -> None:
+    url = "redis://127.0.0.1:2450x/0"
+    for command in (["gearman-workers", "--task", "e=tasks:echo", "--allow-unsigned", "--state-dir", str(tmp_path)],
+                    ["gm-ctl", "pools"], ["gm-exit", "--all", "--allow-unsigned"]):
+        done = run_cli(command[0], *command[1:], "--redis-url", url)
+        assert done.returncode == 2, command
+        (line,) = done.stderr.splitlines()
+        assert line == f"{command[0]}: config error: --redis-url: '{url}' is not a Redis URL redis-py can use: " \
+                       "Port could not be cast to integer value as '2450x'"
+    assert not list(tmp_path.iterdir())

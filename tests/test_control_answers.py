@@ -181,3 +181,8 @@ def test_the_commands_read_only_the_control_table_of_a_file(redis_server: RedisS
     config.write_text(f'[control]\nredis_ur = "{redis_server.url}"\n')
     refused = run_cli("gm-ctl", "--config", str(config), "pools")
     assert refused.returncode == 2 and "unknown key [control] redis_ur (did you mean redis_url?)" in refused.stderr
+
+
+def test_flags_that_do_nothing_are_refused(redis_server: RedisServer) -> None:
+    done = gm("gm-ctl", redis_server, "get", "k", "--host", "h1")
+    assert done.returncode == 2 and "--host, --pool and --all do not apply to it" in done.stderr
