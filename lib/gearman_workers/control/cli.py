@@ -159,7 +159,7 @@ def exit_main(argv: list[str] | None = None) -> int:
 
 
 def _exit(args: argparse.Namespace, read: list[Settings]) -> int:
-    targets = _aimed(args, "exit", fleet_wide_needs_all=True)
+    targets = _aimed(args, exit.NAME, fleet_wide_needs_all=True)
     conf = settings(args, sending=True)
     read.append(conf)
     client = connect(conf.url)
@@ -267,19 +267,19 @@ def _set(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
         value = json.loads(args.value)
     except ValueError:
         raise Refused(f"VALUE {args.value!r} is not JSON (quote text: '\"{args.value}\"')") from None
-    message = data.set_message(args.key, value, **_aimed(args, "set", fleet_wide_needs_all=False))
+    message = data.set_message(args.key, value, **_aimed(args, data.SET.name, fleet_wide_needs_all=False))
     return _sender(client, conf, args.timeout, args.force).send(message)
 
 
 def _del(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    message = data.del_message(args.key, **_aimed(args, "del", fleet_wide_needs_all=True))
+    message = data.del_message(args.key, **_aimed(args, data.DEL.name, fleet_wide_needs_all=True))
     return _sender(client, conf, args.timeout, args.force).send(message)
 
 
 def _scale(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
     if args.n == 0 and not args.allow_zero:
         raise Refused("scale 0 leaves the pools without a worker: say --allow-zero if that is what you want")
-    message = scale.message(args.n, **_aimed(args, "scale", fleet_wide_needs_all=True))
+    message = scale.message(args.n, **_aimed(args, scale.NAME, fleet_wide_needs_all=True))
     try:
         scale.SCALE.check(message)
     except BadMessage as err:
@@ -329,12 +329,12 @@ Handler = Callable[[argparse.Namespace, Settings, redis.Redis], int]
 SENDING: set[Handler] = {_set, _del, _scale}
 # name -> (handler, what it does, its own arguments)
 SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = {
-    "set": (_set, "set runtime data KEY to a JSON VALUE",
+    data.SET.name: (_set, "set runtime data KEY to a JSON VALUE",
             [("key", {}), ("value", {"help": 'a JSON value: 42, true, "text", {"a": 1}'}), FORCE_FLAG]),
-    "del": (_del, "remove runtime data KEY", [("key", {}), FORCE_FLAG]),
+    data.DEL.name: (_del, "remove runtime data KEY", [("key", {}), FORCE_FLAG]),
     "get": (_get, "show the stored runtime data, marking what the pools ignore (exit 1: KEY not set)",
             [("key", {"nargs": "?"})]),
-    "scale": (_scale, "change the number of children of each pool aimed at",
+    scale.NAME: (_scale, "change the number of children of each pool aimed at",
               [("n", {"type": int}), ("--allow-zero", {"action": "store_true", "help": "let n be 0"})]),
     "pools": (_pools, "list live pools from their heartbeats", [JSON_FLAG]),
     "status": (_status, "one row per child of every live pool: state, job, counts, memory", [JSON_FLAG]),
