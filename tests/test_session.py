@@ -35,19 +35,16 @@ def test_no_job_is_followed_by_pre_sleep_and_a_noop_by_a_grab(session: Session) 
 def test_a_job_woken_by_a_noop_sends_its_pre_sleep_with_the_next_grab(session: Session) -> None:
     session.no_job()
     session.noop(accepting=True)
-    session.job_assigned()
     assert session.after_job(accepting=True) == GRAB_THEN_SLEEP
     assert session.no_job() == NOTHING  # gearmand has the PRE_SLEEP already
 
 
 def test_jobs_in_a_stream_are_followed_by_a_plain_grab(session: Session) -> None:
-    session.job_assigned()
     assert session.after_job(accepting=True) == GRAB
     assert session.no_job() == PRE_SLEEP
 
 
 def test_a_child_that_takes_no_more_jobs_grabs_nothing(session: Session) -> None:
-    session.job_assigned()
     assert session.after_job(accepting=False) == NOTHING
     assert not session.awaiting_grab
     session.no_job()

@@ -204,6 +204,17 @@ class Scraper:
         self._thread.join(30)
 
 
+def test_upgrade_needs_only_the_pid_file(gearmand: Gearmand, tmp_path: Path, versioned: Path) -> None:
+    pool = Pool(gearmand, tmp_path, config=versioned, processes=2)
+    with stopped_after(pool.pidfile):
+        pool.start()
+        old_master = pool.proc.pid  # type: ignore[union-attr]
+        upgrade = run_cli("gearman-workers", "--pidfile", str(pool.pidfile), "--upgrade", cwd=tmp_path)
+        assert upgrade.returncode == 0, upgrade.stderr + pool.log()
+        assert read_pid(pool.pidfile) not in (None, old_master)
+        assert pool.wait_exit() == 0
+
+
 def test_metrics_are_served_throughout_an_upgrade(gearmand: Gearmand, tmp_path: Path, versioned: Path) -> None:
     port = free_port()
     pool = Pool(gearmand, tmp_path, "--metrics-listen", f"127.0.0.1:{port}", config=versioned, processes=2)

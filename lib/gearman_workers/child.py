@@ -381,7 +381,10 @@ class Worker:
                           text.decode(errors="replace"))
             if link.status != UP:
                 return
-        self._settle_low_water(session)
+        try:  # here, not in _settle_low_water: this is every job's path
+            session.settle_low_water(self.stopping)
+        except ConnectionLost as err:
+            self._lost(session, str(err))
 
     def _settle_low_water(self, session: Session) -> None:
         try:
@@ -409,7 +412,6 @@ class Worker:
     # --- one job ------------------------------------------------------------
 
     def _run_job(self, session: Session, body: bytes) -> None:
-        session.job_assigned()
         link = session.link
         self.holding_job = True
         handle, task, unique, data = body.split(b"\0", 3)

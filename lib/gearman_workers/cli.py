@@ -127,7 +127,9 @@ def _check(step: Callable[..., object], *args: object) -> None:
 
 def _configure(args: argparse.Namespace) -> tuple[configuration.Config, ControlListener | None]:
     try:
-        config = configuration.load(args)
+        config = configuration.load(args, require_tasks=not args.upgrade)  # --upgrade loads no code
+        if args.upgrade:
+            return config, None
         configuration.check_control(config)
         return config, _build_control(config)
     except configuration.ConfigError as err:
@@ -231,8 +233,14 @@ def _parts(config: configuration.Config, pidfile: PidFile, control: ControlListe
 
 
 def _upgrade(config: configuration.Config) -> int:
+    """Hand the pool to a new master. --pidfile P alone is enough: the
+    master's processes file is beside it (STATE_DIR/NAME.state.json for
+    STATE_DIR/NAME.pid)."""
+    processes = config.processes_file
+    if not processes.exists() and config.pidfile.suffix == ".pid":
+        processes = config.pidfile.with_name(config.pidfile.stem + ".state.json")
     try:
-        print(request_upgrade(config.pidfile, config.processes_file, config.upgrade_timeout + 10))
+        print(request_upgrade(config.pidfile, processes, config.upgrade_timeout + 10))
     except (UpgradeFailed, OSError) as err:
         return _fail("gearman-workers --upgrade", str(err), EXIT_ERROR)
     return EXIT_OK

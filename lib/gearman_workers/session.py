@@ -57,9 +57,6 @@ class Session:
         self.registered = True
         return True
 
-    def job_assigned(self) -> None:
-        self.awaiting_grab = False
-
     def no_job(self) -> bytes:
         """NO_JOB: PRE_SLEEP at once, unless it went out with the GRAB. Until
         gearmand has it, a new job does not wake us."""
@@ -78,14 +75,16 @@ class Session:
         return GRAB
 
     def after_job(self, accepting: bool) -> bytes:
-        """What goes out with a job's answer: the next GRAB (with a PRE_SLEEP
-        when jobs come one at a time), or nothing when we take no more."""
-        follow = NOTHING
-        if accepting:
-            follow = GRAB_THEN_SLEEP if self.grabbed_on_noop else GRAB
-            self.awaiting_grab = True
-            self.sleep_sent = self.grabbed_on_noop
-        self.grabbed_on_noop = False
+        """A JOB_ASSIGN answered our GRAB; what goes out with the job's
+        answer: the next GRAB (with a PRE_SLEEP when jobs come one at a
+        time), or nothing when we take no more. (One call per job, not two:
+        this is every job's path.)"""
+        self.awaiting_grab = accepting
+        if not accepting:
+            self.grabbed_on_noop = False
+            return NOTHING
+        follow = GRAB_THEN_SLEEP if self.grabbed_on_noop else GRAB
+        self.sleep_sent, self.grabbed_on_noop = self.grabbed_on_noop, False
         return follow
 
     def settle_low_water(self, stopping: bool) -> None:
