@@ -31,7 +31,7 @@ from .commands import FROM_SIGNAL, Ignored, Inbox, PublishData, QueueSeen, Reloa
 from .parts import Parts
 from .poison import PoisonLedger
 from .scoreboard import ChildState, Scoreboard, SlotInfo
-from .views import ChildView, MasterView, status_line
+from .views import ChildView, MasterView, registered_count, status_line
 
 log = logging.getLogger("gearman_workers.master")
 
@@ -423,7 +423,7 @@ class Master:
         """READY once every child registered, or (a first start, not a
         successor) once they had connect_timeout to try: STATUS then says what they wait for."""
         seen = [ChildView(c, self.board.read(c.slot)) for c in self.children.values()]
-        registered, wanted = sum(v.child.live and v.info.registered for v in seen), self.groups_wanted()
+        registered, wanted = registered_count(seen), self.groups_wanted()
         tried = time.monotonic() - self.started >= self.config.connect_timeout and not self.parts.upgrades.busy
         if not self.ready and not self.stopping and (registered >= wanted or tried):
             self.ready = True

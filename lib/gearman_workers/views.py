@@ -89,14 +89,15 @@ def autoscale_summary(scaler: Autoscaler | None) -> dict[str, Any] | None:
             "down": scaler.decisions["down"], "last": None if last is None else {"to": last.to, "why": last.why}}
 
 
-def registered(snap: PoolSnapshot) -> int:
-    return sum(1 for view in snap.children if view.child.live and view.info.registered)
+def registered_count(seen: list[ChildView]) -> int:
+    """Children neither leaving nor killed that are registered and taking jobs."""
+    return sum(1 for view in seen if view.child.live and view.info.registered)
 
 
 def status_line(seen: list[ChildView], servers: list[Any], wanted: int) -> str:
     """What systemd's STATUS= says (the main loop's, each turn): counts, and
     the gearmands no child is registered with."""
-    registered_n = sum(view.child.live and view.info.registered for view in seen)
+    registered_n = registered_count(seen)
     busy = sum(view.info.state == ChildState.BUSY for view in seen)
     line = f"{registered_n}/{wanted} children registered, {busy} busy"
     silent = [str(server) for index, server in enumerate(servers)
@@ -106,8 +107,8 @@ def status_line(seen: list[ChildView], servers: list[Any], wanted: int) -> str:
 
 def summary(snap: PoolSnapshot) -> dict[str, Any]:
     """What the heartbeat tells the fleet (gm-ctl pools, gm-ctl status)."""
-    return {"pid": snap.pid, "desired": snap.desired, "registered": registered(snap), "started": snap.started_at,
-            "reported": time.time(), "autoscale": snap.autoscale,
+    return {"pid": snap.pid, "desired": snap.desired, "registered": registered_count(snap.children),
+            "started": snap.started_at, "reported": time.time(), "autoscale": snap.autoscale,
             "children": [child_row(view) for view in snap.children]}
 
 
