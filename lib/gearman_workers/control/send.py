@@ -43,23 +43,23 @@ class Sender:
         """Steps 1 to 3 above; raises StoredRecordRefused at step 1."""
         live = sorted((str(p.get("host")), str(p.get("name"))) for p in store.live_pools(self.client, self.keys)
                       if message.targets(str(p.get("host")), str(p.get("name"))))
-        sent, previous = self.publish(message)
+        sent, raw, previous = self.publish(message)
         answers = acks.collect(self.client, self.keys, live, sent.nonce or "", self.timeout) if live else {}
         for (host, pool), ack in answers.items():
             print(f"{host}/{pool}: {ack.line() if ack else f'no answer within {self.timeout:g} s'}")
         if not live:
             print("no live pool is aimed at" + ("; kept for the pools that start later" if self._kept(sent) else ""))
-        refused = [ack for ack in answers.values() if ack is not None and ack.reason in UNVERIFIED]
-        if refused and not any(ack is not None and ack.applied for ack in answers.values()):
-            self._put_back(sent, previous)
+        unverified = any(ack is not None and ack.reason in UNVERIFIED for ack in answers.values())
+        if unverified and not any(ack is not None and ack.applied for ack in answers.values()):
+            self._put_back(sent, raw, previous)
             print("pools refused the signature: give the secret they use (--secret-file, or [control] "
                   "secret_file); without one, only pools started with allow_unsigned accept a command. "
                   "What was kept before is kept again")
         return EXIT_OK if live and all(ack is not None and ack.applied for ack in answers.values()) else EXIT_FAILED
 
-    def publish(self, message: Message) -> tuple[Message, dict[str, bytes | None]]:
-        """Stamp, sign, keep and publish MESSAGE: the message as sent, and
-        what was kept before it, per scope."""
+    def publish(self, message: Message) -> tuple[Message, bytes, dict[str, bytes | None]]:
+        """Stamp, sign, keep and publish MESSAGE: the message as sent, the
+        bytes that carried it, and what was kept before it, per scope."""
         command = registry.command_of(message)
         scopes = store.command_scopes(message.hosts, message.pool)
         previous = {scope: self._check_replaceable(command, scope, message) for scope in scopes}
@@ -71,10 +71,10 @@ class Sender:
                 command.record(pipe, self.keys, scope, sent, raw)
             pipe.publish(self.channel, raw)
             pipe.execute()
-        return sent, previous
+        return sent, raw, previous
 
-    def _put_back(self, sent: Message, previous: dict[str, bytes | None]) -> None:
-        command, ours = registry.COMMANDS[sent.cmd], encode(sent, self.secret)
+    def _put_back(self, sent: Message, ours: bytes, previous: dict[str, bytes | None]) -> None:
+        command = registry.COMMANDS[sent.cmd]
         for scope, raw in previous.items():
             now = command.recorded(self.client, self.keys, scope, sent)
             if now is not None and store.raw_reply(now) == ours:  # nobody wrote since
