@@ -30,13 +30,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
 
-from . import cleanup, files, identities
+from . import cleanup, files, identities, parts
 from . import pidfile as pidfiles
 from .notify import Notifier
 from .prctl import PR_SET_CHILD_SUBREAPER, prctl
 from .procfs import start_time
+from .views import MasterView
 
 ENVIRONMENT = "GEARMAN_WORKERS_HANDOVER"
 READY = b"ready\n"
@@ -259,16 +259,6 @@ class Handover:
 log = logging.getLogger("gearman_workers.master")
 
 
-class Exporter(Protocol):
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-
-
-class Listener(Protocol):
-    def start(self, master: Any) -> None: ...
-    def stop(self) -> None: ...
-
-
 class Upgrades:
     """An upgrade as the master's main loop sees it. As a predecessor: start
     a successor (start), and each turn learn whether it is ready (check:
@@ -277,8 +267,8 @@ class Upgrades:
     (check_taken_over)."""
 
     def __init__(self, pid_path: Path, timeout: float, pidfile: pidfiles.PidFile, notifier: Notifier,
-                 fork_lock: threading.Lock, exporter: Exporter | None = None, handover: Handover | None = None,
-                 control: Listener | None = None) -> None:
+                 fork_lock: threading.Lock, exporter: parts.Exporter | None = None,
+                 handover: Handover | None = None, control: parts.Control | None = None) -> None:
         self.pid_path, self.timeout = pid_path, timeout
         self.pidfile, self.notifier, self.fork_lock, self.exporter = pidfile, notifier, fork_lock, exporter
         self.handover, self.control = handover, control
@@ -292,7 +282,7 @@ class Upgrades:
     def busy(self) -> bool:
         return self.successor is not None or self.handover is not None
 
-    def start(self, view: Any) -> None:
+    def start(self, view: MasterView) -> None:
         """Start a successor on the code and configuration now on disk. One
         control listener at a time: the successor's from now on."""
         if self.busy:
@@ -312,7 +302,7 @@ class Upgrades:
         log.info("upgrade: started a new master on the code and configuration on disk; it takes over once "
                  "its children are registered (upgrade_timeout %g s)", self.timeout)
 
-    def _listen_again(self, view: Any) -> None:
+    def _listen_again(self, view: MasterView) -> None:
         if self.control is not None:
             self.control.start(view)  # its catch-up applies what was sent meanwhile
 
@@ -323,7 +313,7 @@ class Upgrades:
     def deadline(self) -> float | None:
         return self.successor.deadline if self.successor is not None else None
 
-    def check(self, view: Any, listen_again: bool) -> str | None:
+    def check(self, view: MasterView, listen_again: bool) -> str | None:
         """Why this master must now leave (it handed over), or None. An
         upgrade given up leaves us listening again (if LISTEN_AGAIN)."""
         successor = self.successor
