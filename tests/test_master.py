@@ -113,8 +113,8 @@ class FakeMasterProcess(Master):
     def runs(self, pid: int, handle: bytes, deadline: float = 0.0) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
         writer.registered_with, writer.registered_once = 1, True
-        now = master_module.time.monotonic()
-        writer.publish(ChildState.BUSY, now, deadline, 0, b"resize", handle)
+        writer.publish(ChildState.IDLE)
+        writer.busy(master_module.time.monotonic(), deadline, 0, b"resize", handle)
 
     def asks_recycling(self, pid: int) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
@@ -348,6 +348,7 @@ def test_poison_accounting_counts_each_death_once(tmp_path: Path, clock: Clock) 
     master.runs(first, b"H:gm:9")
     master.dies(first, SEGV)
     # Dead but not yet reaped: a child that receives the job sees it already.
+    assert not check.clear(b"H:gm:9")  # the job's next run looks closer
     assert check.kills(0, b"H:gm:9") == (1, "died while running it")
     master.step()
     assert check.kills(0, b"H:gm:9") == (1, "killed by SIGSEGV")
@@ -357,6 +358,7 @@ def test_poison_accounting_counts_each_death_once(tmp_path: Path, clock: Clock) 
     master.step()
     assert check.kills(0, b"H:gm:9")[0] == 2
     assert check.kills(1, b"H:gm:9") == (0, "") and check.kills(0, b"H:gm:10") == (0, "")
+    assert check.clear(b"H:gm:10") and not check.clear(b"H:gm:9")
 
 
 def test_graceful_stop_terms_every_child_then_kills_stragglers(tmp_path: Path, clock: Clock) -> None:

@@ -34,7 +34,7 @@ from .job import Job, encode_result
 from .jobstats import DONE, FAILED, POISON, TIMEOUT, JobCounter
 from .poison import KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
-from .scoreboard import ChildState, Recycle, Scoreboard, SlotWriter
+from .scoreboard import DATA_VERSION, HANDLE_FIELD, ChildState, Recycle, Scoreboard, SlotWriter
 from .session import Session
 from .strays import StrayLog
 from .timelimit import JobTimeout, JobTimer
@@ -69,6 +69,19 @@ class Limits:
     kill_grace: float = 5.0          # how long past its time limit a job ran before the master killed it
 
 
+class Route:
+    """What the child knows of one task, worked out once: the callable, its
+    time limit (0: none), its name, its busy title and its name as the
+    slot keeps it."""
+
+    __slots__ = ("call", "field", "limit", "name", "title")
+
+    def __init__(self, call: Callable[..., Any], limit: float, name: str) -> None:
+        self.call, self.limit, self.name = call, limit, name
+        self.title = f"busy {name}"
+        self.field = name.encode()[:HANDLE_FIELD]
+
+
 class Worker:
     """The work loop of one child. ``run()`` returns the exit status."""
 
@@ -78,8 +91,7 @@ class Worker:
                  stray_log: StrayLog | None = None) -> None:
         self.config = config
         self.stray_log = stray_log
-        self.tasks = {name.encode(): func for name, func in tasks.items()}
-        self.time_limits = {name.encode(): config.time_limit(name) for name in tasks}
+        self.routes = {name.encode(): Route(func, config.time_limit(name), name) for name, func in tasks.items()}
         self.board = board
         self.slot = slot
         self.master_pid = master_pid
@@ -87,7 +99,6 @@ class Worker:
         self.limits = limits
         self.counter = counter  # None: metrics are off, nothing to count
         self.title = title or Title(f"child [{config.name}]")
-        self.busy_titles = {name: f"busy {name.decode()}" for name in self.tasks}
         self.recycling_limits = bool(limits.max_jobs or limits.max_memory)
         self.sessions = [Session(GearmandConnection(server, i, config.connect_timeout))
                          for i, server in enumerate(config.servers)]
@@ -100,10 +111,11 @@ class Worker:
         self.forked_by_task = False  # set in a process that task code forked (see _forget_pool_after_fork)
         self.noted_signals: list[int] = []  # signals the loop acts on (see _act_on_signals)
         self.idle_title_due = False
-        self.data_version = board.data_version
+        self.header = board.words  # the versions the master bumps (a read is an index)
+        self.data_version = self.header[DATA_VERSION]
         self.timer = JobTimer()
         self.poison = PoisonCheck(board)
-        self.hello = b"".join(p.request(p.CAN_DO, name) for name in self.tasks) + p.request(
+        self.hello = b"".join(p.request(p.CAN_DO, name) for name in self.routes) + p.request(
             p.SET_CLIENT_ID, f"{config.hostname}:{config.name}:{os.getpid()}".encode())
         # One receive buffer for the child's life: recv() of a fresh large
         # buffer costs an mmap/mremap/munmap per job.
@@ -173,7 +185,7 @@ class Worker:
         glibc leaves its single-threaded fast paths (unlocked malloc, no
         cancellation bookkeeping around system calls) once one has existed."""
         interval = self.limits.heartbeat_interval
-        if not interval or all(self.time_limits.values()):
+        if not interval or all(route.limit for route in self.routes.values()):
             return
         # The thread starts with every signal blocked, so that the kernel
         # delivers SIGALRM and SIGTERM to the main thread: a task asleep in
@@ -230,13 +242,13 @@ class Worker:
                 if not any(s.awaiting_grab for s in self.sessions) or time.monotonic() > stop_deadline:
                     return
             else:
-                self._connect_due()
                 if single is not None and single.awaiting_grab and not single.dozing and single.link.status == UP:
                     # gearmand answers a GRAB at once: skip the poll and wait
                     # in recv (bounded by SO_RCVTIMEO); a signal still stops us
                     # right after the answer.
                     self._on_readable(single)
                     continue
+                self._connect_due()
             events = poll(self._poll_timeout_ms())
             if not events:
                 self._on_idle_tick()
@@ -401,7 +413,7 @@ class Worker:
         self._registration_changed()
 
     def _apply_runtime_data(self) -> None:
-        version = self.board.data_version
+        version = self.header[DATA_VERSION]
         if version != self.data_version:
             try:
                 runtime.replace(runtime.load_file(self.config.runtime_file))
@@ -410,29 +422,27 @@ class Worker:
                 log.error("cannot load runtime data: %s", err)
 
     # --- one job ------------------------------------------------------------
+    # Every line here runs for every job: the protections cost a comparison
+    # each while nothing happened (see bench/README.md, "What each protection costs").
 
     def _run_job(self, session: Session, body: bytes) -> None:
         link = session.link
         self.holding_job = True
         handle, task, unique, data = body.split(b"\0", 3)
-        if self.board.data_version != self.data_version:
+        if self.header[DATA_VERSION] != self.data_version:
             self._apply_runtime_data()
-        job = Job(handle.decode(), task.decode(), unique.decode("utf-8", "replace"), data, session)
-        kills, why = self.poison.kills(link.index, handle)
+        route = self.routes[task]
+        job = Job(handle, route.name, unique, data, session)
         fatal: BaseException | None = None
         started = time.monotonic()
-        if kills and why == KILLED_FOR_TIME:
-            reply, outcome = self._refuse_timed_out(job, task), TIMEOUT
-        elif kills and kills >= self.limits.poison_kills > 0:
-            reply, outcome = self._refuse_poison(job, kills, why), POISON
+        if self.poison.clear(handle):
+            reply, outcome, fatal = self._execute(link, job, route, handle, started)
         else:
-            reply, outcome, fatal = self._execute(link, job, task, handle, started)
-            if self.forked_by_task:  # a process the task forked, returning from the task: it is no worker
-                os._exit(EXIT_OK)
+            reply, outcome, fatal = self._check_poison(link, job, route, handle, started)
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
-        reply += session.after_job(fatal is None and self._accepting())
+        reply += session.after_job(fatal is None and not self.stopping and self.slot.recycle == NOT_RECYCLING)
         if link.status == UP:
             self._send(session, reply)
         else:
@@ -443,31 +453,40 @@ class Worker:
         # Counted before the slot says idle, so that idle means counted.
         if self.counter is not None:
             self.counter.count(task, outcome, finished - started)
-        self.slot.publish(ChildState.IDLE, now=finished)
+        self.slot.between_jobs(ChildState.IDLE, finished)
         self.idle_title_due = True
         if fatal is not None:
             raise fatal
 
-    def _execute(self, link: GearmandConnection, job: Job, task: bytes, handle: bytes,
+    def _check_poison(self, link: GearmandConnection, job: Job, route: Route, handle: bytes,
+                      started: float) -> tuple[bytes, int, BaseException | None]:
+        """A job that some child died holding: refused, or run once more."""
+        kills, why = self.poison.kills(link.index, handle)
+        if kills and why == KILLED_FOR_TIME:
+            return self._refuse_timed_out(job, route), TIMEOUT, None
+        if kills and kills >= self.limits.poison_kills > 0:
+            return self._refuse_poison(job, kills, why), POISON, None
+        return self._execute(link, job, route, handle, started)
+
+    def _execute(self, link: GearmandConnection, job: Job, route: Route, handle: bytes,
                  started: float) -> tuple[bytes, int, BaseException | None]:
         """Run the task under its time limit: (reply, outcome, exception to re-raise)."""
-        limit = self.time_limits[task]
-        self.slot.publish(ChildState.BUSY, started, started + limit if limit else 0.0, link.index, task, handle,
-                          now=started)
-        self.title.show(self.busy_titles[task])
+        limit = route.limit
+        self.slot.busy(started, started + limit if limit else 0.0, link.index, route.field, handle)
+        self.title.show(route.title)
         timer = self.timer
         try:
             try:
                 self.in_task = True
                 if limit:
-                    timer.arm(limit, job.task)
-                result = self.tasks[task](self, job)
+                    timer.arm(route.name, limit, started)
+                result = route.call(self, job)
             finally:
                 if limit:
                     timer.disarm()
                 self.in_task = False
                 timer.reclaim()
-            if limit:
+            if limit and timer.expired:
                 timer.check()  # the task caught JobTimeout and returned anyway
             reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
             self.slot.jobs_done += 1
@@ -476,6 +495,9 @@ class Worker:
             if self.forked_by_task:  # a process the task forked leaves the task (sys.exit in a fork): it ends
                 os._exit(_exit_status(err))
             return self._failed(job, err)
+        finally:
+            if self.forked_by_task:  # a process the task forked, returning from the task: it is no worker
+                os._exit(EXIT_OK)
 
     def _failed(self, job: Job, err: BaseException) -> tuple[bytes, int, BaseException | None]:
         """(reply, outcome, exception to re-raise) for a task that raised."""
@@ -485,10 +507,10 @@ class Worker:
             return self._failure(job, err), FAILED, None
         return self._failure(job, err), FAILED, err  # SystemExit, KeyboardInterrupt: answer, then leave
 
-    def _refuse_timed_out(self, job: Job, task: bytes) -> bytes:
+    def _refuse_timed_out(self, job: Job, route: Route) -> bytes:
         """A job whose run was killed for its time limit: its side effects
         may have happened; running it again could double them."""
-        message = (f"task {job.task} exceeded its time limit of {self.time_limits[task]:g} s and its child was "
+        message = (f"task {job.task} exceeded its time limit of {route.limit:g} s and its child was "
                    f"killed after kill_grace {self.limits.kill_grace:g} s; job {job.handle} is not run again")
         log.error("%s", message)
         self.slot.jobs_failed += 1

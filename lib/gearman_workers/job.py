@@ -13,17 +13,28 @@ class Job:
     """One job from gearmand, as python-gearman tasks know it.
 
     ``data`` is the payload as bytes; ``handle``, ``task`` and ``unique``
-    are text. ``connection`` is the session it came on (for status updates).
+    are text (the handle and unique are decoded when a task asks: most
+    never do). ``connection`` is the session it came on (for status updates).
     """
 
-    __slots__ = ("connection", "data", "handle", "task", "unique")
+    __slots__ = ("_handle", "_unique", "connection", "data", "task")
 
-    def __init__(self, handle: str, task: str, unique: str, data: bytes, connection: Any = None):
-        self.handle = handle
+    def __init__(self, handle: bytes | str, task: str, unique: bytes | str, data: bytes, connection: Any = None):
+        self._handle = handle
         self.task = task
-        self.unique = unique
+        self._unique = unique
         self.data = data
         self.connection = connection
+
+    @property
+    def handle(self) -> str:
+        handle = self._handle
+        return handle if isinstance(handle, str) else handle.decode("utf-8", "replace")
+
+    @property
+    def unique(self) -> str:
+        unique = self._unique
+        return unique if isinstance(unique, str) else unique.decode("utf-8", "replace")
 
     def __repr__(self) -> str:
         return f"<Job {self.task} handle={self.handle} unique={self.unique!r} {len(self.data)} bytes>"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 
-from .scoreboard import POISON_ENTRIES, Poisoned, Scoreboard
+from .scoreboard import HANDLE_FIELD, POISON_ENTRIES, POISON_VERSION, SLOTS_IN_USE, Poisoned, Scoreboard
 
 
 class PoisonLedger:
@@ -48,30 +48,49 @@ KILLED_FOR_TIME = f"killed ({TIME_LIMIT_EXCEEDED})"
 
 
 class PoisonCheck:
-    """A child's view: how many children has this job killed so far?"""
+    """A child's view: how many children has this job killed so far?
+
+    Asked before every job, and the answer is almost always none: so
+    ``clear()`` costs one comparison of the table's version, one set lookup
+    while the table holds anything, and one search in C of the slots'
+    handle fields (a child that died holding the job and is not yet reaped
+    still names it there). Only a job that is found somewhere goes on to
+    ``kills()``."""
 
     def __init__(self, board: Scoreboard) -> None:
         self.board = board
+        self._words = board.words
         self._version = -1
-        self._used = 0  # slots in use when last read; the count only grows
         self._table: dict[tuple[int, bytes], Poisoned] = {}
+        self._handles: frozenset[bytes] = frozenset()
+        self._mem, self._suffix, self._first, self._slot_size = board.handle_field_search()
+
+    def clear(self, handle: bytes) -> bool:
+        """True when no child is known to have died running job HANDLE
+        (on any server): the job runs without further ado."""
+        # The slots first, then the table: the master records a death
+        # before it clears the dead child's slot, so one of them shows it.
+        # (A handle of 64 bytes or more fills its field: no NUL after it.)
+        end = self._first + self._words[SLOTS_IN_USE] * self._slot_size  # not the free slots' zeros
+        if self._mem.find((handle + self._suffix)[:HANDLE_FIELD], self._first, end) >= 0:
+            return False
+        if self._words[POISON_VERSION] != self._version:
+            self._reload()
+        return handle not in self._handles
 
     def kills(self, server: int, handle: bytes) -> tuple[int, str]:
-        """(children killed, why the last one died) for job HANDLE."""
-        # Slots first, then the table: the master records a death before it
-        # clears the dead child's slot, so one of the two reads sees it.
-        # Slots opened since the last look are scanned, then looked again.
-        unreaped = self.board.busy_with(server, handle, 0, self._used)
-        _, version, used = self.board.header()
-        while used != self._used:  # rare: slots opened since the last look
-            unreaped += self.board.busy_with(server, handle, self._used, used)
-            self._used = used
-            _, version, used = self.board.header()
-        if version != self._version:
-            self._table, self._version = self.board.poisoned(), version
+        """(children killed, why the last one died) for job HANDLE of SERVER."""
+        unreaped = self.board.busy_with(server, handle)
+        if self._words[POISON_VERSION] != self._version:
+            self._reload()
         entry = self._table.get((server, handle))
         if entry is None:
             return (len(unreaped), "died while running it") if unreaped else NO_KILLS
         # The last recorded death may still show in its slot: count it once.
         extra = [pid for pid in unreaped if pid != entry.last_pid]
         return entry.kills + len(extra), entry.why
+
+    def _reload(self) -> None:
+        self._version = self._words[POISON_VERSION]  # first: a table published meanwhile is read next time
+        self._table = self.board.poisoned()
+        self._handles = frozenset(handle for _, handle in self._table)

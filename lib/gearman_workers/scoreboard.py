@@ -18,16 +18,25 @@ import mmap
 import struct
 import time
 
-# data version, poison version, slots in use
-_HEADER = struct.Struct("<QQI4x")
-# pid, state, registered once, recycle, server of the job, the servers it is
-# registered with (bit I: server I), started, busy since, deadline, heartbeat, jobs done,
-# jobs failed, task, job handle
-_SLOT = struct.Struct("<iBBBBQddddQQ64s64s")
+# data version, poison version, slots in use: three words, so that a child
+# reads one with an index into a memoryview (see Scoreboard.words)
+_HEADER = struct.Struct("<QQQ")
+DATA_VERSION, POISON_VERSION, SLOTS_IN_USE = range(3)
+# A slot is two records. What a child writes when it starts or its
+# registration changes: pid, registered once, recycle, the servers it is
+# registered with (bit I: server I), started.
+_SETUP = struct.Struct("<iBB2xQd")
+# What it writes around every job, in one copy each: state, server of the
+# job, busy since, deadline, heartbeat, jobs done, jobs failed, task, job
+# handle. Between jobs only the head up to the counts (_BETWEEN): the task
+# and handle of the last job stay, and the state says they are over.
+HANDLE_FIELD = 64  # bytes of a job handle kept in a slot
+_JOB = struct.Struct(f"<BB6xdddQQ64s{HANDLE_FIELD}s")
+_BETWEEN = struct.Struct("<BB6xdddQQ")
+_SLOT_SIZE = _SETUP.size + _JOB.size
 _BEAT = struct.Struct("<d")
-_BEAT_OFFSET = struct.calcsize("<iBBBBQddd")
-_STATE_OFFSET = 4
-_HANDLE_OFFSET = _SLOT.size - 64
+_BEAT_OFFSET = _SETUP.size + struct.calcsize("<BB6xdd")
+_HANDLE_OFFSET = _SLOT_SIZE - HANDLE_FIELD
 # server, kills, pid of the last child it killed, job handle, why
 _POISON = struct.Struct("<B3xIi64s48s")
 POISON_ENTRIES = 64
@@ -91,10 +100,12 @@ class Scoreboard:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self._slots_at = _HEADER.size + POISON_ENTRIES * _POISON.size
-        self._mem = mmap.mmap(-1, self._slots_at + slots * _SLOT.size)
+        self._mem = mmap.mmap(-1, self._slots_at + slots * _SLOT_SIZE)
+        # The header as words: a child compares a version on every job.
+        self.words = memoryview(self._mem)[:_HEADER.size].cast("Q")
 
     def _offset(self, slot: int) -> int:
-        return self._slots_at + slot * _SLOT.size
+        return self._slots_at + slot * _SLOT_SIZE
 
     # --- the header (master writes, children read) ---------------------
 
@@ -104,19 +115,18 @@ class Scoreboard:
 
     @property
     def data_version(self) -> int:
-        return self.header()[0]
+        return self.words[DATA_VERSION]
 
     def bump_data_version(self) -> None:
-        data, poison, used = self.header()
-        _HEADER.pack_into(self._mem, 0, data + 1, poison, used)
+        self.words[DATA_VERSION] += 1
 
     def set_slots_in_use(self, used: int) -> None:
-        data, poison, _ = self.header()
-        _HEADER.pack_into(self._mem, 0, data, poison, used)
+        self.words[SLOTS_IN_USE] = used
 
     # --- the poison table (master writes, children read) ------------------
 
     def publish_poisoned(self, entries: list[Poisoned]) -> None:
+        """The table, then its new version: a child that sees the version has the table."""
         for index in range(POISON_ENTRIES):
             if index < len(entries):
                 e = entries[index]
@@ -124,8 +134,7 @@ class Scoreboard:
             else:
                 row = (0, 0, 0, b"", b"")
             _POISON.pack_into(self._mem, _HEADER.size + index * _POISON.size, *row)
-        data, poison, used = self.header()
-        _HEADER.pack_into(self._mem, 0, data, poison + 1, used)
+        self.words[POISON_VERSION] += 1
 
     def poisoned(self) -> dict[tuple[int, bytes], Poisoned]:
         table = {}
@@ -136,22 +145,25 @@ class Scoreboard:
                 table[server, handle] = Poisoned(server, handle, kills, last_pid, _text(why))
         return table
 
-    def busy_with(self, server: int, handle: bytes, first: int, end: int) -> list[int]:
-        """PIDs of the slots from FIRST to END that say they run job HANDLE
-        of SERVER. On every job's path, so one search in C over the slots;
-        Python runs only on a match.
+    def handle_field_search(self) -> tuple[mmap.mmap, bytes, int, int]:
+        """(memory, suffix, first, slot size): a job handle H followed by
+        SUFFIX is in the handle field of one of the first U slots if
+        memory.find(H + SUFFIX, first, first + U * slot size) finds it; a
+        child makes that one search in C before every job (see busy_with
+        for what a match means)."""
+        return self._mem, b"\0", self._slots_at, _SLOT_SIZE
 
-        A child that just received HANDLE finds here a child that died
-        holding it and that the master has not yet reaped."""
+    def busy_with(self, server: int, handle: bytes) -> list[int]:
+        """PIDs of the slots that say they run job HANDLE of SERVER: a
+        child that just received HANDLE finds here a child that died holding
+        it and that the master has not yet reaped."""
         # The handle and the NUL after it, found at the start of a handle
         # field, is an exact match (a needle of NULs would crawl the zeros).
-        needle = handle + b"\0" if len(handle) < 64 else handle[:64]
-        size, base = _SLOT.size, self._slots_at
-        stop = base + end * size
-        at = self._mem.find(needle, base + first * size, stop)
-        if at < 0:
-            return []
+        needle = (handle + b"\0")[:HANDLE_FIELD]
+        size, base = _SLOT_SIZE, self._slots_at
+        stop = base + self.words[SLOTS_IN_USE] * size
         found = []
+        at = self._mem.find(needle, base, stop)
         while at >= 0:
             slot, where = divmod(at - base, size)
             if where == _HANDLE_OFFSET:
@@ -164,20 +176,24 @@ class Scoreboard:
     # --- slots -------------------------------------------------------------
 
     def read(self, slot: int) -> SlotInfo:
-        (pid, state, once, recycle, server, registered_with, started, busy, deadline, beat, done, failed,
-         task, handle) = _SLOT.unpack_from(self._mem, self._offset(slot))
+        offset = self._offset(slot)
+        pid, once, recycle, registered_with, started = _SETUP.unpack_from(self._mem, offset)
+        state, server, busy, deadline, beat, done, failed, task, handle = _JOB.unpack_from(
+            self._mem, offset + _SETUP.size)
         return SlotInfo(pid, ChildState(state), bool(once), Recycle(recycle), server, registered_with, started, busy,
                         deadline, beat, done, failed, _text(task), _text(handle))
 
     def reset(self, slot: int) -> None:
         """Master, before a fork: the slot now belongs to a child being born."""
         now = time.monotonic()
-        _SLOT.pack_into(self._mem, self._offset(slot), 0, ChildState.STARTING, 0, 0, 0, 0,
-                        now, 0.0, 0.0, now, 0, 0, b"", b"")
+        self._fill(slot, _SETUP.pack(0, 0, 0, 0, now), _JOB.pack(ChildState.STARTING, 0, 0.0, 0.0, now, 0, 0, b"", b""))
 
     def clear(self, slot: int) -> None:
-        _SLOT.pack_into(self._mem, self._offset(slot), 0, ChildState.EMPTY, 0, 0, 0, 0,
-                        0.0, 0.0, 0.0, 0.0, 0, 0, b"", b"")
+        self._fill(slot, _SETUP.pack(0, 0, 0, 0, 0.0), _JOB.pack(ChildState.EMPTY, 0, 0.0, 0.0, 0.0, 0, 0, b"", b""))
+
+    def _fill(self, slot: int, setup: bytes, job: bytes) -> None:
+        offset = self._offset(slot)
+        self._mem[offset:offset + _SLOT_SIZE] = setup + job
 
     def writer(self, slot: int, pid: int) -> SlotWriter:
         return SlotWriter(self._mem, self._offset(slot), pid)
@@ -186,13 +202,15 @@ class Scoreboard:
 class SlotWriter:
     """The child's side: cheap writes on the job path."""
 
-    __slots__ = ("_mem", "_offset", "jobs_done", "jobs_failed", "pid", "recycle", "registered_once",
-                 "registered_with", "started")
+    __slots__ = ("_between", "_job", "_mem", "_setup", "jobs_done", "jobs_failed", "pid", "recycle",
+                 "registered_once", "registered_with", "started")
 
     def __init__(self, mem: mmap.mmap, offset: int, pid: int) -> None:
         self._mem = mem
-        self._offset = offset
-        self.pid, self.started = pid, _SLOT.unpack_from(mem, offset)[6]
+        self._setup = slice(offset, offset + _SETUP.size)
+        self._job = slice(offset + _SETUP.size, offset + _SLOT_SIZE)
+        self._between = slice(offset + _SETUP.size, offset + _SETUP.size + _BETWEEN.size)
+        self.pid, self.started = pid, _SETUP.unpack_from(mem, offset)[4]
         self.registered_with = self.jobs_done = self.jobs_failed = 0
         self.registered_once = False
         self.recycle = Recycle.NO
@@ -202,15 +220,24 @@ class SlotWriter:
     # reading at that instant saw a heartbeat of 0 and killed a healthy
     # child as hung. A copy leaves every field either old or new.
 
-    def publish(self, state: ChildState, busy_since: float = 0.0, deadline: float = 0.0, server: int = 0,
-                task: bytes = b"", handle: bytes = b"", now: float | None = None) -> None:
-        """Write the slot; NOW (the heartbeat) when the caller has just read the clock."""
-        self._mem[self._offset:self._offset + _SLOT.size] = _SLOT.pack(
-            self.pid, state, self.registered_once, self.recycle, server, self.registered_with, self.started, busy_since,
-            deadline, time.monotonic() if now is None else now, self.jobs_done, self.jobs_failed, task[:64],
-            handle[:64])
+    def publish(self, state: ChildState, now: float | None = None) -> None:
+        """The whole slot, between jobs (starting, registration changed,
+        recycling, stopping); NOW (the heartbeat) when the caller has just
+        read the clock."""
+        self._mem[self._setup] = _SETUP.pack(self.pid, self.registered_once, self.recycle, self.registered_with,
+                                             self.started)
+        self.between_jobs(state, time.monotonic() if now is None else now)
+
+    def busy(self, since: float, deadline: float, server: int, task: bytes, handle: bytes) -> None:
+        """A job starts (DEADLINE 0: no time limit): the master now counts it as this child's."""
+        self._mem[self._job] = _JOB.pack(ChildState.BUSY, server, since, deadline, since, self.jobs_done,
+                                         self.jobs_failed, task, handle)
+
+    def between_jobs(self, state: ChildState, now: float) -> None:
+        """No job held: STATE, the heartbeat NOW and the counts."""
+        self._mem[self._between] = _BETWEEN.pack(state, 0, 0.0, 0.0, now, self.jobs_done, self.jobs_failed)
 
     def beat(self) -> None:
         """The heartbeat alone (from the child's heartbeat thread)."""
-        at = self._offset + _BEAT_OFFSET
+        at = self._job.start - _SETUP.size + _BEAT_OFFSET
         self._mem[at:at + _BEAT.size] = _BEAT.pack(time.monotonic())

@@ -5,16 +5,30 @@ is the master's: a child still busy ``kill_grace`` seconds later is killed.
 ``JobTimeout`` derives from BaseException, like KeyboardInterrupt: a task's
 ``except Exception`` does not swallow it by accident.
 
+The alarm is set lazily. Jobs much shorter than their limit are the rule,
+so a job does not set and clear an interval timer of its own (two system
+calls): it leaves a pending alarm in place when that alarm comes no later
+than its own deadline. When the alarm fires inside a job that still has
+time left, the handler moves it on to that job's deadline; outside a job it
+does nothing. A stream of one-second jobs under a 30-second limit sets the
+timer once every 30 seconds.
+
 Task code may install its own SIGALRM handler, arm its own alarm or block
-the signal. The timer takes the signal back after every job (one identity
-comparison while nobody touched it) and unblocks it before every
-time-limited job, so such code can cost at most its own job the soft
-limit (the master's hard limit still holds), never a later one.
+the signal. The timer takes the handler back after every job (one identity
+comparison while nobody touched it) and unblocks the signal before every
+time-limited job, so such code can cost at most its own job the soft limit
+(the master's hard limit still holds), never a later one.
 """
 
 from __future__ import annotations
 
+import _signal  # signal.getsignal and pthread_sigmask wrap it in enum conversions (2 us a call)
 import signal
+import time
+
+# An alarm this close to the deadline is the deadline (the interval timer
+# rounds to the clock's resolution; firing again for microseconds is waste).
+SLACK = 0.0005
 
 
 class JobTimeout(BaseException):
@@ -23,43 +37,59 @@ class JobTimeout(BaseException):
 
 class JobTimer:
     def __init__(self) -> None:
-        self.running = False
+        self.deadline = 0.0  # the running job's soft limit (monotonic seconds); 0: no limited job runs
         self.expired = False
-        self._message = ""
+        self._alarm_at = 0.0  # when the pending alarm fires; 0: none pending
+        self._task = ""
+        self._limit = 0.0
         self._handler = self._on_alarm  # one object: getsignal() returns what we installed
 
     def install(self) -> None:
         signal.signal(signal.SIGALRM, self._handler)
 
-    def arm(self, seconds: float, task: str) -> None:
+    def arm(self, task: str, limit: float, now: float) -> float:
+        """A job of TASK with a LIMIT starts at NOW: its deadline."""
         self.expired = False
-        if seconds > 0:
-            # The handler is ours (reclaim() ran after the last job); a task
-            # may have left the signal blocked, though (C code that masks
-            # signals, pthread_sigmask): one system call per time-limited job.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM,))
-            self._message = f"task {task} exceeded its time limit of {seconds:g} s"
-            self.running = True
-            signal.setitimer(signal.ITIMER_REAL, seconds)
+        self._task, self._limit = task, limit
+        deadline = self.deadline = now + limit
+        # A task may have left the signal blocked (C code that masks
+        # signals, pthread_sigmask): one system call per time-limited job.
+        _signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM,))
+        if not now < self._alarm_at <= deadline:  # none pending, or it would come too late
+            self._set(deadline - now, deadline)
+        return deadline
 
     def disarm(self) -> None:
-        if self.running:
-            self.running = False  # first: an alarm that fires now is ignored
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        """The job is over: a pending alarm stays, and finds no job."""
+        self.deadline = 0.0
 
     def reclaim(self) -> None:
         """Our handler back, and no alarm of the task's left pending."""
-        if signal.getsignal(signal.SIGALRM) is not self._handler:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        if _signal.getsignal(signal.SIGALRM) is not self._handler:
+            self._set(0.0, 0.0)
             signal.signal(signal.SIGALRM, self._handler)
 
     def check(self) -> None:
         """Raise JobTimeout if the limit passed (for a task that caught it)."""
         if self.expired:
-            raise JobTimeout(self._message)
+            raise JobTimeout(self.message())
+
+    def message(self) -> str:
+        return f"task {self._task} exceeded its time limit of {self._limit:g} s"
+
+    def _set(self, seconds: float, at: float) -> None:
+        self._alarm_at = at
+        signal.setitimer(signal.ITIMER_REAL, seconds)
 
     def _on_alarm(self, signum: int, frame: object) -> None:
-        if self.running:
-            self.running = False
-            self.expired = True
-            raise JobTimeout(self._message)
+        self._alarm_at = 0.0
+        deadline = self.deadline
+        if not deadline:
+            return  # between jobs: the next limited job sets a new alarm
+        now = time.monotonic()
+        if now < deadline - SLACK:  # an earlier job's alarm: on to this job's deadline
+            self._set(deadline - now, deadline)
+            return
+        self.deadline = 0.0
+        self.expired = True
+        raise JobTimeout(self.message())
