@@ -22,7 +22,7 @@ time-limited job, so such code can cost at most its own job the soft limit
 
 from __future__ import annotations
 
-import _signal  # signal.getsignal and pthread_sigmask wrap it in enum conversions (2 us a call)
+import _signal  # type: ignore[import-not-found]  # signal.getsignal and pthread_sigmask wrap it in enum conversions (2 us a call)
 import signal
 import time
 
