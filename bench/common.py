@@ -64,7 +64,15 @@ def wait_until(predicate: object, timeout: float, what: str, step: float = 0.001
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of PID so far (0 if gone)."""
+    """CPU time of PID's threads so far (0 if gone): the scheduler's
+    nanoseconds on a CPU where the kernel keeps them (/proc/PID/task/*/schedstat),
+    else user + system time in clock ticks (10 ms: too coarse for a few
+    thousand jobs of 50 us)."""
+    try:
+        return sum(int((task / "schedstat").read_text().split()[0])
+                   for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+    except (FileNotFoundError, ProcessLookupError):
+        pass
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):

@@ -100,6 +100,7 @@ class Worker:
         self.counter = counter  # None: metrics are off, nothing to count
         self.title = title or Title(f"child [{config.name}]")
         self.recycling_limits = bool(limits.max_jobs or limits.max_memory)
+        self.time_limited = any(route.limit for route in self.routes.values())
         self.sessions = [Session(GearmandConnection(server, i, config.connect_timeout))
                          for i, server in enumerate(config.servers)]
         self.by_fd: dict[int, Session] = {}
@@ -218,10 +219,6 @@ class Worker:
                 self._drop(session)
         return EXIT_OK
 
-    def _accepting(self) -> bool:
-        """Taking new jobs: not stopping, and not waiting to be recycled."""
-        return not self.stopping and self.slot.recycle == NOT_RECYCLING
-
     # --- the loop ---------------------------------------------------------
 
     def _loop(self) -> None:
@@ -229,6 +226,7 @@ class Worker:
         by_fd = self.by_fd
         stop_deadline = None
         single = self.sessions[0] if len(self.sessions) == 1 else None
+        idle_ms, idle_title_ms = int(self.config.poll_timeout * 1000), int(IDLE_TITLE_AFTER * 1000)
         while True:
             if self.noted_signals:
                 self._act_on_signals()
@@ -241,15 +239,19 @@ class Worker:
                     self._settle_low_water(session)  # the NO_JOB we wait for must wake us now
                 if not any(s.awaiting_grab for s in self.sessions) or time.monotonic() > stop_deadline:
                     return
-            else:
-                if single is not None and single.awaiting_grab and not single.dozing and single.link.status == UP:
+                timeout = self._poll_timeout_ms()
+            elif single is not None and single.link.status == UP:
+                if single.awaiting_grab and not single.dozing:
                     # gearmand answers a GRAB at once: skip the poll and wait
                     # in recv (bounded by SO_RCVTIMEO); a signal still stops us
                     # right after the answer.
                     self._on_readable(single)
                     continue
+                timeout = idle_title_ms if self.idle_title_due else idle_ms  # the link is up: nothing else falls due
+            else:
                 self._connect_due()
-            events = poll(self._poll_timeout_ms())
+                timeout = self._poll_timeout_ms()
+            events = poll(timeout)
             if not events:
                 self._on_idle_tick()
                 continue
@@ -384,7 +386,7 @@ class Worker:
                 if (not sleep or self._send(session, sleep)) and not session.registered:
                     self._confirm_registration(session)
             elif kind == NOOP:
-                grab = session.noop(self._accepting())
+                grab = session.noop(not self.stopping and self.slot.recycle == NOT_RECYCLING)
                 if grab:
                     self._send(session, grab)
             elif kind == p.ERROR:
@@ -393,10 +395,12 @@ class Worker:
                           text.decode(errors="replace"))
             if link.status != UP:
                 return
-        try:  # here, not in _settle_low_water: this is every job's path
-            session.settle_low_water(self.stopping)
-        except ConnectionLost as err:
-            self._lost(session, str(err))
+        # Here, not in _settle_low_water: this is every job's path.
+        if session.dozing != (session.awaiting_grab and session.sleep_sent and not self.stopping):
+            try:
+                session.settle_low_water(self.stopping)
+            except ConnectionLost as err:
+                self._lost(session, str(err))
 
     def _settle_low_water(self, session: Session) -> None:
         try:
@@ -453,6 +457,8 @@ class Worker:
         # Counted before the slot says idle, so that idle means counted.
         if self.counter is not None:
             self.counter.count(task, outcome, finished - started)
+        if self.time_limited:
+            self.timer.unblock()
         self.slot.between_jobs(ChildState.IDLE, finished)
         self.idle_title_due = True
         if fatal is not None:

@@ -57,6 +57,10 @@ class PacketReader:
         buffer, without copying the read first."""
         if self._pending:
             return self.feed(view[:size].tobytes())
+        if size >= HEADER_SIZE:  # the usual read: one whole packet (else the general case below)
+            magic, kind, length = HEADER.unpack_from(view, 0)
+            if HEADER_SIZE + length == size and magic == RES:
+                return [(kind, bytes(view[HEADER_SIZE:size]))]
         return self._packets(view, size)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:

@@ -15,9 +15,12 @@ timer once every 30 seconds.
 
 Task code may install its own SIGALRM handler, arm its own alarm or block
 the signal. The timer takes the handler back after every job (one identity
-comparison while nobody touched it) and unblocks the signal before every
-time-limited job, so such code can cost at most its own job the soft limit
-(the master's hard limit still holds), never a later one.
+comparison while nobody touched it), and a child with time-limited tasks
+unblocks the signal after every job, once its answer is sent: such code
+can cost at most its own job the soft limit (the master's hard limit
+still holds), never a later one. (A task that cancels the pool's pending
+alarm and puts its handler back leaves the jobs that start before that
+alarm was due without a soft limit: at most one limit's length of them.)
 """
 
 from __future__ import annotations
@@ -46,15 +49,13 @@ class JobTimer:
 
     def install(self) -> None:
         signal.signal(signal.SIGALRM, self._handler)
+        self.unblock()
 
     def arm(self, task: str, limit: float, now: float) -> float:
         """A job of TASK with a LIMIT starts at NOW: its deadline."""
         self.expired = False
         self._task, self._limit = task, limit
         deadline = self.deadline = now + limit
-        # A task may have left the signal blocked (C code that masks
-        # signals, pthread_sigmask): one system call per time-limited job.
-        _signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM,))
         if not now < self._alarm_at <= deadline:  # none pending, or it would come too late
             self._set(deadline - now, deadline)
         return deadline
@@ -62,6 +63,12 @@ class JobTimer:
     def disarm(self) -> None:
         """The job is over: a pending alarm stays, and finds no job."""
         self.deadline = 0.0
+
+    @staticmethod
+    def unblock() -> None:
+        """After a job: a task may have left the signal blocked (C code that
+        masks signals, pthread_sigmask). One system call, off the answer's way."""
+        _signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM,))
 
     def reclaim(self) -> None:
         """Our handler back, and no alarm of the task's left pending."""
