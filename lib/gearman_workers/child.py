@@ -232,12 +232,8 @@ class Worker:
                 self._act_on_signals()
             if self.stopping:
                 if stop_deadline is None:
-                    stop_deadline = time.monotonic() + self.config.connect_timeout
-                    self.slot.publish(ChildState.STOPPING)
-                    self.title.show("stopping")
-                for session in self.sessions:
-                    self._settle_low_water(session)  # the NO_JOB we wait for must wake us now
-                if not any(s.awaiting_grab for s in self.sessions) or time.monotonic() > stop_deadline:
+                    stop_deadline = self._begin_stopping()
+                if self._stopped(stop_deadline):
                     return
                 timeout = self._poll_timeout_ms()
             elif single is not None and single.link.status == UP:
@@ -263,6 +259,19 @@ class Worker:
                     self._on_readable(ready)
                 else:
                     self._on_connected(ready)
+
+    def _begin_stopping(self) -> float:
+        """Stopping: say so; the deadline for the answers to our GRABs."""
+        self.slot.publish(ChildState.STOPPING)
+        self.title.show("stopping")
+        return time.monotonic() + self.config.connect_timeout
+
+    def _stopped(self, deadline: float) -> bool:
+        """No GRAB left unanswered (a job it brings must not go to a child
+        that leaves), or no more waiting for one."""
+        for session in self.sessions:
+            self._settle_low_water(session)  # the NO_JOB we wait for must wake us now
+        return not any(s.awaiting_grab for s in self.sessions) or time.monotonic() > deadline
 
     def _poll_timeout_ms(self) -> int:
         timeout = IDLE_TITLE_AFTER if self.idle_title_due else self.config.poll_timeout
@@ -381,18 +390,13 @@ class Worker:
                     self._confirm_registration(session)
                 self._run_job(session, body)
             elif kind == NO_JOB:
-                # PRE_SLEEP first: whatever we do before it delays the next job.
-                sleep = session.no_job()
-                if (not sleep or self._send(session, sleep)) and not session.registered:
-                    self._confirm_registration(session)
+                self._on_no_job(session)
             elif kind == NOOP:
                 grab = session.noop(not self.stopping and self.slot.recycle == NOT_RECYCLING)
                 if grab:
                     self._send(session, grab)
             elif kind == p.ERROR:
-                code, _, text = body.partition(b"\0")
-                log.error("gearmand %s reports %s: %s", link.server, code.decode(errors="replace"),
-                          text.decode(errors="replace"))
+                self._on_error(link, body)
             if link.status != UP:
                 return
         # Here, not in _settle_low_water: this is every job's path.
@@ -401,6 +405,18 @@ class Worker:
                 session.settle_low_water(self.stopping)
             except ConnectionLost as err:
                 self._lost(session, str(err))
+
+    def _on_no_job(self, session: Session) -> None:
+        # PRE_SLEEP first: whatever we do before it delays the next job.
+        sleep = session.no_job()
+        if (not sleep or self._send(session, sleep)) and not session.registered:
+            self._confirm_registration(session)
+
+    @staticmethod
+    def _on_error(link: GearmandConnection, body: bytes) -> None:
+        code, _, text = body.partition(b"\0")
+        log.error("gearmand %s reports %s: %s", link.server, code.decode(errors="replace"),
+                  text.decode(errors="replace"))
 
     def _settle_low_water(self, session: Session) -> None:
         try:
