@@ -80,7 +80,7 @@ def pid_alive(pid: int) -> bool:
     """True for a running process; a zombie or a vanished PID is dead."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between the open and the read
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
 
