@@ -133,11 +133,11 @@ def stubborn_ledger(worker, job):
 
 
 def blocked_ledger(worker, job):
-    """Records its run, then blocks SIGALRM (as C code that masks signals
-    does) and sleeps: the soft limit cannot reach it. It leaves the signal
-    blocked."""
+    """Records its run, then blocks every signal it can (as C code that
+    masks signals does) and sleeps: the soft limit cannot reach it. It
+    leaves them blocked."""
     ledger(worker, job)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     time.sleep(3600)
 
 

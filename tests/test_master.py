@@ -63,7 +63,8 @@ class FakeProcesses:
         return self.next_pid
 
     def signal(self, pid: int, sig: int) -> None:
-        self.sent.append((pid, signal.Signals(sig).name))
+        named = sig in signal.Signals._value2member_map_
+        self.sent.append((pid, signal.Signals(sig).name if named else f"SIGRTMIN+{sig - signal.SIGRTMIN}"))
 
     def kill_group(self, pid: int) -> None:
         self.sent.append((pid, "KILL group"))
@@ -319,6 +320,24 @@ def test_a_busy_child_with_a_time_limit_is_judged_by_its_deadline_not_its_heartb
     master.registers(idle)
     master.step()
     assert master.sent == [(busy, "KILL group")]  # at 120 s + kill_grace 5 s, and only that child
+
+
+def test_a_busy_child_just_past_its_time_limit_is_told_once_to_unblock_its_alarm(
+        tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, job_timeout=5, kill_grace=2, heartbeat_timeout=0)
+    master.step()
+    busy, _ = sorted(master.pids())
+    master.runs(busy, b"H:gm:7", deadline=clock.now + 5)
+    clock.advance(4.5)
+    master.step()
+    assert master._next_check_in() == pytest.approx(0.6)  # woken for it, before the routine check in 1 s
+    clock.advance(0.55)
+    master.step()
+    assert master.sent == []  # the alarm's own time
+    clock.advance(0.1)
+    master.step()
+    master.step()
+    assert master.sent == [(busy, "SIGRTMIN+2")]  # once, and only to that child
 
 
 def test_a_busy_child_past_its_time_limit_and_grace_is_killed_and_its_job_recorded(

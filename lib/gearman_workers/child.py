@@ -37,12 +37,14 @@ from .procfs import resident_bytes
 from .scoreboard import DATA_VERSION, HANDLE_FIELD, ChildState, Recycle, Scoreboard, SlotWriter
 from .session import Session
 from .strays import StrayLog
-from .timelimit import JobTimeout, JobTimer
+from .timelimit import UNBLOCK_SIGNAL, JobTimeout, JobTimer, getsignal
 from .titles import Title
 
 log = logging.getLogger("gearman_workers.child")
 
 JOB_ASSIGN_UNIQ, NO_JOB, NOOP = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP  # compared on every packet
+COMPLETE = p.HEADER.pack  # a WORK_COMPLETE's header, written out on every job's path (not p.request: a join less)
+SIGALRM = signal.SIGALRM
 NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
 RECV_BUFFER = 256 * 1024
 # The title says "idle" once the child has waited this long for a job: a
@@ -100,7 +102,6 @@ class Worker:
         self.counter = counter  # None: metrics are off, nothing to count
         self.title = title or Title(f"child [{config.name}]")
         self.recycling_limits = bool(limits.max_jobs or limits.max_memory)
-        self.time_limited = any(route.limit for route in self.routes.values())
         self.sessions = [Session(GearmandConnection(server, i, config.connect_timeout))
                          for i, server in enumerate(config.servers)]
         self.by_fd: dict[int, Session] = {}
@@ -154,7 +155,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.set_wakeup_fd(-1)
-        for sig in (*IGNORED_SIGNALS, *NOTED_SIGNALS, signal.SIGTERM, signal.SIGALRM):  # the pool's, not its own
+        for sig in (*IGNORED_SIGNALS, *NOTED_SIGNALS, signal.SIGTERM, signal.SIGALRM, UNBLOCK_SIGNAL):  # the pool's
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if self.stray_log is not None:
@@ -464,7 +465,10 @@ class Worker:
             self._check_recycling()
         reply += session.after_job(fatal is None and not self.stopping and self.slot.recycle == NOT_RECYCLING)
         if link.status == UP:
-            self._send(session, reply)
+            try:
+                link.send(reply)
+            except ConnectionLost as err:
+                self._lost(session, str(err))
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
@@ -473,8 +477,6 @@ class Worker:
         # Counted before the slot says idle, so that idle means counted.
         if self.counter is not None:
             self.counter.count(task, outcome, finished - started)
-        if self.time_limited:
-            self.timer.unblock()
         self.slot.between_jobs(ChildState.IDLE, finished)
         self.idle_title_due = True
         if fatal is not None:
@@ -507,12 +509,14 @@ class Worker:
                 if limit:
                     timer.disarm()
                 self.in_task = False
-                timer.reclaim()
+                if getsignal(SIGALRM) is not timer.handler:  # task code took SIGALRM (rare)
+                    timer.reclaim()
             if limit and timer.expired:
                 timer.check()  # the task caught JobTimeout and returned anyway
-            reply = p.request(p.WORK_COMPLETE, handle, encode_result(result))
+            if type(result) is not bytes:
+                result = encode_result(result)
             self.slot.jobs_done += 1
-            return reply, DONE, None
+            return COMPLETE(p.REQ, p.WORK_COMPLETE, len(handle) + 1 + len(result)) + handle + b"\0" + result, DONE, None
         except BaseException as err:
             if self.forked_by_task:  # a process the task forked leaves the task (sys.exit in a fork): it ends
                 os._exit(_exit_status(err))

@@ -16,6 +16,7 @@ from .child import Limits
 from .config import Config
 from .poison import TIME_LIMIT_EXCEEDED
 from .scoreboard import ChildState, Recycle, SlotInfo
+from .timelimit import UNBLOCK_AFTER, UNBLOCK_SIGNAL  # noqa: F401 (the master sends it: rules.UNBLOCK_SIGNAL)
 
 CRASH_BACKOFF_FIRST, CRASH_BACKOFF_MAX = 0.25, 30.0
 # A registered child that dies by itself sooner than this after its start
@@ -47,6 +48,7 @@ class Child:
     killed_because: str | None = None
     poison_recorded: bool = False
     warned_long_job: str = ""  # the job handle long_job_warning was logged for
+    unblocked_job: float = 0.0  # the busy_since of the job it was sent UNBLOCK_SIGNAL for
     dedicated_to: str | None = None  # the one task it registers; None: a shared child (every other task)
 
     @property
@@ -102,11 +104,24 @@ def due_times(child: Child, info: SlotInfo, kill_grace: float) -> list[float]:
     if child.killed_because is not None:
         return []
     due = [info.deadline + kill_grace] if info.deadline else []
+    if info.deadline and child.unblocked_job != info.busy_since:
+        due.append(info.deadline + UNBLOCK_AFTER)
     if child.stop_deadline is not None:
         due.append(child.stop_deadline)
     if child.recycle_at is not None and child.replacing_because is None:
         due.append(child.recycle_at)
     return due
+
+
+def unblock_due(child: Child, info: SlotInfo, now: float) -> bool:
+    """Once per job still running UNBLOCK_AFTER past its time limit: send it
+    UNBLOCK_SIGNAL, so that task code that blocked SIGALRM gets its soft
+    limit anyway (see timelimit.py)."""
+    if info.state != ChildState.BUSY or not info.deadline or now < info.deadline + UNBLOCK_AFTER \
+            or child.unblocked_job == info.busy_since:
+        return False
+    child.unblocked_job = info.busy_since
+    return True
 
 
 def long_job_warning(child: Child, info: SlotInfo, limit: float, now: float) -> str | None:

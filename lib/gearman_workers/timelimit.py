@@ -15,12 +15,13 @@ timer once every 30 seconds.
 
 Task code may install its own SIGALRM handler, arm its own alarm or block
 the signal. The timer takes the handler back after every job (one identity
-comparison while nobody touched it), and a child with time-limited tasks
-unblocks the signal after every job, once its answer is sent: such code
-can cost at most its own job the soft limit (the master's hard limit
-still holds), never a later one. (A task that cancels the pool's pending
-alarm and puts its handler back leaves the jobs that start before that
-alarm was due without a soft limit: at most one limit's length of them.)
+comparison while nobody touched it). A blocked signal costs nothing to
+check for: an alarm found overdue when a job starts was blocked, so it is
+unblocked then; and the master sends UNBLOCK_SIGNAL to a child still busy
+UNBLOCK_AFTER seconds past its deadline, whose handler unblocks SIGALRM: a
+pending alarm is then delivered and the soft limit reaches the task. (Task
+code that blocks every signal, or cancels the pool's pending alarm and puts
+its handler back, gets the master's hard limit only.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # signal.getsignal and pthread_sigmask wrap it in enum conversions (2 us a call)
 import signal
 import time
+
+getsignal = _signal.getsignal
+# The master's word to a child still busy past its deadline: "unblock SIGALRM".
+# A real-time signal: no library or task gives it a meaning of its own.
+UNBLOCK_SIGNAL = signal.SIGRTMIN + 2
+UNBLOCK_AFTER = 0.1  # seconds past the deadline: the alarm had its chance
 
 # An alarm this close to the deadline is the deadline (the interval timer
 # rounds to the clock's resolution; firing again for microseconds is waste).
@@ -45,10 +52,11 @@ class JobTimer:
         self._alarm_at = 0.0  # when the pending alarm fires; 0: none pending
         self._task = ""
         self._limit = 0.0
-        self._handler = self._on_alarm  # one object: getsignal() returns what we installed
+        self.handler = self._on_alarm  # one object: getsignal() returns what we installed
 
     def install(self) -> None:
-        signal.signal(signal.SIGALRM, self._handler)
+        signal.signal(signal.SIGALRM, self.handler)
+        signal.signal(UNBLOCK_SIGNAL, self._on_unblock)
         self.unblock()
 
     def arm(self, task: str, limit: float, now: float) -> float:
@@ -56,8 +64,12 @@ class JobTimer:
         self.expired = False
         self._task, self._limit = task, limit
         deadline = self.deadline = now + limit
-        if not now < self._alarm_at <= deadline:  # none pending, or it would come too late
-            self._set(deadline - now, deadline)
+        alarm_at = self._alarm_at
+        if now < alarm_at <= deadline:
+            return deadline  # the pending alarm comes first; its handler moves it on
+        if 0 < alarm_at <= now:  # it was due and nobody saw it: task code blocked the signal
+            self.unblock()
+        self._set(deadline - now, deadline)
         return deadline
 
     def disarm(self) -> None:
@@ -66,15 +78,20 @@ class JobTimer:
 
     @staticmethod
     def unblock() -> None:
-        """After a job: a task may have left the signal blocked (C code that
-        masks signals, pthread_sigmask). One system call, off the answer's way."""
+        """Task code may have left the signal blocked (C code that masks
+        signals, pthread_sigmask)."""
         _signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGALRM,))
+
+    def _on_unblock(self, signum: int, frame: object) -> None:
+        """The master's UNBLOCK_SIGNAL: an alarm that came while blocked is
+        delivered now, and its handler ends the task if its time is up."""
+        self.unblock()
 
     def reclaim(self) -> None:
         """Our handler back, and no alarm of the task's left pending."""
-        if _signal.getsignal(signal.SIGALRM) is not self._handler:
+        if getsignal(signal.SIGALRM) is not self.handler:
             self._set(0.0, 0.0)
-            signal.signal(signal.SIGALRM, self._handler)
+            signal.signal(signal.SIGALRM, self.handler)
 
     def check(self) -> None:
         """Raise JobTimeout if the limit passed (for a task that caught it)."""
