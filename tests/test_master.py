@@ -322,12 +322,19 @@ def test_a_busy_child_with_a_time_limit_is_judged_by_its_deadline_not_its_heartb
     assert master.sent == [(busy, "KILL group")]  # at 120 s + kill_grace 5 s, and only that child
 
 
-def test_a_busy_child_just_past_its_time_limit_is_told_once_to_unblock_its_alarm(
-        tmp_path: Path, clock: Clock) -> None:
+def running_a_limited_job(tmp_path: Path, clock: Clock) -> tuple[FakeMasterProcess, int]:
+    """A pool of two (job_timeout 5, kill_grace 2) whose first child has
+    just taken job H:gm:7: the master, and that child."""
     master = make(tmp_path, job_timeout=5, kill_grace=2, heartbeat_timeout=0)
     master.step()
     busy, _ = sorted(master.pids())
     master.runs(busy, b"H:gm:7", deadline=clock.now + 5)
+    return master, busy
+
+
+def test_a_busy_child_just_past_its_time_limit_is_told_once_to_unblock_its_alarm(
+        tmp_path: Path, clock: Clock) -> None:
+    master, busy = running_a_limited_job(tmp_path, clock)
     clock.advance(4.5)
     master.step()
     assert master._next_check_in() == pytest.approx(0.6)  # woken for it, before the routine check in 1 s
@@ -342,10 +349,7 @@ def test_a_busy_child_just_past_its_time_limit_is_told_once_to_unblock_its_alarm
 
 def test_a_busy_child_past_its_time_limit_and_grace_is_killed_and_its_job_recorded(
         tmp_path: Path, clock: Clock) -> None:
-    master = make(tmp_path, job_timeout=5, kill_grace=2, heartbeat_timeout=0)
-    master.step()
-    busy, _ = sorted(master.pids())
-    master.runs(busy, b"H:gm:7", deadline=clock.now + 5)
+    master, busy = running_a_limited_job(tmp_path, clock)
     clock.advance(6.9)
     master.step()
     assert (busy, "KILL group") not in master.sent
