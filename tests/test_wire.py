@@ -44,3 +44,8 @@ def test_encode_result() -> None:
     assert encode_result(b"x") == b"x" and encode_result("é") == "é".encode() and encode_result(None) == b""
     with pytest.raises(TaskResultError, match="task returned int"):
         encode_result(42)
+
+
+@pytest.mark.parametrize("result", [b"", b"x", b"a\0b", bytes(range(256)) * 300])
+def test_the_answer_on_every_jobs_path_is_the_packet_request_builds(result: bytes) -> None:
+    assert p.work_complete(b"H:gm:42", result) == p.request(p.WORK_COMPLETE, b"H:gm:42", result)

@@ -43,7 +43,6 @@ from .titles import Title
 log = logging.getLogger("gearman_workers.child")
 
 JOB_ASSIGN_UNIQ, NO_JOB, NOOP = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP  # compared on every packet
-COMPLETE = p.HEADER.pack  # a WORK_COMPLETE's header, written out on every job's path (not p.request: a join less)
 SIGALRM = signal.SIGALRM
 NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
 RECV_BUFFER = 256 * 1024
@@ -400,12 +399,10 @@ class Worker:
                 self._on_error(link, body)
             if link.status != UP:
                 return
-        # Here, not in _settle_low_water: this is every job's path.
-        if session.dozing != (session.awaiting_grab and session.sleep_sent and not self.stopping):
-            try:
-                session.settle_low_water(self.stopping)
-            except ConnectionLost as err:
-                self._lost(session, str(err))
+        try:  # here, not in _settle_low_water: this is every job's path
+            session.settle_low_water(self.stopping)
+        except ConnectionLost as err:
+            self._lost(session, str(err))
 
     def _on_no_job(self, session: Session) -> None:
         # PRE_SLEEP first: whatever we do before it delays the next job.
@@ -516,7 +513,7 @@ class Worker:
             if type(result) is not bytes:
                 result = encode_result(result)
             self.slot.jobs_done += 1
-            return COMPLETE(p.REQ, p.WORK_COMPLETE, len(handle) + 1 + len(result)) + handle + b"\0" + result, DONE, None
+            return p.work_complete(handle, result), DONE, None
         except BaseException as err:
             if self.forked_by_task:  # a process the task forked leaves the task (sys.exit in a fork): it ends
                 os._exit(_exit_status(err))

@@ -16,7 +16,7 @@ from .child import Limits
 from .config import Config
 from .poison import TIME_LIMIT_EXCEEDED
 from .scoreboard import ChildState, Recycle, SlotInfo
-from .timelimit import UNBLOCK_AFTER, UNBLOCK_SIGNAL  # noqa: F401 (the master sends it: rules.UNBLOCK_SIGNAL)
+from .timelimit import UNBLOCK_AFTER, UNBLOCK_SIGNAL
 
 CRASH_BACKOFF_FIRST, CRASH_BACKOFF_MAX = 0.25, 30.0
 # A registered child that dies by itself sooner than this after its start
@@ -113,15 +113,15 @@ def due_times(child: Child, info: SlotInfo, kill_grace: float) -> list[float]:
     return due
 
 
-def unblock_due(child: Child, info: SlotInfo, now: float) -> bool:
-    """Once per job still running UNBLOCK_AFTER past its time limit: send it
-    UNBLOCK_SIGNAL, so that task code that blocked SIGALRM gets its soft
-    limit anyway (see timelimit.py)."""
+def unblock_signal(child: Child, info: SlotInfo, now: float) -> int | None:
+    """The signal to send CHILD, once per job still running UNBLOCK_AFTER
+    past its time limit, so that task code that blocked SIGALRM gets its
+    soft limit anyway (see timelimit.py); None: nothing to send."""
     if info.state != ChildState.BUSY or not info.deadline or now < info.deadline + UNBLOCK_AFTER \
             or child.unblocked_job == info.busy_since:
-        return False
+        return None
     child.unblocked_job = info.busy_since
-    return True
+    return UNBLOCK_SIGNAL
 
 
 def long_job_warning(child: Child, info: SlotInfo, limit: float, now: float) -> str | None:

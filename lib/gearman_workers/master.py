@@ -355,8 +355,8 @@ class Master:
                 why, message = verdict
                 (log.warning if why == KILLED_STOP else log.error)("%s", message)
                 self._kill(child, why)
-            elif rules.unblock_due(child, info, now):
-                self.parts.processes.signal(child.pid, rules.UNBLOCK_SIGNAL)
+            elif (nudge := rules.unblock_signal(child, info, now)) is not None:
+                self.parts.processes.signal(child.pid, nudge)
             elif (warning := rules.long_job_warning(child, info, self.config.long_job_warning, now)) is not None:
                 log.warning("%s", warning)
 

@@ -41,6 +41,11 @@ def request(kind: int, *args: bytes) -> bytes:
     return HEADER.pack(REQ, kind, len(body)) + body
 
 
+def work_complete(handle: bytes, result: bytes) -> bytes:
+    """request(WORK_COMPLETE, handle, result), without the join: every job's answer."""
+    return HEADER.pack(REQ, WORK_COMPLETE, len(handle) + 1 + len(result)) + handle + b"\0" + result
+
+
 class PacketReader:
     """Turns the bytes of one connection into (type, body) packets."""
 
