@@ -34,7 +34,7 @@ from .job import Job, encode_result
 from .jobstats import DONE, FAILED, POISON, TIMEOUT, JobCounter
 from .poison import KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
-from .scoreboard import DATA_VERSION, HANDLE_FIELD, ChildState, Recycle, Scoreboard, SlotWriter
+from .scoreboard import DATA_VERSION, ChildState, Recycle, Scoreboard, SlotWriter
 from .session import Session
 from .strays import StrayLog
 from .timelimit import UNBLOCK_SIGNAL, JobTimeout, JobTimer, getsignal
@@ -80,7 +80,7 @@ class Route:
     def __init__(self, call: Callable[..., Any], limit: float, name: str) -> None:
         self.call, self.limit, self.name = call, limit, name
         self.title = f"busy {name}"
-        self.field = name.encode()[:HANDLE_FIELD]
+        self.field = name.encode()  # the slot keeps what fits
 
 
 class Worker:
