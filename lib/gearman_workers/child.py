@@ -37,13 +37,12 @@ from .procfs import resident_bytes
 from .scoreboard import DATA_VERSION, ChildState, Recycle, Scoreboard, SlotWriter
 from .session import Session
 from .strays import StrayLog
-from .timelimit import UNBLOCK_SIGNAL, JobTimeout, JobTimer, getsignal
+from .timelimit import UNBLOCK_SIGNAL, JobTimeout, JobTimer
 from .titles import Title
 
 log = logging.getLogger("gearman_workers.child")
 
 JOB_ASSIGN_UNIQ, NO_JOB, NOOP = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP  # compared on every packet
-SIGALRM = signal.SIGALRM
 NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
 RECV_BUFFER = 256 * 1024
 # The title says "idle" once the child has waited this long for a job: a
@@ -219,6 +218,10 @@ class Worker:
                 self._drop(session)
         return EXIT_OK
 
+    def _accepting(self) -> bool:
+        """Taking new jobs: not stopping, and not waiting to be recycled."""
+        return not self.stopping and self.slot.recycle == NOT_RECYCLING
+
     # --- the loop ---------------------------------------------------------
 
     def _loop(self) -> None:
@@ -392,7 +395,7 @@ class Worker:
             elif kind == NO_JOB:
                 self._on_no_job(session)
             elif kind == NOOP:
-                grab = session.noop(not self.stopping and self.slot.recycle == NOT_RECYCLING)
+                grab = session.noop(self._accepting())
                 if grab:
                     self._send(session, grab)
             elif kind == p.ERROR:
@@ -460,12 +463,9 @@ class Worker:
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
-        reply += session.after_job(fatal is None and not self.stopping and self.slot.recycle == NOT_RECYCLING)
+        reply += session.after_job(fatal is None and self._accepting())
         if link.status == UP:
-            try:
-                link.send(reply)
-            except ConnectionLost as err:
-                self._lost(session, str(err))
+            self._send(session, reply)
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
@@ -506,9 +506,8 @@ class Worker:
                 if limit:
                     timer.disarm()
                 self.in_task = False
-                if getsignal(SIGALRM) is not timer.handler:  # task code took SIGALRM (rare)
-                    timer.reclaim()
-            if limit and timer.expired:
+                timer.reclaim()
+            if limit:
                 timer.check()  # the task caught JobTimeout and returned anyway
             if type(result) is not bytes:
                 result = encode_result(result)

@@ -30,7 +30,6 @@ import _signal  # type: ignore[import-not-found]  # signal.getsignal and pthread
 import signal
 import time
 
-getsignal = _signal.getsignal
 # The master's word to a child still busy past its deadline: "unblock SIGALRM".
 # A real-time signal: no library or task gives it a meaning of its own.
 UNBLOCK_SIGNAL = signal.SIGRTMIN + 2
@@ -52,10 +51,10 @@ class JobTimer:
         self._alarm_at = 0.0  # when the pending alarm fires; 0: none pending
         self._task = ""
         self._limit = 0.0
-        self.handler = self._on_alarm  # one object: getsignal() returns what we installed
+        self._handler = self._on_alarm  # one object: getsignal() returns what we installed
 
     def install(self) -> None:
-        signal.signal(signal.SIGALRM, self.handler)
+        signal.signal(signal.SIGALRM, self._handler)
         signal.signal(UNBLOCK_SIGNAL, self._on_unblock)
         self.unblock()
 
@@ -89,9 +88,9 @@ class JobTimer:
 
     def reclaim(self) -> None:
         """Our handler back, and no alarm of the task's left pending."""
-        if getsignal(signal.SIGALRM) is not self.handler:
+        if _signal.getsignal(signal.SIGALRM) is not self._handler:
             self._set(0.0, 0.0)
-            signal.signal(signal.SIGALRM, self.handler)
+            signal.signal(signal.SIGALRM, self._handler)
 
     def check(self) -> None:
         """Raise JobTimeout if the limit passed (for a task that caught it)."""
