@@ -315,7 +315,7 @@ class Master:
     def spawn(self, slot: int, group: str | None = None) -> Child:
         limits = rules.limits_for(self.config)
         self.board.reset(slot)  # before the fork: the master must never read the last owner's heartbeat
-        self.board.set_slots_in_use(max(self.board.header()[2], slot + 1))
+        self.board.set_slots_in_use(max(self.board.slots_in_use, slot + 1))
         self.slot_owner[slot] = group
         pid = self.parts.processes.fork(lambda: self.kit.become_child(slot, limits, group))
         started = time.monotonic()

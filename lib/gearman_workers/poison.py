@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 
-from .scoreboard import HANDLE_FIELD, POISON_ENTRIES, POISON_VERSION, SLOTS_IN_USE, Poisoned, Scoreboard
+from .scoreboard import POISON_ENTRIES, POISON_VERSION, Poisoned, Scoreboard
 
 
 class PoisonLedger:
@@ -63,16 +63,13 @@ class PoisonCheck:
         self._version = -1
         self._table: dict[tuple[int, bytes], Poisoned] = {}
         self._handles: frozenset[bytes] = frozenset()
-        self._mem, self._suffix, self._first, self._slot_size = board.handle_field_search()
 
     def clear(self, handle: bytes) -> bool:
         """True when no child is known to have died running job HANDLE
         (on any server): the job runs without further ado."""
         # The slots first, then the table: the master records a death
         # before it clears the dead child's slot, so one of them shows it.
-        # (A handle of 64 bytes or more fills its field: no NUL after it.)
-        end = self._first + self._words[SLOTS_IN_USE] * self._slot_size  # not the free slots' zeros
-        if self._mem.find((handle + self._suffix)[:HANDLE_FIELD], self._first, end) >= 0:
+        if self.board.names_job(handle):
             return False
         if self._words[POISON_VERSION] != self._version:
             self._reload()

@@ -92,6 +92,13 @@ class Poisoned:
     why: str
 
 
+def _needle(handle: bytes) -> bytes:
+    """What names job HANDLE in a slot: the handle and the NUL after it,
+    found at the start of a handle field, is an exact match (a needle of
+    NULs would crawl the zeros); a handle that fills its field has no NUL."""
+    return (handle + b"\0")[:HANDLE_FIELD]
+
+
 def _text(raw: bytes) -> str:
     return raw.rstrip(b"\0").decode("utf-8", "replace")
 
@@ -109,13 +116,13 @@ class Scoreboard:
 
     # --- the header (master writes, children read) ---------------------
 
-    def header(self) -> tuple[int, int, int]:
-        """(data version, poison version, slots in use)."""
-        return _HEADER.unpack_from(self._mem, 0)
-
     @property
     def data_version(self) -> int:
         return self.words[DATA_VERSION]
+
+    @property
+    def slots_in_use(self) -> int:
+        return self.words[SLOTS_IN_USE]
 
     def bump_data_version(self) -> None:
         self.words[DATA_VERSION] += 1
@@ -145,33 +152,30 @@ class Scoreboard:
                 table[server, handle] = Poisoned(server, handle, kills, last_pid, _text(why))
         return table
 
-    def handle_field_search(self) -> tuple[mmap.mmap, bytes, int, int]:
-        """(memory, suffix, first, slot size): a job handle H followed by
-        SUFFIX is in the handle field of one of the first U slots if
-        memory.find(H + SUFFIX, first, first + U * slot size) finds it; a
-        child makes that one search in C before every job (see busy_with
-        for what a match means)."""
-        return self._mem, b"\0", self._slots_at, _SLOT_SIZE
+    def names_job(self, handle: bytes) -> bool:
+        """Does some slot in use name job HANDLE? One search in C, made
+        before every job; only a match needs busy_with."""
+        return self._find(_needle(handle), self._slots_at) >= 0
 
     def busy_with(self, server: int, handle: bytes) -> list[int]:
         """PIDs of the slots that say they run job HANDLE of SERVER: a
         child that just received HANDLE finds here a child that died holding
         it and that the master has not yet reaped."""
-        # The handle and the NUL after it, found at the start of a handle
-        # field, is an exact match (a needle of NULs would crawl the zeros).
-        needle = (handle + b"\0")[:HANDLE_FIELD]
-        size, base = _SLOT_SIZE, self._slots_at
-        stop = base + self.words[SLOTS_IN_USE] * size
+        needle, size, base = _needle(handle), _SLOT_SIZE, self._slots_at
         found = []
-        at = self._mem.find(needle, base, stop)
+        at = self._find(needle, base)
         while at >= 0:
             slot, where = divmod(at - base, size)
             if where == _HANDLE_OFFSET:
                 info = self.read(slot)
                 if info.state == ChildState.BUSY and info.server == server:
                     found.append(info.pid)
-            at = self._mem.find(needle, at + 1, stop)
+            at = self._find(needle, at + 1)
         return found
+
+    def _find(self, needle: bytes, start: int) -> int:
+        """NEEDLE's offset from START on in the slots in use (not the free slots' zeros), or -1."""
+        return self._mem.find(needle, start, self._slots_at + self.words[SLOTS_IN_USE] * _SLOT_SIZE)
 
     # --- slots -------------------------------------------------------------
 

@@ -78,7 +78,7 @@ def snapshot(master: Observed, control: Listening | None) -> PoolSnapshot:
                         dict(master.child_exits), autoscale_summary(master.autoscaler),
                         control.up if control is not None else None,
                         dict(control.outcomes) if control is not None else {},
-                        master.stats.totals(master.board.header()[2]))
+                        master.stats.totals(master.board.slots_in_use))
 
 
 def autoscale_summary(scaler: Autoscaler | None) -> dict[str, Any] | None:
