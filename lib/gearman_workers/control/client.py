@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from .. import inherited
 from ..config import ConfigError
 
 
@@ -31,3 +32,9 @@ def read_secret(path: Path) -> bytes:
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
                                 health_check_interval=30, client_name=f"gearman-workers@{socket.gethostname()}")
+
+
+def redis_peers(url: str) -> frozenset[inherited.Peer]:
+    """The peer addresses a connection made by connect(URL) may have."""
+    kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
+    return inherited.peers_of(kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))

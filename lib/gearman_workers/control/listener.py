@@ -16,7 +16,6 @@ the message's command (registry.py): the listener is the `Pool` those act on.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 import os
@@ -26,12 +25,13 @@ from typing import Any, Protocol
 
 import redis
 
+from .. import inherited
 from ..backoff import Backoff
 from ..commands import Command as MasterCommand
 from ..commands import PublishData
 from ..config import Config
 from . import acks, exit, registry, store
-from .client import connect, read_secret
+from .client import connect, read_secret, redis_peers
 from .data import DataBook, stored
 from .messages import NONCE_RE, BadMessage, Message, Verifier
 from .messages import decode as parse
@@ -66,6 +66,7 @@ class ControlListener:
         self.verifier = Verifier(max_age)
         self.book = book or DataBook(secret=secret)
         self._book_loaded = False
+        self._redis_peers: frozenset[inherited.Peer] = frozenset()  # what a child blanks (forget_in_child)
         self.master: Master | None = None
         self._stop = threading.Event()
         self._resync = threading.Event()
@@ -115,24 +116,12 @@ class ControlListener:
 
     def forget_in_child(self) -> None:
         """After fork: the thread does not exist here, and its Redis sockets
-        are the master's. Each is closed by its descriptor alone: no QUIT,
-        no shutdown(), which would end the master's connection too; and the
-        objects, detached, cannot close a reused descriptor later."""
-        for connection in self._connections():
-            sock = getattr(connection, "_sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    os.close(sock.detach())
+        are the master's, including one it was connecting at the moment of
+        the fork that no object holds yet. Each is found by its peer and
+        blanked in place (inherited.py): no QUIT, no shutdown(), which would
+        end the master's connection too."""
+        inherited.blank_sockets_to(self._redis_peers)
         self._client = self._pubsub = None
-
-    def _connections(self) -> list[Any]:
-        found: list[Any] = []
-        if self._client is not None:
-            pool = self._client.connection_pool
-            found += [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
-        if self._pubsub is not None and self._pubsub.connection is not None:
-            found.append(self._pubsub.connection)
-        return found
 
     # --- the thread -----------------------------------------------------
 
@@ -155,6 +144,9 @@ class ControlListener:
                 stop.wait(1.0)
 
     def _session(self, stop: threading.Event) -> None:
+        peers = redis_peers(self.url)  # again each time: the name may point elsewhere now
+        with self._guard:
+            self._redis_peers |= peers
         client = self._client = connect(self.url)
         pubsub = self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
