@@ -40,11 +40,10 @@ or a table:
 
 | key | meaning |
 |---|---|
-| `call` | `module:callable`, imported once in the master before the fork |
-| `timeout` | the task's own time limit in seconds (0: none); default: `[pool] job_timeout` |
-| `processes` | children of its own that register only this task (it leaves the shared children) |
+{task_keys}
 
-`--task NAME=module:callable` adds or replaces one (repeatable).
+`--task NAME=module:callable` adds or replaces one (repeatable). What
+`retries` and `keep_results` do is in docs/jobs.md.
 """
 
 
@@ -61,7 +60,7 @@ def configuration() -> str:
             flag = "--task" if option.dest == "tasks" else option.flag
             parts.append(f"| `{option.key}` | `{flag}` | `{config.default_text(option)}` | {option.help} |")
         parts.append("")
-    parts.append(TASKS)
+    parts.append(TASKS.format(task_keys="\n".join(f"| `{key}` | {meaning} |" for key, meaning in config.TASK_KEYS)))
     return "\n".join(parts).rstrip() + "\n"
 
 

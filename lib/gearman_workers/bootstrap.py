@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import config as configuration
 from . import files, runtime, strays, titles
@@ -25,6 +25,9 @@ from .prctl import PR_SET_PDEATHSIG, prctl
 from .scoreboard import Scoreboard
 from .strays import StrayLog
 from .tasks import TaskLoadError, load_tasks
+
+if TYPE_CHECKING:
+    from .jobs.runs import JobLife
 
 log = logging.getLogger("gearman_workers.master")
 
@@ -96,4 +99,19 @@ class ChildKit:
         return Worker(config, {name: self.tasks[name] for name in names}, self.board,
                       self.board.writer(slot, os.getpid()), self.master_pid, self.nudge_fd, limits,
                       self.stats.counter(slot) if self.count_jobs else None, titles.child(slot, config.name, group),
-                      StrayLog(strays.forks_file(config.state_dir, config.name, os.getpid())))
+                      StrayLog(strays.forks_file(config.state_dir, config.name, os.getpid())),
+                      job_lives(config, names))
+
+
+def job_lives(config: configuration.Config, names: list[str]) -> dict[str, JobLife]:
+    """The tasks among NAMES whose jobs leave records, with what they need (jobs/runs.py)."""
+    keeping = [name for name in names if config.tasks[name].lifecycle]
+    if not keeping or config.redis_url is None:
+        return {}
+    from .jobs.keys import JobKeys  # here: a pool without such tasks never loads redis
+    from .jobs.runs import ChildRedis, JobLife
+    from .jobs.spool import Spool, spool_dir
+
+    link = ChildRedis(config.redis_url, JobKeys(config.key_prefix))
+    spool = Spool(spool_dir(config))
+    return {name: JobLife(name, config.tasks[name], link, spool, config.hostname, config.name) for name in keeping}

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import log as logging_setup
 from . import protocol as p
@@ -39,6 +39,9 @@ from .session import Session
 from .strays import StrayLog
 from .timelimit import UNBLOCK_SIGNAL, JobTimeout, JobTimer
 from .titles import Title
+
+if TYPE_CHECKING:
+    from .jobs.runs import JobLife
 
 log = logging.getLogger("gearman_workers.child")
 
@@ -74,12 +77,13 @@ class Route:
     time limit (0: none), its name, its busy title and its name as the
     slot keeps it."""
 
-    __slots__ = ("call", "field", "limit", "name", "title")
+    __slots__ = ("call", "field", "life", "limit", "name", "title")
 
-    def __init__(self, call: Callable[..., Any], limit: float, name: str) -> None:
+    def __init__(self, call: Callable[..., Any], limit: float, name: str, life: JobLife | None = None) -> None:
         self.call, self.limit, self.name = call, limit, name
         self.title = f"busy {name}"
         self.field = name.encode()  # the slot keeps what fits
+        self.life = life  # None: a task whose jobs leave no record (retries and keep_results off)
 
 
 class Worker:
@@ -88,10 +92,12 @@ class Worker:
     def __init__(self, config: Config, tasks: dict[str, Callable[..., Any]], board: Scoreboard,
                  slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits,
                  counter: JobCounter | None = None, title: Title | None = None,
-                 stray_log: StrayLog | None = None) -> None:
+                 stray_log: StrayLog | None = None, lives: dict[str, JobLife] | None = None) -> None:
         self.config = config
+        lives = lives or {}
         self.stray_log = stray_log
-        self.routes = {name.encode(): Route(func, config.time_limit(name), name) for name, func in tasks.items()}
+        self.routes = {name.encode(): Route(func, config.time_limit(name), name, lives.get(name))
+                       for name, func in tasks.items()}
         self.board = board
         self.slot = slot
         self.master_pid = master_pid
@@ -456,7 +462,10 @@ class Worker:
         job = Job(handle, route.name, unique, data, session)
         fatal: BaseException | None = None
         started = time.monotonic()
-        if self.poison.clear(handle):
+        life = route.life
+        if life is not None and not life.begin(unique, data):
+            reply, outcome = p.work_complete(handle, b""), DONE  # this run began before: its first answer counts
+        elif self.poison.clear(handle):
             reply, outcome, fatal = self._execute(link, job, route, handle, started)
         else:
             reply, outcome, fatal = self._check_poison(link, job, route, handle, started)
@@ -470,6 +479,8 @@ class Worker:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
                         job.handle, link.server)
         self.holding_job = False
+        if life is not None:
+            life.after_answer()
         # The client has its answer: what is left waits no longer for us.
         # Counted before the slot says idle, so that idle means counted.
         if self.counter is not None:
@@ -486,7 +497,7 @@ class Worker:
         if kills and why == KILLED_FOR_TIME:
             return self._refuse_timed_out(job, route), TIMEOUT, None
         if kills and kills >= self.limits.poison_kills > 0:
-            return self._refuse_poison(job, kills, why), POISON, None
+            return self._refuse_poison(job, route, kills, why), POISON, None
         return self._execute(link, job, route, handle, started)
 
     def _execute(self, link: GearmandConnection, job: Job, route: Route, handle: bytes,
@@ -511,50 +522,50 @@ class Worker:
                 timer.check()  # the task caught JobTimeout and returned anyway
             if type(result) is not bytes:
                 result = encode_result(result)
+            if route.life is not None:
+                route.life.succeeded(result)
             self.slot.jobs_done += 1
             return p.work_complete(handle, result), DONE, None
         except BaseException as err:
             if self.forked_by_task:  # a process the task forked leaves the task (sys.exit in a fork): it ends
                 os._exit(_exit_status(err))
-            return self._failed(job, err)
+            return self._failed(job, route, err)
         finally:
             if self.forked_by_task:  # a process the task forked, returning from the task: it is no worker
                 os._exit(EXIT_OK)
 
-    def _failed(self, job: Job, err: BaseException) -> tuple[bytes, int, BaseException | None]:
+    def _failed(self, job: Job, route: Route, err: BaseException) -> tuple[bytes, int, BaseException | None]:
         """(reply, outcome, exception to re-raise) for a task that raised."""
         if isinstance(err, JobTimeout):  # the traceback shows where the task was when time ran out
-            return self._failure(job, err), TIMEOUT, None
+            return self._failure(job, route, err), TIMEOUT, None
         if isinstance(err, Exception):
-            return self._failure(job, err), FAILED, None
-        return self._failure(job, err), FAILED, err  # SystemExit, KeyboardInterrupt: answer, then leave
+            return self._failure(job, route, err), FAILED, None
+        return self._failure(job, route, err), FAILED, err  # SystemExit, KeyboardInterrupt: answer, then leave
 
     def _refuse_timed_out(self, job: Job, route: Route) -> bytes:
         """A job whose run was killed for its time limit: its side effects
         may have happened; running it again could double them."""
         message = (f"task {job.task} exceeded its time limit of {route.limit:g} s and its child was "
                    f"killed after kill_grace {self.limits.kill_grace:g} s; job {job.handle} is not run again")
-        log.error("%s", message)
-        self.slot.jobs_failed += 1
-        return self._fail_reply(job, f"JobTimeout: {message}")
+        return self._fail_reply(job, route, f"JobTimeout: {message}")
 
-    def _refuse_poison(self, job: Job, kills: int, why: str) -> bytes:
+    def _refuse_poison(self, job: Job, route: Route, kills: int, why: str) -> bytes:
         message = (f"job {job.handle} not run again: its runs killed {kills} children (last: {why}); "
                    f"poison_kills = {self.limits.poison_kills}")
-        log.error("task %s: %s", job.task, message)
-        self.slot.jobs_failed += 1
-        return self._fail_reply(job, f"PoisonJob: {message}")
+        return self._fail_reply(job, route, f"PoisonJob: {message}")
 
-    def _failure(self, job: Job, err: BaseException) -> bytes:
-        self.slot.jobs_failed += 1
-        message = f"{type(err).__name__}: {err}"
-        log.error("task %s failed on job %s: %s", job.task, job.handle, message, exc_info=err)
-        return self._fail_reply(job, message)
+    def _failure(self, job: Job, route: Route, err: BaseException) -> bytes:
+        return self._fail_reply(job, route, f"{type(err).__name__}: {err}", err)
 
-    def _fail_reply(self, job: Job, message: str) -> bytes:
+    def _fail_reply(self, job: Job, route: Route, message: str, err: BaseException | None = None) -> bytes:
         # The error travels as WORK_WARNING, then WORK_FAIL ends the job.
         # Not WORK_EXCEPTION: gearmand 1.1 ends the job on it but forwards
         # it only to clients that asked for exceptions; the others hang.
+        # A task with retries says in the same line what comes next (jobs/runs.py).
+        self.slot.jobs_failed += 1
+        if route.life is not None:
+            message += route.life.failed(err, message)
+        log.error("task %s failed on job %s: %s", job.task, job.handle, message, exc_info=err)
         handle = job.handle.encode()
         return p.request(p.WORK_WARNING, handle, message.encode("utf-8", "replace")) + p.request(
             p.WORK_FAIL, handle)
@@ -577,6 +588,9 @@ class Worker:
 
     def send_job_status(self, job: Job, numerator: int, denominator: int) -> None:
         self._update(job, p.WORK_STATUS, str(numerator).encode(), str(denominator).encode())
+        route = self.routes.get(job.task.encode())
+        if route is not None and route.life is not None:
+            route.life.report_progress(numerator, denominator)
 
     def send_job_data(self, job: Job, data: bytes | str) -> None:
         self._update(job, p.WORK_DATA, encode_result(data))

@@ -33,6 +33,7 @@ from .procfs import resident_bytes
 if TYPE_CHECKING:  # imported where used: a pool without Redis, autoscaling or metrics loads none of them
     from .autoscale import QueueWatcher
     from .control.listener import ControlListener
+    from .jobs.keeper import JobKeeper
     from .metrics import MetricsServer
 from .tasks import Task, TaskLoadError, load_tasks, run_preload
 
@@ -229,7 +230,8 @@ def _parts(config: configuration.Config, pidfile: PidFile, control: ControlListe
     systemd = Notifier()
     upgrades = Upgrades(config.pidfile, config.upgrade_timeout, pidfile, systemd, processes.fork_lock,
                         exporter, handover, control)
-    return Parts(processes, systemd, upgrades, titles.master(config.name), control, exporter, watcher)
+    return Parts(processes, systemd, upgrades, titles.master(config.name), control, exporter, watcher,
+                 _build_keeper(config))
 
 
 def _upgrade(config: configuration.Config) -> int:
@@ -252,6 +254,16 @@ def _build_control(config: configuration.Config) -> ControlListener | None:
     from .control.listener import ControlListener
 
     return ControlListener.from_config(config)
+
+
+def _build_keeper(config: configuration.Config) -> JobKeeper | None:
+    """The job keeper, for a pool with a task whose jobs leave records."""
+    if config.redis_url is None or not any(spec.lifecycle for spec in config.tasks.values()):
+        return None
+    from .jobs import runs  # noqa: F401  loaded once here, not in every child (bootstrap.job_lives)
+    from .jobs.keeper import JobKeeper
+
+    return JobKeeper(config)
 
 
 def _build_watcher(config: configuration.Config) -> QueueWatcher | None:

@@ -45,12 +45,22 @@ class Server:
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """One entry of [tasks]: what to call, its own time limit (None: the
-    pool's job_timeout; 0: none), and its dedicated children (None: it is
-    served by the pool's shared children)."""
+    pool's job_timeout; 0: none), its dedicated children (None: it is
+    served by the pool's shared children), and what becomes of its jobs
+    beyond one attempt (jobs/policy.py)."""
 
     call: str
     timeout: float | None = None
     processes: int | None = None
+    retries: int = 0
+    retry_delay: float = 10.0
+    retry_max_delay: float = 3600.0
+    keep_results: float = 0.0
+
+    @property
+    def lifecycle(self) -> bool:
+        """Its jobs leave records in Redis (retries or results)."""
+        return bool(self.retries or self.keep_results)
 
 
 @dataclasses.dataclass
@@ -250,20 +260,45 @@ def callable_spec(value: Any) -> str:
     return value.strip()
 
 
-TASK_KEYS = ("call", "timeout", "processes")
+MAX_RETRIES = 100
+MAX_KEEP_RESULTS = 90 * 86400
+
+# Each key of a task's table: (key, meaning). The reference page is made from it.
+TASK_KEYS: tuple[tuple[str, str], ...] = (
+    ("call", "`module:callable`, imported once in the master before the fork"),
+    ("timeout", "the task's own time limit in seconds (0: none); default: `[pool] job_timeout`"),
+    ("processes", "children of its own that register only this task (it leaves the shared children)"),
+    ("retries", f"how many times a failed job is run again, 0 to {MAX_RETRIES} (default 0: never; "
+                "needs `[control] redis_url`)"),
+    ("retry_delay", "seconds before the first retry (default 10); each next one waits twice as long, "
+                    "with up to 10 % jitter"),
+    ("retry_max_delay", "the longest wait between two runs, in seconds (default 3600)"),
+    ("keep_results", "seconds each job's record and result stay in Redis (default 0: none kept)"),
+)
 
 
 def _task(value: Any) -> TaskSpec:
     if not isinstance(value, dict):
         return TaskSpec(callable_spec(value))
-    unknown = sorted(set(value) - set(TASK_KEYS))
+    known = [key for key, _ in TASK_KEYS]
+    unknown = sorted(set(value) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)} (expected {', '.join(TASK_KEYS)})")
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} (expected {', '.join(known)})")
     if "call" not in value:
         raise ValueError('a table needs call = "module:callable"')
-    timeout = _seconds_or_off(value["timeout"]) if "timeout" in value else None
-    processes = _int_range(1, MAX_PROCESSES)(value["processes"]) if "processes" in value else None
-    return TaskSpec(callable_spec(value["call"]), timeout, processes)
+    parsed: dict[str, Any] = {}
+    for key, parse in (("timeout", _seconds_or_off), ("processes", _int_range(1, MAX_PROCESSES)),
+                       ("retries", _int_range(0, MAX_RETRIES)), ("retry_delay", _seconds),
+                       ("retry_max_delay", _seconds), ("keep_results", _int_range(0, MAX_KEEP_RESULTS))):
+        if key in value:
+            try:
+                parsed[key] = parse(value[key])
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
+    spec = TaskSpec(callable_spec(value["call"]), **parsed)
+    if spec.retry_max_delay < spec.retry_delay:
+        raise ValueError(f"retry_max_delay ({spec.retry_max_delay:g}) is below retry_delay ({spec.retry_delay:g})")
+    return spec
 
 
 def _tasks(value: Any) -> dict[str, TaskSpec]:
@@ -488,7 +523,8 @@ def to_toml(config: Config) -> str:
         lines.append("")
     lines.append("[tasks]")
     for name, spec in config.tasks.items():
-        extra = {"timeout": spec.timeout, "processes": spec.processes}
+        extra = {key: getattr(spec, key) for key, _ in TASK_KEYS[1:]
+                 if getattr(spec, key) != getattr(TaskSpec, key, None)}
         table = ", ".join([f"call = {_toml_value(spec.call)}",
                            *(f"{k} = {_toml_value(v)}" for k, v in extra.items() if v is not None)])
         lines.append(f"{_toml_value(name)} = {{ {table} }}")
@@ -614,6 +650,10 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
             values[key] = values[key].absolute()
     if require_tasks and not values["tasks"]:
         raise ConfigError("[tasks]: no task configured (add a [tasks] table or --task NAME=module:callable)")
+    keeping = [name for name, spec in values["tasks"].items() if spec.lifecycle]
+    if keeping and not values["redis_url"]:
+        raise ConfigError(f"[tasks] {keeping[0]}: retries and keep_results keep their records in Redis; "
+                          "set [control] redis_url")
     _check_heartbeat_timeout(values)
     if source is not None:
         # Relative python_path entries are relative to the config file.

@@ -43,7 +43,8 @@ class Master:
         self.board = Scoreboard(configuration.MAX_PROCESSES + 1)
         self.inbox = Inbox()
         self.kit = ChildKit(config, tasks, self.board, self.inbox.nudge_fd, parts.exporter is not None)
-        self.kit.forgotten += [p for p in (self.inbox, parts.upgrades, parts.control, parts.exporter) if p]
+        forgotten = (self.inbox, parts.upgrades, parts.control, parts.exporter, parts.keeper)
+        self.kit.forgotten += [part for part in forgotten if part]
         self.stats = self.kit.stats
         self.view = MasterView(self, self.inbox, parts.processes.fork_lock, parts.upgrades.control_since,
                                parts.control)
@@ -94,6 +95,8 @@ class Master:
             parts.exporter.start(self.view, self.config.name, self.config.hostname, parts.processes.fork_lock)
         if parts.watcher is not None:
             parts.watcher.start(self.view)
+        if parts.keeper is not None:
+            parts.keeper.start(self.view)
 
     def step(self) -> None:
         """One turn of the main loop, without the wait."""
@@ -185,6 +188,8 @@ class Master:
         self.stopping = True
         if self.parts.watcher is not None:
             self.parts.watcher.stop()
+        if self.parts.keeper is not None:
+            self.parts.keeper.stop()
         self.parts.upgrades.abandon("the pool is stopping")
         for child in self.children.values():
             if not graceful:

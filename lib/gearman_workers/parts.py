@@ -88,6 +88,14 @@ class Exporter(Protocol):
     def forget_in_child(self) -> None: ...
 
 
+class Keeper(Protocol):
+    """The job keeper (jobs/keeper.py): failures to Redis, due runs to gearmand."""
+
+    def start(self, master: MasterView) -> None: ...
+    def stop(self) -> None: ...
+    def forget_in_child(self) -> None: ...
+
+
 class Title(Protocol):
     def show(self, doing: str = "") -> None: ...
 
@@ -101,3 +109,4 @@ class Parts:
     control: Control | None = None
     exporter: Exporter | None = None
     watcher: Watcher | None = None
+    keeper: Keeper | None = None

@@ -39,7 +39,7 @@ class Ack:
 
     def line(self) -> str:
         if self.applied:
-            return APPLIED
+            return f"{APPLIED} ({self.detail})" if self.detail else APPLIED
         return f"{REFUSED} ({self.reason}: {self.detail})" if self.detail else f"{REFUSED} ({self.reason})"
 
 

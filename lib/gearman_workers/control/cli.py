@@ -20,6 +20,10 @@ import redis
 
 from .. import __version__
 from .. import config as configuration
+from ..jobs import dead
+from ..jobs.keys import JobKeys
+from ..jobs.results import read_record
+from ..jobs.store import JobStore
 from . import data, exit, scale, store, tables
 from .client import connect, read_secret
 from .messages import BadMessage, Message, decode
@@ -322,11 +326,72 @@ def _live(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> list
     return sorted(found.values(), key=tables.pool_id)
 
 
+def _dead(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    job_store = JobStore(client, JobKeys(conf.prefix))
+    if args.action in ("list", "show"):
+        if args.host or args.pool:
+            raise Refused(f"dead {args.action} reads the dead letters of the whole fleet: --host and --pool "
+                          "do not apply")
+        return _show_dead(args, job_store)
+    if args.host or args.pool:
+        raise Refused("dead retry and purge are done by one pool for the whole fleet: --host and --pool do not apply")
+    if bool(args.id) == bool(args.all):
+        raise Refused(f"dead {args.action}: give one ID, or --all (with --task or --older-than to narrow it)")
+    if args.id and (args.task or args.older_than is not None):
+        raise Refused("--task and --older-than narrow --all; with an ID they do not apply")
+    if args.action == dead.RETRY and args.older_than is not None:
+        raise Refused("--older-than is for purge")
+    aim = _jobs_pool(client, job_store, conf)
+    message = dead.message(args.action, [args.id] if args.id else None, args.task, args.older_than, *aim)
+    return _sender(client, conf, args.timeout).send(message)
+
+
+def _jobs_pool(client: redis.Redis, job_store: JobStore, conf: Settings) -> tuple[tuple[str, ...], str]:
+    """The pool a dead-letter change is sent to: the jobs leader, else any live pool."""
+    live = store.live_pools(client, store.Keys(conf.prefix))
+    leader = client.get(job_store.keys.leader)
+    if leader is not None:
+        host, pool = store.raw_reply(leader).decode("utf-8", "replace").split("/")[:2]
+        if any(p.get("host") == host and p.get("name") == pool for p in live):
+            return (host,), pool
+    if not live:
+        raise Refused("no live pool to make the change: dead retry and purge are done by a pool", EXIT_FAILED)
+    first = sorted(live, key=tables.pool_id)[0]
+    return (str(first["host"]),), str(first["name"])
+
+
+def _show_dead(args: argparse.Namespace, job_store: JobStore) -> int:
+    if args.action == "show":
+        if not args.id or args.all or args.task or args.older_than is not None:
+            raise Refused("dead show takes one ID")
+        letter = job_store.letter(args.id)
+        if letter is None or letter.get("state") != "dead":
+            print(f"{args.id}: no such dead letter", file=sys.stderr)
+            return EXIT_FAILED
+        tables.print_letter(letter, args.json)
+        return EXIT_OK
+    if args.id:
+        raise Refused("dead list takes no ID (dead show ID shows one)")
+    tables.print_letters(job_store.dead_letters(args.task, args.older_than), args.json)
+    return EXIT_OK
+
+
+def _job(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    if args.host or args.pool or args.all:
+        raise Refused("job reads one job's record: --host, --pool and --all do not apply")
+    found = read_record(client, JobKeys(conf.prefix), args.unique)
+    if found is None:
+        print(f"{args.unique}: no record (its task keeps none, or it expired: keep_results)", file=sys.stderr)
+        return EXIT_FAILED
+    tables.print_job(found, args.json)
+    return EXIT_OK
+
+
 JSON_FLAG = ("--json", {"action": "store_true", "help": "print JSON (see docs/observability.md: fields are stable)"})
 FORCE_FLAG = ("--force", {"action": "store_true", "help": "replace a stored record even when it does not verify "
                           "with our secret (after a secret rotation)"})
 Handler = Callable[[argparse.Namespace, Settings, redis.Redis], int]
-SENDING: set[Handler] = {_set, _del, _scale}
+SENDING: set[Handler] = {_set, _del, _scale, _dead}
 # name -> (handler, what it does, its own arguments)
 SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = {
     data.SET.name: (_set, "set runtime data KEY to a JSON VALUE",
@@ -338,6 +403,13 @@ SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = 
               [("n", {"type": int}), ("--allow-zero", {"action": "store_true", "help": "let n be 0"})]),
     "pools": (_pools, "list live pools from their heartbeats", [JSON_FLAG]),
     "status": (_status, "one row per child of every live pool: state, job, counts, memory", [JSON_FLAG]),
+    dead.NAME: (_dead, "the dead letters: list, show ID, retry ID|--all, purge ID|--all (docs/jobs.md)",
+                [("action", {"choices": ["list", "show", dead.RETRY, dead.PURGE]}), ("id", {"nargs": "?"}),
+                 ("--task", {"help": "only this task's"}),
+                 ("--older-than", {"type": float, "metavar": "SECONDS", "help": "only those dead longer (purge)"}),
+                 JSON_FLAG]),
+    "job": (_job, "one job's record and result, by its unique (tasks with keep_results)",
+            [("unique", {}), JSON_FLAG]),
 }
 
 

@@ -38,3 +38,9 @@ def redis_peers(url: str) -> frozenset[inherited.Peer]:
     """The peer addresses a connection made by connect(URL) may have."""
     kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
     return inherited.peers_of(kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))
+
+
+def shown_url(url: str) -> str:
+    """URL as a log line may show it: without the user and password."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"

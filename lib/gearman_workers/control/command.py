@@ -30,6 +30,9 @@ class Pool(Protocol):
     def autoscales(self) -> bool:
         """The pool sizes itself on gearmand's queue (its bounds are its configuration's)."""
 
+    def job_store(self) -> Any:
+        """The job records (jobs/store.JobStore) on the listener's connection."""
+
 
 class ControlCommand(Protocol):
     name: str
@@ -47,10 +50,10 @@ class ControlCommand(Protocol):
     def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
         """Put back RAW, what recorded() said was there before MESSAGE (None: remove MESSAGE's)."""
 
-    def apply(self, pool: Pool, message: Message) -> None:
+    def apply(self, pool: Pool, message: Message) -> str | None:
         """What a pool does with an accepted MESSAGE aimed at it; BadMessage
         (with its reason) when this pool refuses it. Its answer (acks.py)
-        says which."""
+        says which, with the text returned (None: nothing to add)."""
 
     def describe(self, message: Message) -> str:
         """The command as the pool's log names it."""

@@ -30,8 +30,10 @@ from ..backoff import Backoff
 from ..commands import Command as MasterCommand
 from ..commands import PublishData
 from ..config import Config
+from ..jobs.keys import JobKeys
+from ..jobs.store import JobStore
 from . import acks, exit, registry, store
-from .client import connect, read_secret, redis_peers
+from .client import connect, read_secret, redis_peers, shown_url
 from .data import DataBook, stored
 from .messages import NONCE_RE, BadMessage, Message, Verifier
 from .messages import decode as parse
@@ -136,7 +138,7 @@ class ControlListener:
                     self._outage_since = time.monotonic()
                     with self._guard:
                             log.warning("redis %s unreachable (%s); fleet control waits until it is back; "
-                                    "jobs are not affected", self._safe_url(), err)
+                                    "jobs are not affected", shown_url(self.url), err)
                 stop.wait(backoff.next())
             except Exception:
                 with self._guard:
@@ -199,6 +201,10 @@ class ControlListener:
         assert self.master is not None
         return self.master.autoscales()
 
+    def job_store(self) -> JobStore:
+        assert self._client is not None  # commands are applied within a session
+        return JobStore(self._client, JobKeys(self.keys.prefix))
+
     def _reload_data(self, client: redis.Redis) -> None:
         """Read the stored data; what is newer than what we hold goes to the children."""
         assert self.master is not None
@@ -239,14 +245,14 @@ class ControlListener:
                 return
             command = registry.COMMANDS[message.cmd]
             log.info("control command: %s (pid %d)", command.describe(message), os.getpid())
-            command.apply(self, message)
+            detail = command.apply(self, message)
         except BadMessage as err:
             log.warning("rejected control message on %s: %s", self.channel, err)
             self.outcomes[acks.REFUSED, err.reason] += 1
             self._answer(client, message or _peek(data), acks.Ack(acks.REFUSED, err.reason, str(err)))
             return
         self.outcomes[acks.APPLIED, message.cmd] += 1
-        self._answer(client, message, acks.Ack(acks.APPLIED, message.cmd))
+        self._answer(client, message, acks.Ack(acks.APPLIED, message.cmd, detail or ""))
 
     def _answer(self, client: redis.Redis, message: Message | None, ack: acks.Ack) -> None:
         """Answer MESSAGE if it names this pool and carries a nonce. Refusals
@@ -276,10 +282,6 @@ class ControlListener:
         assert self.master is not None
         if message.ts is not None and message.ts < self.master.control_since:
             raise BadMessage(f"{message.cmd} sent before this pool started", "before-start")
-
-    def _safe_url(self) -> str:
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def _peek(data: bytes) -> Message | None:

@@ -4,6 +4,7 @@ one line here."""
 
 from __future__ import annotations
 
+from ..jobs.dead import DEAD
 from .command import ControlCommand
 from .data import DEL, SET
 from .exit import EXIT
@@ -11,7 +12,7 @@ from .messages import BadMessage, Message
 from .messages import decode as parse
 from .scale import SCALE
 
-COMMANDS: dict[str, ControlCommand] = {command.name: command for command in (EXIT, SET, DEL, SCALE)}
+COMMANDS: dict[str, ControlCommand] = {command.name: command for command in (EXIT, SET, DEL, SCALE, DEAD)}
 
 
 def command_of(message: Message) -> ControlCommand:

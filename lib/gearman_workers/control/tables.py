@@ -4,6 +4,7 @@ field names are promised to stay (docs/observability.md)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from typing import Any
@@ -92,3 +93,71 @@ def print_pools(pools: list[dict[str, Any]]) -> None:
                   "two hosts share a name, or a pool name is used twice")
     if not pools:
         print("(no live pool matched)")
+
+
+# --- jobs: dead letters and job records (jobs/store.py, jobs/results.py) -----------
+
+LETTER_FIELDS = ("id", "task", "unique", "attempts", "retries", "created", "died", "first_error", "last_error")
+
+
+def _letter_document(letter: dict[str, Any], whole: bool) -> dict[str, Any]:
+    """A dead letter as --json prints it: the payload as hex (binary-safe)."""
+    fields = {key: letter.get(key) for key in LETTER_FIELDS}
+    if whole:
+        fields |= {"payload_hex": bytes(letter.get("payload", b"")).hex(), "first_trace": letter.get("first_trace"),
+                   "last_trace": letter.get("last_trace"), "runs": letter.get("runs", []),
+                   "retried_from": letter.get("retried_from")}
+    return fields
+
+
+def print_letters(letters: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([_letter_document(letter, False) for letter in letters], indent=2))
+        return
+    print(f"{'ID':16s} {'TASK':20s} {'RUNS':>4s} {'DEAD FOR':>8s}  LAST ERROR")
+    for letter in letters:
+        error = escape(str(letter.get("last_error", "")))[:80]
+        print(f"{letter['id']:16s} {escape(str(letter.get('task'))):20s} {letter.get('attempts', 0):>4} "
+              f"{_span(time.time() - float(letter.get('died') or time.time())):>8s}  {error}")
+    if not letters:
+        print("(no dead letters)")
+
+
+def print_letter(letter: dict[str, Any], as_json: bool) -> None:
+    document = _letter_document(letter, True)
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return
+    payload = bytes(letter.get("payload", b""))
+    for key in ("id", "task", "unique", "attempts", "retries", "created", "died", "retried_from"):
+        if document.get(key) is not None:
+            print(f"{key:13s} {_when(document[key]) if key in ('created', 'died') else escape(str(document[key]))}")
+    print(f"{'payload':13s} {len(payload)} bytes: {escape(payload[:200].decode('utf-8', 'backslashreplace'))}")
+    for run in document["runs"]:
+        print(f"  run {run.get('attempt')}: {escape(str(run.get('host')))}/{escape(str(run.get('pool')))} "
+              f"{_when(run.get('started'))} for {float(run.get('ended', 0)) - float(run.get('started', 0)):.3f} s: "
+              f"{escape(str(run.get('error')))}")
+    print("first error:\n" + escape(str(document.get("first_trace"))).rstrip())
+    if document.get("last_trace") != document.get("first_trace"):
+        print("last error:\n" + escape(str(document.get("last_trace"))).rstrip())
+
+
+def print_job(record: dict[str, Any], as_json: bool) -> None:
+    document = dict(record)
+    result = document.pop("result", None)
+    if result is not None:
+        document["result_hex"] = result.hex()
+    if as_json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return
+    for key in ("unique", "task", "state", "attempt", "started", "ended", "host", "pool", "progress", "error",
+                "chain", "retry_in", "result_size"):
+        if document.get(key) is not None:
+            value = _when(document[key]) if key in ("started", "ended") else document[key]
+            print(f"{key:9s} {escape(str(value))}")
+    if result is not None:
+        print(f"{'result':9s} {len(result)} bytes: {escape(result[:500].decode('utf-8', 'backslashreplace'))}")
+
+
+def _when(seconds: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(seconds))) + " UTC" if seconds else "-"

@@ -1,0 +1,164 @@
+"""The master's job keeper: one thread per pool that
+- moves the failures its children spooled into Redis (spool.py, store.py),
+- holds or seeks the fleet's leader lease, and
+- as the leader, submits the due runs to gearmand (store.py says how
+  each is submitted exactly once).
+
+One leader in the whole fleet: a master takes the lease (LEASE_MS) when it
+is free and renews it every RENEW_INTERVAL; a dead leader's lease lapses and
+the next master to try takes it, within LEASE_MS + RENEW_INTERVAL. The
+lease is checked in the same script as every claim, so a leader that stalled
+past its lease claims nothing when it wakes.
+
+Like the control listener, it talks to Redis holding the master's fork lock
+(a child must not inherit redis-py's locks mid-command) and waits without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Protocol
+
+import redis
+
+from .. import inherited
+from ..backoff import Backoff
+from ..config import Config
+from ..control.client import connect, redis_peers, shown_url
+from .keys import JobKeys
+from .policy import Run
+from .spool import Spool, spool_dir
+from .store import MOVING_MS, JobStore
+from .submit import SubmitFailed, Submitter
+
+log = logging.getLogger("gearman_workers.jobs")
+
+TICK = 0.1             # how often the spool is looked at, and due runs claimed
+RENEW_INTERVAL = 1.0
+LEASE_MS = 3000
+CLAIM_BATCH = 100
+SUBMIT_TIMEOUT = 5.0
+
+
+class Master(Protocol):
+    fork_lock: threading.Lock
+
+
+class JobKeeper:
+    def __init__(self, config: Config) -> None:
+        assert config.redis_url is not None
+        self.url, self.servers = config.redis_url, config.servers
+        self.keys = JobKeys(config.key_prefix)
+        self.spool = Spool(spool_dir(config))
+        self.token = f"{config.hostname}/{config.name}/{os.getpid()}/{secrets.token_hex(4)}"
+        self.leading = False
+        self._stop = threading.Event()
+        self._guard = threading.Lock()
+        self._outage_since: float | None = None
+        self._peers: frozenset[inherited.Peer] = frozenset()
+
+    def start(self, master: Master) -> None:
+        self._guard = master.fork_lock
+        self._peers = redis_peers(self.url) | frozenset().union(
+            *(inherited.peers_of(s.host, s.port, None) for s in self.servers))
+        self.spool.directory.mkdir(mode=0o750, exist_ok=True)
+        self._stop = stop = threading.Event()
+        threading.Thread(target=self._run, args=(stop,), name="jobs", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def forget_in_child(self) -> None:
+        """After fork: the thread's sockets (Redis, gearmand) are the master's."""
+        inherited.blank_sockets_to(self._peers)
+
+    # --- the thread -----------------------------------------------------
+
+    def _run(self, stop: threading.Event) -> None:
+        backoff = Backoff(0.1, 5.0)
+        submitter = Submitter(self.servers, SUBMIT_TIMEOUT)
+        while not stop.is_set():
+            try:
+                self._session(stop, submitter)
+            except (redis.RedisError, OSError) as err:
+                self._outage(err)
+                stop.wait(backoff.next())
+            except Exception:
+                with self._guard:
+                    log.exception("job keeper failed; restarting it")
+                stop.wait(1.0)
+            else:
+                backoff.reset()
+        submitter.close()
+
+    def _session(self, stop: threading.Event, submitter: Submitter) -> None:
+        client = connect(self.url)
+        try:
+            client.ping()  # connect outside the fork lock: a connect may wait seconds
+            store = JobStore(client, self.keys)
+            self._back()
+            next_renewal = 0.0
+            while not stop.wait(TICK):
+                with self._guard:
+                    self._move_spool(store)
+                    if time.monotonic() >= next_renewal:
+                        self._renew(store)
+                        next_renewal = time.monotonic() + RENEW_INTERVAL
+                if self.leading:
+                    self._submit_due(store, submitter)
+            with self._guard:
+                if self.leading:
+                    store.release_lease(self.token)
+                    self.leading = False
+        finally:
+            client.close()
+
+    def _move_spool(self, store: JobStore) -> None:
+        for path in self.spool.pending():
+            failure = self.spool.load(path)
+            if failure is not None:
+                store.record_failure(failure)  # a run already kept is not kept twice
+                path.unlink(missing_ok=True)
+
+    def _renew(self, store: JobStore) -> None:
+        leading = store.hold_lease(self.token, LEASE_MS)
+        if leading != self.leading:
+            log.info("this pool %s the jobs leader", "is now" if leading else "is no longer")
+            self.leading = leading
+
+    def _submit_due(self, store: JobStore, submitter: Submitter) -> None:
+        with self._guard:
+            claimed = store.claim_due(self.token, CLAIM_BATCH)
+        if claimed is None:
+            with self._guard:
+                log.info("this pool is no longer the jobs leader (its lease lapsed)")
+                self.leading = False
+            return
+        for chain, task, payload, attempt in claimed:
+            try:
+                submitter.submit(task, Run(chain, attempt).unique(), payload)
+            except SubmitFailed as err:
+                with self._guard:
+                    log.warning("run %d of job %s (task %s) not submitted (%s); tried again in %d s",
+                                attempt, chain, task, err, MOVING_MS // 1000)
+                continue
+            with self._guard:
+                store.settle(chain)
+
+    def _outage(self, err: Exception) -> None:
+        self.leading = False
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            with self._guard:
+                log.warning("redis %s unreachable for the job keeper (%s); failures wait in %s",
+                            shown_url(self.url), err, self.spool.directory)
+
+    def _back(self) -> None:
+        if self._outage_since is not None:
+            with self._guard:
+                log.info("job keeper: redis reachable again after %.1f s", time.monotonic() - self._outage_since)
+            self._outage_since = None

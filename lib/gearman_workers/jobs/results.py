@@ -1,0 +1,69 @@
+"""A job's record in Redis, for a task with `keep_results`: what the child
+writes (runs.py) and what `gm-ctl job` and clients read.
+
+PREFIX:jobs:result:UNIQUE holds JSON, kept `keep_results` seconds after its
+last write:
+
+    {"unique", "task", "state": running | done | failed | retrying | dead,
+     "attempt": runs so far, "started", "ended" (Unix seconds), "host", "pool",
+     "progress": [numerator, denominator] (the last send_job_status) or null,
+     "result": base64 (done, up to MAX_RESULT bytes) | "result_size" (above it),
+     "error" (failed, retrying, dead), "chain" and "retry_in" (retrying, dead)}
+
+A client reads it with::
+
+    from gearman_workers.results import read
+    record = read("redis://localhost:6379/0", "my-unique")   # None: no record
+    record["state"], record.get("result")                     # result as bytes
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import redis
+
+from .keys import JobKeys
+
+RUNNING, DONE, FAILED, RETRYING, DEAD = "running", "done", "failed", "retrying", "dead"
+MAX_RESULT = 1 << 20
+DEFAULT_PREFIX = "gearman-workers"
+
+
+def record(task: str, state: str, attempt: int, started: float, host: str, pool: str,
+           progress: tuple[int, int] | None, result: bytes | None = None, **fields: Any) -> dict[str, Any]:
+    """The record as the child writes it."""
+    found: dict[str, Any] = {"task": task, "state": state, "attempt": attempt, "started": started,
+                             "host": host, "pool": pool, "progress": progress, **fields}
+    if state != RUNNING:
+        found["ended"] = time.time()
+    if result is not None:
+        if len(result) <= MAX_RESULT:
+            found["result"] = base64.b64encode(result).decode()
+        else:
+            found["result_size"] = len(result)
+    return found
+
+
+def read_record(client: redis.Redis, keys: JobKeys, unique: str) -> dict[str, Any] | None:
+    """UNIQUE's record, its result decoded to bytes; None when there is none."""
+    raw = client.get(keys.result(unique))
+    if raw is None:
+        return None
+    found: dict[str, Any] = json.loads(raw)
+    found["unique"] = unique
+    if "result" in found:
+        found["result"] = base64.b64decode(found["result"])
+    return found
+
+
+def read(redis_url: str, unique: str, key_prefix: str = DEFAULT_PREFIX) -> dict[str, Any] | None:
+    """The record of the job with UNIQUE (see the module's text), or None."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        return read_record(client, JobKeys(key_prefix), unique)
+    finally:
+        client.close()

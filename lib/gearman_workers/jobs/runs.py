@@ -1,0 +1,181 @@
+"""The child's side of a task's jobs beyond one attempt (for a task with
+`retries` or `keep_results`; other tasks never reach this module).
+
+- A run the leader submitted (unique gw:ID:N) is claimed before it runs
+  (store.begin_run): a run that began before is answered, not run again.
+- A failure is spooled (spool.py) before the answer goes to gearmand; the
+  master moves it into Redis. The client of a foreground job is told by a
+  WORK_WARNING when the job runs again.
+- With keep_results, the job's record (results.py) is written when it
+  starts and when it ends, on a connection whose replies are switched off
+  once one write has proved that this pool may write: a record costs a
+  send, never a wait. A Redis outage drops records (one log line per
+  outage) and runs the jobs anyway; a leader's run then runs unclaimed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from typing import Any
+
+import redis
+
+from ..config import TaskSpec
+from ..control.client import shown_url
+from . import policy
+from .keys import JobKeys
+from .results import DEAD, DONE, FAILED, RETRYING, RUNNING, record
+from .spool import DEAD as BURIED
+from .spool import RETRY, Failure, Spool
+from .store import JobStore
+
+log = logging.getLogger("gearman_workers.jobs")
+
+OUTAGE_PAUSE = 5.0  # after a failed connect or write, Redis is left alone this long
+TIMEOUT = 1.0       # a child waits no longer on Redis than this, per step
+
+
+class ChildRedis:
+    """The child's own Redis connections, made on first use, after the fork."""
+
+    def __init__(self, url: str, keys: JobKeys) -> None:
+        self.url, self.keys = url, keys
+        self._store: JobStore | None = None
+        self._stream: Any = None  # a redis-py Connection, replies off once proven
+        self._proven = False
+        self._pending: list[tuple[Any, ...]] = []
+        self._away_until = 0.0
+        self._outage_logged = False
+
+    def store(self) -> JobStore | None:
+        if self._store is None and self._reachable():
+            client = redis.Redis.from_url(self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+            self._store = JobStore(client, self.keys)
+        return self._store
+
+    def write(self, key: str, value: bytes, ttl: int) -> None:
+        """SET KEY VALUE EX TTL, sent at the next flush()."""
+        self._pending.append(("SET", key, value, "EX", ttl))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending or not self._reachable():
+            return
+        try:
+            if self._stream is None:
+                self._stream = redis.ConnectionPool.from_url(
+                    self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT).make_connection()
+                self._stream.connect()
+            self._stream.send_packed_command(self._stream.pack_commands(pending), check_health=False)
+            if not self._proven:
+                for _ in pending:
+                    self._stream.read_response()  # raises the first refusal (an ACL, a full Redis)
+                self._stream.send_packed_command(self._stream.pack_command("CLIENT", "REPLY", "OFF"))
+                self._proven = True
+            self._outage_logged = False
+        except (redis.RedisError, OSError) as err:
+            self.lost(err)
+
+    def lost(self, err: Exception) -> None:
+        """Drop the connections; leave Redis alone for a while; say so once an outage."""
+        if not self._outage_logged:
+            log.warning("redis %s: %s; job records are dropped until it answers, jobs still run",
+                        shown_url(self.url), err)
+            self._outage_logged = True
+        if self._stream is not None:
+            self._stream.disconnect()
+        if self._store is not None:
+            self._store.client.close()
+        self._stream, self._store, self._proven = None, None, False
+        self._away_until = time.monotonic() + OUTAGE_PAUSE
+
+    def _reachable(self) -> bool:
+        return time.monotonic() >= self._away_until
+
+
+class JobLife:
+    """One task's jobs in one child; one job at a time."""
+
+    def __init__(self, task: str, spec: TaskSpec, link: ChildRedis, spool: Spool, host: str, pool: str) -> None:
+        self.task, self.spec, self.link, self.spool = task, spec, link, spool
+        self.host, self.pool = host, pool
+        self.run = policy.FIRST_RUN
+        self.unique = self.payload = b""
+        self.started = 0.0
+        self.progress: tuple[int, int] | None = None
+        self._succeeded_chain: str | None = None
+
+    def begin(self, unique: bytes, payload: bytes) -> bool:
+        """Before the task runs; False when this run began before (do not run it)."""
+        self.run, self.unique, self.payload = policy.Run.of(unique), unique, payload
+        self.started, self.progress = time.time(), None
+        if self.run.chain is not None and not self._claim(self.run.chain, self.run.attempt):
+            return False
+        self._record(RUNNING)
+        self.link.flush()
+        return True
+
+    def _claim(self, chain: str, attempt: int) -> bool:
+        store = self.link.store()
+        if store is None:
+            return True  # Redis is away: run it (what cannot be claimed may, rarely, run twice)
+        try:
+            first, unique = store.begin_run(chain, attempt)
+        except (redis.RedisError, OSError) as err:
+            self.link.lost(err)
+            return True
+        if unique is not None:
+            self.unique = unique
+        if not first:
+            log.info("run %d of job %s (task %s) began before; not run again", attempt, chain, self.task)
+        return first
+
+    def succeeded(self, result: bytes) -> None:
+        self._record(DONE, result=result)
+        self._succeeded_chain = self.run.chain
+
+    def failed(self, err: BaseException | None, message: str) -> str:
+        """Spool the failure; what the client is told besides MESSAGE ("" for nothing)."""
+        delay = policy.retry_delay(self.spec, self.run.attempt) if policy.retried(err) else None
+        if not self.spec.retries:
+            self._record(FAILED, error=message)
+            return ""
+        chain = self.run.chain or policy.new_chain()
+        trace = "".join(traceback.format_exception(err)) if err is not None else message
+        ended = time.time()
+        self.spool.put(Failure(chain, self.run.attempt, self.task, self.unique, self.payload, self.spec.retries,
+                               RETRY if delay is not None else BURIED, delay or 0.0, message, trace,
+                               self.host, self.pool, self.started, ended))
+        if delay is None:
+            self._record(DEAD, error=message, chain=chain)
+            return f"; no retry left: dead letter {chain} (gm-ctl dead show {chain})"
+        due = time.strftime("%H:%M:%S", time.gmtime(ended + delay))
+        self._record(RETRYING, error=message, chain=chain, retry_in=delay)
+        return f"; retry {self.run.attempt} of {self.spec.retries} in {delay:.1f} s (about {due} UTC), job {chain}"
+
+    def report_progress(self, numerator: int, denominator: int) -> None:
+        self.progress = (numerator, denominator)
+        self._record(RUNNING)
+        self.link.flush()
+
+    def after_answer(self) -> None:
+        """The client has its answer: now what may wait on Redis."""
+        self.link.flush()
+        chain, self._succeeded_chain = self._succeeded_chain, None
+        if chain is not None:
+            store = self.link.store()
+            try:
+                if store is not None:
+                    store.end_chain(chain)
+            except (redis.RedisError, OSError) as err:
+                self.link.lost(err)
+
+    def _record(self, state: str, **fields: Any) -> None:
+        keep = int(self.spec.keep_results)
+        if keep and self.unique and not self.unique.startswith(b"gw:"):
+            self.link.write(self.link.keys.result(self.unique), json.dumps(record(
+                self.task, state, self.run.attempt, self.started, self.host, self.pool, self.progress,
+                **fields)).encode(), keep)
