@@ -338,17 +338,24 @@ def operator_cli(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 class RedisServer(LoopbackServer):
-    """A redis-server of our own on a free loopback port, without persistence."""
+    """A redis-server of our own on a free loopback port; without persistence
+    unless PERSISTENT (then an append-only file written at every change, as
+    the redis role configures it, so that a restart keeps every key)."""
 
     name = "redis-server"
+
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+        super().__init__(workdir)
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
+        durable = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durable,
+                "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
 
     def client(self) -> Any:
         import redis

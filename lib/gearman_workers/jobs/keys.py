@@ -4,7 +4,7 @@
     PREFIX:jobs:due             sorted set: chain id -> when due (ms, Redis's clock)
     PREFIX:jobs:moving          sorted set: chain id -> when a claim of it lapses (ms)
     PREFIX:jobs:chain:ID        hash: one failed job and its runs (store.py)
-    PREFIX:jobs:ran:ID:N        run N of chain ID has started (a marker, with a TTL)
+    PREFIX:jobs:ended:ID:N      run N of chain ID has ended (a marker, with a TTL)
     PREFIX:jobs:dead            sorted set: chain id -> when it died (ms)
     PREFIX:jobs:dead-tasks      hash: task -> dead letters of it
     PREFIX:jobs:result:UNIQUE   a job's record and result (JSON, with keep_results as TTL)
@@ -25,8 +25,8 @@ class JobKeys:
     def chain(self, chain: str) -> str:
         return f"{self.base}:chain:{chain}"
 
-    def ran(self, chain: str, run: int) -> str:
-        return f"{self.base}:ran:{chain}:{run}"
+    def ended(self, chain: str, attempt: int) -> str:
+        return f"{self.base}:ended:{chain}:{attempt}"
 
     def result(self, unique: str | bytes) -> str:
         text = unique if isinstance(unique, str) else unique.decode("utf-8", "replace")

@@ -1,8 +1,9 @@
 """The child's side of a task's jobs beyond one attempt (for a task with
 `retries` or `keep_results`; other tasks never reach this module).
 
-- A run the leader submitted (unique gw:ID:N) is claimed before it runs
-  (store.begin_run): a run that began before is answered, not run again.
+- A run the leader submitted (unique gw:ID:N) is looked up before it runs
+  and marked ended before its answer (store.begin_run, end_run): a run
+  that ended before is answered, not run again.
 - A failure is spooled (spool.py) before the answer goes to gearmand; the
   master moves it into Redis. The client of a foreground job is told by a
   WORK_WARNING when the job runs again.
@@ -34,7 +35,7 @@ from .store import JobStore
 
 log = logging.getLogger("gearman_workers.jobs")
 
-OUTAGE_PAUSE = 5.0  # after a failed connect or write, Redis is left alone this long
+OUTAGE_PAUSE = 1.0  # after a failed connect or write, Redis is left alone this long
 TIMEOUT = 1.0       # a child waits no longer on Redis than this, per step
 
 
@@ -106,7 +107,6 @@ class JobLife:
         self.unique = self.payload = b""
         self.started = 0.0
         self.progress: tuple[int, int] | None = None
-        self._succeeded_chain: str | None = None
 
     def begin(self, unique: bytes, payload: bytes) -> bool:
         """Before the task runs; False when this run began before (do not run it)."""
@@ -119,30 +119,31 @@ class JobLife:
         return True
 
     def _claim(self, chain: str, attempt: int) -> bool:
-        store = self.link.store()
-        if store is None:
-            return True  # Redis is away: run it (what cannot be claimed may, rarely, run twice)
         try:
-            first, unique = store.begin_run(chain, attempt)
+            store = self.link.store()
+            first, unique = store.begin_run(chain, attempt) if store is not None else (True, None)
         except (redis.RedisError, OSError) as err:
             self.link.lost(err)
-            return True
+            return True  # Redis is away: run it (see the module's text)
         if unique is not None:
             self.unique = unique
         if not first:
-            log.info("run %d of job %s (task %s) began before; not run again", attempt, chain, self.task)
+            log.info("run %d of job %s (task %s) ended before; not run again", attempt, chain, self.task)
         return first
 
     def succeeded(self, result: bytes) -> None:
+        """Before the answer is sent."""
         self._record(DONE, result=result)
-        self._succeeded_chain = self.run.chain
+        self._end_run(done=True)
 
     def failed(self, err: BaseException | None, message: str) -> str:
-        """Spool the failure; what the client is told besides MESSAGE ("" for nothing)."""
-        delay = policy.retry_delay(self.spec, self.run.attempt) if policy.retried(err) else None
+        """Before the answer is sent: spool the failure; what the client is
+        told besides MESSAGE ("" for nothing)."""
+        self._end_run(done=False)
         if not self.spec.retries:
             self._record(FAILED, error=message)
             return ""
+        delay = policy.retry_delay(self.spec, self.run.attempt) if policy.retried(err) else None
         chain = self.run.chain or policy.new_chain()
         trace = "".join(traceback.format_exception(err)) if err is not None else message
         ended = time.time()
@@ -156,22 +157,27 @@ class JobLife:
         self._record(RETRYING, error=message, chain=chain, retry_in=delay)
         return f"; retry {self.run.attempt} of {self.spec.retries} in {delay:.1f} s (about {due} UTC), job {chain}"
 
+    def _end_run(self, done: bool) -> None:
+        """A run the leader submitted leaves its marker before its answer
+        goes: a second submission of it then does nothing (store.py)."""
+        chain = self.run.chain
+        if chain is None:
+            return
+        try:
+            store = self.link.store()
+            if store is not None:
+                store.end_run(chain, self.run.attempt, done)
+        except (redis.RedisError, OSError) as err:
+            self.link.lost(err)
+
     def report_progress(self, numerator: int, denominator: int) -> None:
         self.progress = (numerator, denominator)
         self._record(RUNNING)
         self.link.flush()
 
     def after_answer(self) -> None:
-        """The client has its answer: now what may wait on Redis."""
+        """The client has its answer: the records go out now."""
         self.link.flush()
-        chain, self._succeeded_chain = self._succeeded_chain, None
-        if chain is not None:
-            store = self.link.store()
-            try:
-                if store is not None:
-                    store.end_chain(chain)
-            except (redis.RedisError, OSError) as err:
-                self.link.lost(err)
 
     def _record(self, state: str, **fields: Any) -> None:
         keep = int(self.spec.keep_results)

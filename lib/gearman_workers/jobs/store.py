@@ -15,9 +15,11 @@ A leader that dies between 1 and 3 leaves the chain in `moving`; the next
 claim after the deadline puts it back in `due` and it is submitted again.
 If the first submission did reach gearmand, the second has the same unique:
 gearmand folds it into the first while that one waits or runs, and when it
-has already run, its child took the marker PREFIX:jobs:ran:ID:N (begin_run)
-so the second run finds the marker and does nothing. Nothing is lost, and
-no run happens twice.
+has already ended, its child left the marker PREFIX:jobs:ended:ID:N before
+it answered (end_run), so the second finds the marker and does nothing.
+A run whose child died in it leaves no marker: gearmand hands it out again
+and it runs again, as any job would. Nothing is lost, and no run that
+ended happens twice.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .spool import DEAD, RETRY, Failure
 MOVING_MS = 10_000      # how long a claim holds before another leader may take the chain again
 # A second submission of a run follows the first within a lapsed claim or
 # two, but may then wait in a long queue: two weeks covers any backlog.
-RAN_MARKER_TTL = 14 * 86400
+ENDED_MARKER_TTL = 14 * 86400
 CHAIN_TTL_AFTER_DONE = 86400
 MAX_RUNS_KEPT = 25
 
@@ -110,16 +112,17 @@ return 1
 """
 
 BEGIN_RUN = """
--- KEYS: ran marker, chain; ARGV: marker ttl s. {0}: this run began before; {1, unique}
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {0} end
+-- KEYS: ended marker, chain. {0}: this run ended before; {1, the client's unique}
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'state', 'running') end
 return {1, redis.call('HGET', KEYS[2], 'unique') or false}
 """
 
-END_CHAIN = """
--- KEYS: chain; ARGV: ttl s. The job succeeded: the chain is kept a day for `gm-ctl job`, then goes.
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'state', 'done') redis.call('EXPIRE', KEYS[1], ARGV[1])
+END_RUN = """
+-- KEYS: ended marker, chain; ARGV: marker ttl s, 'done' or 'failed', chain ttl s once done
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+if ARGV[2] == 'done' and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'state', 'done') redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 return 1
 """
@@ -158,7 +161,7 @@ class JobStore:
         self._claim = client.register_script(CLAIM)
         self._settle = client.register_script(SETTLE)
         self._begin = client.register_script(BEGIN_RUN)
-        self._end = client.register_script(END_CHAIN)
+        self._end = client.register_script(END_RUN)
         self._retry_dead = client.register_script(RETRY_DEAD)
         self._purge_dead = client.register_script(PURGE_DEAD)
 
@@ -192,12 +195,14 @@ class JobStore:
         self._settle(keys=[self.keys.moving, self.keys.chain(chain)], args=[chain])
 
     def begin_run(self, chain: str, attempt: int) -> tuple[bool, bytes | None]:
-        """(first time this run begins, the client's unique)."""
-        found = self._begin(keys=[self.keys.ran(chain, attempt), self.keys.chain(chain)], args=[RAN_MARKER_TTL])
+        """(this run has not ended before, the client's unique)."""
+        found = self._begin(keys=[self.keys.ended(chain, attempt), self.keys.chain(chain)])
         return bool(found[0]), (bytes(found[1]) if len(found) > 1 and found[1] is not None else None)
 
-    def end_chain(self, chain: str) -> None:
-        self._end(keys=[self.keys.chain(chain)], args=[CHAIN_TTL_AFTER_DONE])
+    def end_run(self, chain: str, attempt: int, done: bool) -> None:
+        """Run ATTEMPT of CHAIN ended (DONE: it succeeded, and the chain with it)."""
+        self._end(keys=[self.keys.ended(chain, attempt), self.keys.chain(chain)],
+                  args=[ENDED_MARKER_TTL, "done" if done else "failed", CHAIN_TTL_AFTER_DONE])
 
     def retry_dead(self, chain: str, fresh: str) -> bool:
         """Dead letter CHAIN due now as FRESH, its count of runs at 0; False: no such letter."""
