@@ -87,17 +87,18 @@ OPTIONAL = {"gearman_workers_control_up": "Only with a control channel.",
             "gearman_workers_autoscale_decisions": "Only when autoscaling.",
             "gearman_workers_queue_waiting": "Only when autoscaling.",
             "gearman_workers_children_min": "Only when autoscaling.",
-            "gearman_workers_children_max": "Only when autoscaling."}
+            "gearman_workers_children_max": "Only when autoscaling.",
+            "gearman_workers_dead_jobs": "Only in a pool with a task that has retries or keep_results."}
 
 
 class Sample:
-    """A master with every optional part: a control channel, autoscaling."""
+    """A master with every optional part: a control channel, autoscaling, a job keeper."""
 
     def metrics_snapshot(self) -> Snapshot:
         task = TaskTotals("echo", dict.fromkeys(OUTCOMES, 0), [0] * (len(BUCKETS) + 1), 0.0)
         autoscale = {"min": 1, "max": 4, "waiting": 0, "up": 0, "down": 0, "last": None}
         return Snapshot(1, {}, {}, {"127.0.0.1:4730": 1}, True, [task], {"master": 0, "children": 0}, autoscale,
-                        {("applied", "exit"): 0})
+                        {("applied", "exit"): 0}, {"echo": 0})
 
 
 def _series(name: str, kind: str) -> str:

@@ -4,14 +4,27 @@ fleet leader that moves due runs to gearmand exactly once."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLES, Gearmand, Pool, RedisServer, run_cli, running, wait_for
+
+from helpers import (
+    EXAMPLES,
+    Gearmand,
+    Pool,
+    RedisServer,
+    free_port,
+    run_cli,
+    running,
+    scrape,
+    submit,
+    value,
+    wait_for,
+)
 
 JOB_TASKS = '''
 import hashlib, json, os, time, uuid
@@ -97,10 +110,10 @@ def test_a_job_that_fails_three_times_runs_on_the_curve_and_ends_done(gearmand: 
     runs = runs_of(tmp_path, "flaky")
     assert len(runs) == 4
     assert done["result"] == b"\xffdaolyap\x00" and done["attempt"] == 4
-    gaps = [later["t"] - earlier["t"] for earlier, later in zip(runs, runs[1:])]
-    for gap, planned in zip(gaps, (1, 2, 4)):
+    gaps = [later["t"] - earlier["t"] for earlier, later in itertools.pairwise(runs)]
+    for gap, planned in zip(gaps, (1, 2, 4), strict=True):
         assert planned * 0.9 <= gap <= planned * 1.1 + 1.0, gaps
-    assert [run["unique"] for run in runs][0] == "order-17"
+    assert runs[0]["unique"] == "order-17"
     assert all(run["unique"].startswith("gw:") for run in runs[1:])
 
 
@@ -108,7 +121,8 @@ def test_a_job_that_always_fails_becomes_one_dead_letter(gearmand: Gearmand, red
                                                          tmp_path: Path) -> None:
     tasks = 'broken = { call = "jobtasks:broken", retries = 2, retry_delay = 1 }'
     payload = bytes(range(256))
-    with running(job_pool(gearmand, redis_server, tmp_path, tasks)):
+    metrics_port = free_port()
+    with running(job_pool(gearmand, redis_server, tmp_path, tasks, "--metrics-listen", f"127.0.0.1:{metrics_port}")):
         submit_background(gearmand, "broken", payload, "broken-1")
         listed = wait_for(lambda: json.loads(gm_ctl(redis_server, "dead", "list", "--json")) or None,
                           timeout=30, what="a dead letter")
@@ -122,6 +136,8 @@ def test_a_job_that_always_fails_becomes_one_dead_letter(gearmand: Gearmand, red
         assert all("ValueError: always broken" in run["error"] for run in shown["runs"])
         assert "Traceback" in shown["last_trace"] and "raise ValueError" in shown["last_trace"]
         assert shown["runs"][0]["host"] == "host-a" and shown["runs"][0]["pool"] == "jobs"
+        wait_for(lambda: value(scrape(metrics_port), "gearman_workers_dead_jobs", task="broken") == 1,
+                 what="the dead letter in the metrics")
 
         gm_ctl(redis_server, "dead", "retry", letter["id"])
         wait_for(lambda: len(runs_of(tmp_path, "broken")) == 4, what="the retried dead letter to run")
@@ -130,6 +146,8 @@ def test_a_job_that_always_fails_becomes_one_dead_letter(gearmand: Gearmand, red
         (again,) = json.loads(gm_ctl(redis_server, "dead", "list", "--json"))
         gm_ctl(redis_server, "dead", "purge", again["id"])
         assert json.loads(gm_ctl(redis_server, "dead", "list", "--json")) == []
+        wait_for(lambda: value(scrape(metrics_port), "gearman_workers_dead_jobs", task="broken") == 0,
+                 what="the purge in the metrics")
 
 
 ONCE = 'once = { call = "jobtasks:once", retries = 1, retry_delay = 2 }'
@@ -194,3 +212,114 @@ def test_every_retry_runs_exactly_once_when_the_leader_is_killed(gearmand: Gearm
         per_payload[run["data"]] = per_payload.get(run["data"], 0) + 1
     assert len(per_payload) == 100 and set(per_payload.values()) == {2}, per_payload
     assert took_over <= 5.0
+
+
+def test_a_foreground_client_hears_of_the_retry_and_permanent_failures_die_at_once(
+        gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
+    tasks = ('flaky = { call = "jobtasks:flaky", retries = 3, retry_delay = 30 }\n'
+             'hopeless = { call = "jobtasks:hopeless", retries = 5, retry_delay = 1 }')
+    with running(job_pool(gearmand, redis_server, tmp_path, tasks)):
+        request = submit(gearmand, "flaky", b"fg")
+        assert request.state == "FAILED"
+        (warning,) = [w.decode() for w in request.warning_updates]
+        assert warning.startswith("RuntimeError: failure number 1; retry 1 of 3 in ")
+        delay = float(warning.split(" in ")[1].split(" s ")[0])
+        assert 27 <= delay <= 33
+        assert submit(gearmand, "hopeless", b"bad").state == "FAILED"
+        (letter,) = wait_for(lambda: json.loads(gm_ctl(redis_server, "dead", "list", "--json")), what="a letter")
+        assert letter["task"] == "hopeless" and letter["attempts"] == 1
+        assert "Permanent: bad input" in letter["last_error"]
+    assert len(runs_of(tmp_path, "hopeless")) == 1
+
+
+PROGRESS_TASK = """
+
+def progress(worker, job):
+    worker.send_job_status(job, 1, 2)
+    while not (RUNS / "go").exists():
+        time.sleep(0.01)
+    worker.send_job_status(job, 2, 2)
+    return b"finished"
+
+def failing(worker, job):
+    raise KeyError("nope")
+"""
+
+
+def test_a_job_record_shows_it_running_with_progress_then_done_or_failed(
+        gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
+    tasks = ('progress = { call = "jobtasks:progress", keep_results = 60 }\n'
+             'failing = { call = "jobtasks:failing", keep_results = 60 }')
+    pool = job_pool(gearmand, redis_server, tmp_path, tasks)
+    (tmp_path / "jobtasks.py").write_text(JOB_TASKS + PROGRESS_TASK)
+    with running(pool):
+        submit_background(gearmand, "progress", b"", "p-1")
+        running_now = wait_for(lambda: (r := record(redis_server, "p-1")) and r.get("progress") == [1, 2] and r,
+                               what="the record to show the job running at 1/2")
+        assert running_now["state"] == "running" and "ended" not in running_now
+        (tmp_path / "runs" / "go").touch()
+        done = wait_for(lambda: (r := record(redis_server, "p-1")) and r["state"] == "done" and r, what="done")
+        assert done["progress"] == [2, 2] and done["result"] == b"finished" and done["host"] == "host-a"
+        assert 0 < done["ended"] - done["started"] < 10
+        submit_background(gearmand, "failing", b"", "f-1")
+        failed = wait_for(lambda: (r := record(redis_server, "f-1")) and r["state"] == "failed" and r, what="failed")
+        assert failed["error"] == "KeyError: 'nope'" and "result" not in failed
+        shown = gm_ctl(redis_server, "job", "p-1")
+        assert "state     done" in shown and "result    8 bytes: finished" in shown
+        ttl = redis_server.client().ttl("gearman-workers:jobs:result:p-1")
+        assert 0 < ttl <= 60
+
+
+def test_with_redis_down_jobs_run_and_a_retry_waits_on_disk_until_redis_is_back(
+        gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
+    tasks = ('flaky = { call = "jobtasks:flaky", retries = 3, retry_delay = 1, keep_results = 60 }\n'
+             'echo = { call = "jobtasks:echo", keep_results = 60 }')
+    pool = job_pool(gearmand, redis_server, tmp_path, tasks)
+    with running(pool):
+        redis_server.stop()
+        assert submit(gearmand, "echo", b"still served").result == b"still served"
+        submit_background(gearmand, "flaky", b"abc", "while-down")
+        spool = pool.state_dir / "jobs.spool"
+        wait_for(lambda: list(spool.glob("*.json")), what="the failure in the spool")
+        assert submit(gearmand, "echo", b"still served").result == b"still served"
+        redis_server.start()  # an empty Redis: what is kept is what the spool moves
+        wait_for(lambda: not list(spool.glob("*.json")), what="the spool moved into Redis")
+        done = wait_for(lambda: (r := record(redis_server, "while-down")) and r["state"] == "done" and r,
+                        timeout=30, what="the job, retried, to end done")
+        assert done["result"] == b"cba"
+    assert len(runs_of(tmp_path, "flaky")) == 4
+    dropped = [line for line in pool.log().splitlines() if "job records are dropped" in line]
+    assert 1 <= len(dropped) <= 2  # once per outage, in each child that tried to write
+
+
+def test_a_leader_that_dies_between_claim_and_settle_loses_no_run_and_runs_none_twice(
+        gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
+    """The two crash points of a move (jobs/store.py): claimed and never
+    submitted; submitted and never settled. A stand-in leader does the
+    first half of each and dies; the pool's keeper finishes them."""
+    from gearman_workers.config import Server
+    from gearman_workers.jobs.keys import JobKeys
+    from gearman_workers.jobs.spool import RETRY, Failure
+    from gearman_workers.jobs.store import JobStore
+    from gearman_workers.jobs.submit import Submitter
+
+    store = JobStore(redis_server.client(), JobKeys("gearman-workers"))
+    assert store.hold_lease("stand-in", 2000)
+    for chain, payload in (("a" * 16, b"claimed only"), ("b" * 16, b"claimed and submitted")):
+        store.record_failure(Failure(chain, 1, "echo", chain.encode(), payload, 1, RETRY, 0.0, "E", "trace",
+                                     "host-x", "gone", 0.0, 0.0))
+    claimed = store.claim_due("stand-in", 10)
+    assert claimed is not None and {c[0] for c in claimed} == {"a" * 16, "b" * 16}
+    pool = job_pool(gearmand, redis_server, tmp_path, 'echo = { call = "jobtasks:echo", retries = 1 }')
+    with running(pool):
+        submitter = Submitter([Server("127.0.0.1", gearmand.port)], 5.0)
+        submitter.submit("echo", b"gw:" + b"b" * 16 + b":2", b"claimed and submitted")
+        submitter.close()
+        wait_for(lambda: len(runs_of(tmp_path, "echo")) == 1, what="the submitted run to run")
+        # The stand-in dies here: its lease lapses, the pool's keeper leads and
+        # takes both chains back once their claims lapse (store.MOVING_MS).
+        wait_for(lambda: all(store.letter(c) and store.letter(c)["state"] == "done" for c in ("a" * 16, "b" * 16)),
+                 timeout=30, what="both chains to end done")
+        wait_for(lambda: "ended before; not run again" in pool.log(), what="the second submission to do nothing")
+    ran = sorted(bytes.fromhex(run["data"]) for run in runs_of(tmp_path, "echo"))
+    assert ran == [b"claimed and submitted", b"claimed only"]

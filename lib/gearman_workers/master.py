@@ -47,7 +47,7 @@ class Master:
         self.kit.forgotten += [part for part in forgotten if part]
         self.stats = self.kit.stats
         self.view = MasterView(self, self.inbox, parts.processes.fork_lock, parts.upgrades.control_since,
-                               parts.control)
+                               parts.control, parts.keeper)
         self.children: dict[int, Child] = {}
         self.child_exits = dict.fromkeys(EXIT_REASONS, 0)
         self.desired = config.processes  # shared children; dedicated ones are config.dedicated()

@@ -53,6 +53,7 @@ class Snapshot:
     resident: dict[str, int] = dataclasses.field(default_factory=dict)  # "master"/"children" -> bytes
     autoscale: dict[str, Any] | None = None  # min, max, waiting, up, down (None: a fixed pool)
     control_messages: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (outcome, reason)
+    dead_jobs: dict[str, int] | None = None  # task -> dead letters in the fleet (None: this pool keeps no jobs)
 
 
 class Source(Protocol):
@@ -146,6 +147,13 @@ class PoolCollector(Collector):
             for (outcome, reason), count in sorted(snap.control_messages.items()):
                 messages.add_metric(self._values(outcome, reason), count)
             yield messages
+        if snap.dead_jobs is not None:
+            dead = self._family(GaugeMetricFamily, "gearman_workers_dead_jobs",
+                                "Dead letters in the whole fleet, by task (every pool with retries reports the "
+                                "same count: aggregate with max, not sum).", "task")
+            for task, count in sorted(snap.dead_jobs.items()):
+                dead.add_metric(self._values(task), count)
+            yield dead
 
 
     def _autoscale(self, scaling: dict[str, Any]) -> Iterator[Metric]:

@@ -36,6 +36,10 @@ class Observed(Protocol):
     stats: JobStats
 
 
+class Keeping(Protocol):
+    dead_jobs: dict[str, int] | None  # task -> dead letters in the fleet (None: not read yet)
+
+
 class Listening(Protocol):
     up: bool  # the control listener is subscribed now
     outcomes: collections.Counter[tuple[str, str]]  # (outcome, reason) -> control messages
@@ -138,8 +142,8 @@ class MasterView:
     """The one object other threads hold (see the module's text)."""
 
     def __init__(self, master: Observed, inbox: Inbox, fork_lock: threading.Lock, control_since: float,
-                 control: Listening | None = None) -> None:
-        self._master, self._inbox, self._control = master, inbox, control
+                 control: Listening | None = None, keeper: Keeping | None = None) -> None:
+        self._master, self._inbox, self._control, self._keeper = master, inbox, control, keeper
         self.pid = master.pid
         self.fork_lock = fork_lock  # held by a thread whenever it is not just waiting (processes.py)
         self.control_since = control_since  # commands stamped before this are not for this master
@@ -151,7 +155,10 @@ class MasterView:
         return summary(snapshot(self._master, self._control))
 
     def metrics_snapshot(self) -> Snapshot:
-        return metrics(snapshot(self._master, self._control))
+        found = metrics(snapshot(self._master, self._control))
+        if self._keeper is not None:
+            found.dead_jobs = self._keeper.dead_jobs
+        return found
 
     def autoscales(self) -> bool:
         return self._master.autoscaler is not None

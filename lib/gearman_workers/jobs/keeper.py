@@ -52,10 +52,12 @@ class JobKeeper:
     def __init__(self, config: Config) -> None:
         assert config.redis_url is not None
         self.url, self.servers = config.redis_url, config.servers
+        self.own_tasks = dict.fromkeys((name for name, spec in config.tasks.items() if spec.retries), 0)
         self.keys = JobKeys(config.key_prefix)
         self.spool = Spool(spool_dir(config))
         self.token = f"{config.hostname}/{config.name}/{os.getpid()}/{secrets.token_hex(4)}"
         self.leading = False
+        self.dead_jobs: dict[str, int] | None = None  # read at each renewal: the metric's value
         self._stop = threading.Event()
         self._guard = threading.Lock()
         self._outage_since: float | None = None
@@ -125,6 +127,7 @@ class JobKeeper:
                 path.unlink(missing_ok=True)
 
     def _renew(self, store: JobStore) -> None:
+        self.dead_jobs = self.own_tasks | store.dead_counts()  # ours at 0 until one dies
         leading = store.hold_lease(self.token, LEASE_MS)
         if leading != self.leading:
             log.info("this pool %s the jobs leader", "is now" if leading else "is no longer")

@@ -107,7 +107,10 @@ return claimed
 
 SETTLE = """
 -- KEYS: moving, chain; ARGV: id
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[2], 'state', 'queued') end
+-- (a chain whose run ended meanwhile, a second submission's, keeps its state)
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and redis.call('HGET', KEYS[2], 'state') == 'retrying' then
+  redis.call('HSET', KEYS[2], 'state', 'queued')
+end
 return 1
 """
 
@@ -249,7 +252,7 @@ class JobStore:
         return found
 
     def dead_counts(self) -> dict[str, int]:
-        return {_text(task): int(n) for task, n in self.client.hgetall(self.keys.dead_tasks).items() if int(n) > 0}
+        return {_text(task): int(n) for task, n in self.client.hgetall(self.keys.dead_tasks).items()}
 
 
 def _text(value: Any) -> str:
