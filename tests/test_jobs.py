@@ -65,14 +65,14 @@ def echo(worker, job):
 '''
 
 
-def job_pool(gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path, tasks: str, *extra: str,
+def job_pool(gearmand: Gearmand, redis_url: str, tmp_path: Path, tasks: str, *extra: str,
              name: str = "jobs", host: str = "host-a", processes: int = 2) -> Pool:
     (tmp_path / "jobtasks.py").write_text(JOB_TASKS)
     runs = tmp_path / "runs"
     runs.mkdir(exist_ok=True)
     config = tmp_path / f"{name}.toml"
     config.write_text(f'[pool]\npython_path = ["{tmp_path}", "{EXAMPLES}"]\n'
-                      f'[control]\nredis_url = "{redis_server.url}"\nallow_unsigned = true\n'
+                      f'[control]\nredis_url = "{redis_url}"\nallow_unsigned = true\n'
                       f"[tasks]\n{tasks}\n")
     return Pool(gearmand, tmp_path, "--hostname", host, *extra, name=name, processes=processes, config=config,
                 env={**os.environ, "GW_TEST_RUNS": str(runs)})
@@ -103,7 +103,7 @@ def gm_ctl(redis_server: RedisServer, *args: str) -> str:
 def test_a_job_that_fails_three_times_runs_on_the_curve_and_ends_done(gearmand: Gearmand, redis_server: RedisServer,
                                                                      tmp_path: Path) -> None:
     tasks = 'flaky = { call = "jobtasks:flaky", retries = 3, retry_delay = 1, keep_results = 600 }'
-    with running(job_pool(gearmand, redis_server, tmp_path, tasks)):
+    with running(job_pool(gearmand, redis_server.url, tmp_path, tasks)):
         submit_background(gearmand, "flaky", b"\x00payload\xff", "order-17")
         done = wait_for(lambda: (r := record(redis_server, "order-17")) and r["state"] == "done" and r,
                         timeout=30, what="the job's record to say done")
@@ -122,7 +122,8 @@ def test_a_job_that_always_fails_becomes_one_dead_letter(gearmand: Gearmand, red
     tasks = 'broken = { call = "jobtasks:broken", retries = 2, retry_delay = 1 }'
     payload = bytes(range(256))
     metrics_port = free_port()
-    with running(job_pool(gearmand, redis_server, tmp_path, tasks, "--metrics-listen", f"127.0.0.1:{metrics_port}")):
+    metrics = ("--metrics-listen", f"127.0.0.1:{metrics_port}")
+    with running(job_pool(gearmand, redis_server.url, tmp_path, tasks, *metrics)):
         submit_background(gearmand, "broken", payload, "broken-1")
         listed = wait_for(lambda: json.loads(gm_ctl(redis_server, "dead", "list", "--json")) or None,
                           timeout=30, what="a dead letter")
@@ -182,9 +183,9 @@ def test_every_retry_runs_exactly_once_when_the_leader_is_killed(gearmand: Gearm
     mid-move neither loses a run nor submits one that then runs twice."""
     redis_server = RedisServer(tmp_path, persistent=True)
     redis_server.start()
-    leader = job_pool(gearmand, redis_server, tmp_path, 'echo = { call = "jobtasks:echo", retries = 1 }',
+    leader = job_pool(gearmand, redis_server.url, tmp_path, 'echo = { call = "jobtasks:echo", retries = 1 }',
                       name="alpha", host="host-a")
-    worker = job_pool(gearmand, redis_server, tmp_path, ONCE, name="beta", host="host-b")
+    worker = job_pool(gearmand, redis_server.url, tmp_path, ONCE, name="beta", host="host-b")
     (tmp_path / "jobtasks.py").write_text(JOB_TASKS + ONCE_TASK)
     try:
         with running(leader):
@@ -218,7 +219,7 @@ def test_a_foreground_client_hears_of_the_retry_and_permanent_failures_die_at_on
         gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
     tasks = ('flaky = { call = "jobtasks:flaky", retries = 3, retry_delay = 30 }\n'
              'hopeless = { call = "jobtasks:hopeless", retries = 5, retry_delay = 1 }')
-    with running(job_pool(gearmand, redis_server, tmp_path, tasks)):
+    with running(job_pool(gearmand, redis_server.url, tmp_path, tasks)):
         request = submit(gearmand, "flaky", b"fg")
         assert request.state == "FAILED"
         (warning,) = [w.decode() for w in request.warning_updates]
@@ -250,7 +251,7 @@ def test_a_job_record_shows_it_running_with_progress_then_done_or_failed(
         gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
     tasks = ('progress = { call = "jobtasks:progress", keep_results = 60 }\n'
              'failing = { call = "jobtasks:failing", keep_results = 60 }')
-    pool = job_pool(gearmand, redis_server, tmp_path, tasks)
+    pool = job_pool(gearmand, redis_server.url, tmp_path, tasks)
     (tmp_path / "jobtasks.py").write_text(JOB_TASKS + PROGRESS_TASK)
     with running(pool):
         submit_background(gearmand, "progress", b"", "p-1")
@@ -274,7 +275,7 @@ def test_with_redis_down_jobs_run_and_a_retry_waits_on_disk_until_redis_is_back(
         gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
     tasks = ('flaky = { call = "jobtasks:flaky", retries = 3, retry_delay = 1, keep_results = 60 }\n'
              'echo = { call = "jobtasks:echo", keep_results = 60 }')
-    pool = job_pool(gearmand, redis_server, tmp_path, tasks)
+    pool = job_pool(gearmand, redis_server.url, tmp_path, tasks)
     with running(pool):
         redis_server.stop()
         assert submit(gearmand, "echo", b"still served").result == b"still served"
@@ -310,7 +311,7 @@ def test_a_leader_that_dies_between_claim_and_settle_loses_no_run_and_runs_none_
                                      "host-x", "gone", 0.0, 0.0))
     claimed = store.claim_due("stand-in", 10)
     assert claimed is not None and {c[0] for c in claimed} == {"a" * 16, "b" * 16}
-    pool = job_pool(gearmand, redis_server, tmp_path, 'echo = { call = "jobtasks:echo", retries = 1 }')
+    pool = job_pool(gearmand, redis_server.url, tmp_path, 'echo = { call = "jobtasks:echo", retries = 1 }')
     with running(pool):
         submitter = Submitter([Server("127.0.0.1", gearmand.port)], 5.0)
         submitter.submit("echo", b"gw:" + b"b" * 16 + b":2", b"claimed and submitted")
@@ -323,3 +324,28 @@ def test_a_leader_that_dies_between_claim_and_settle_loses_no_run_and_runs_none_
         wait_for(lambda: "ended before; not run again" in pool.log(), what="the second submission to do nothing")
     ran = sorted(bytes.fromhex(run["data"]) for run in runs_of(tmp_path, "echo"))
     assert ran == [b"claimed and submitted", b"claimed only"]
+
+
+def test_a_pool_with_the_roles_acl_user_keeps_its_jobs_and_writes_nothing_else(
+        gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
+    """The redis role's rules for a pool user (plugins/filter/acl.py) let it
+    do all of the above, and no more than its keys."""
+    from helpers import load_script
+
+    rules = load_script("plugins/filter/acl.py").pool_acl_rules("host-a", "gearman-workers", "gearman-workers")
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "pool-host-a", "on", ">pool-password", *rules.split())
+    url = f"redis://pool-host-a:pool-password@127.0.0.1:{redis_server.port}/0"
+    tasks = 'broken = { call = "jobtasks:broken", retries = 1, retry_delay = 1, keep_results = 60 }'
+    with running(job_pool(gearmand, url, tmp_path, tasks)) as pool:
+        submit_background(gearmand, "broken", b"x", "acl-1")
+        wait_for(lambda: admin.zcard("gearman-workers:jobs:dead") == 1, timeout=20, what="a dead letter")
+        assert json.loads(admin.get("gearman-workers:jobs:result:acl-1"))["state"] == "dead"
+        assert "NOPERM" not in pool.log() and "may not" not in pool.log()
+    import redis
+
+    user = redis.Redis.from_url(url)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.set("gearman-workers:pool:host-a:forever", "1")  # its own keys: only with an expiry
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.eval("return redis.call('SET', KEYS[1], '1')", 1, "gearman-workers:data:all")

@@ -5,7 +5,13 @@ It reads the four scopes of exit records and runtime data that can concern
 a pool on HOST (all, host:HOST, pool:*, host:HOST:pool:*; a pool name is
 fleet-wide, so every pool:NAME), and reads and writes only HOST's
 heartbeats, nonces and answers to commands (acks): with SETEX alone, so every key it writes expires.
-Other hosts' heartbeats and data stay unreadable to it."""
+Other hosts' heartbeats and data stay unreadable to it.
+
+The job records (jobs/keys.py) are one selector of their own: any pool may
+be the leader (the lease, the due and moving sets) and may apply a signed
+dead-letter command, and every pool writes its runs' records, so each may
+change PREFIX:jobs:* through the scripts of jobs/store.py and the commands
+they call, and nothing else with those commands."""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ import re
 from typing import Any
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a pool's hostname (config.NAME_RE): no glob characters
-POOL_COMMANDS = ("-@all +ping +hello +auth +client|setname +subscribe +unsubscribe +get +mget +hgetall "
-                 "+setex +del")
+POOL_COMMANDS = ("-@all +ping +hello +auth +client|setname +client|reply +subscribe +unsubscribe +get +mget "
+                 "+hgetall +setex +del +time +script|load")
+JOB_COMMANDS = ("+evalsha +eval +get +set +exists +del +rename +expire +pexpire +persist +hget +hmget +hset "
+                "+hgetall +hincrby +zadd +zrem +zrangebyscore +zcard")
 
 
 def pool_acl_rules(host: str, prefix: str, channel: str) -> str:
@@ -25,7 +33,7 @@ def pool_acl_rules(host: str, prefix: str, channel: str) -> str:
     own = [f"pool:{host}:*", f"nonce:{host}:*", f"ack:{host}:*"]
     return " ".join(["resetchannels", f"&{channel}", "resetkeys",
                      *(f"%R~{prefix}:{key}" for key in reads), *(f"~{prefix}:{key}" for key in own),
-                     POOL_COMMANDS])
+                     POOL_COMMANDS, f"(~{prefix}:jobs:* {JOB_COMMANDS})"])
 
 
 def _filter(host: str, prefix: str, channel: str) -> str:

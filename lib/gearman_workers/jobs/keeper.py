@@ -102,7 +102,6 @@ class JobKeeper:
         try:
             client.ping()  # connect outside the fork lock: a connect may wait seconds
             store = JobStore(client, self.keys)
-            self._back()
             next_renewal = 0.0
             while not stop.wait(TICK):
                 with self._guard:
@@ -112,6 +111,7 @@ class JobKeeper:
                         next_renewal = time.monotonic() + RENEW_INTERVAL
                 if self.leading:
                     self._submit_due(store, submitter)
+                self._back()
             with self._guard:
                 if self.leading:
                     store.release_lease(self.token)
@@ -156,12 +156,13 @@ class JobKeeper:
         self.leading = False
         if self._outage_since is None:
             self._outage_since = time.monotonic()
+            refused = isinstance(err, redis.ResponseError)  # reachable, but says no (an ACL, a full Redis)
             with self._guard:
-                log.warning("redis %s unreachable for the job keeper (%s); failures wait in %s",
-                            shown_url(self.url), err, self.spool.directory)
+                log.warning("redis %s %s the job keeper (%s); failures wait in %s", shown_url(self.url),
+                            "refuses" if refused else "unreachable for", err, self.spool.directory)
 
     def _back(self) -> None:
         if self._outage_since is not None:
             with self._guard:
-                log.info("job keeper: redis reachable again after %.1f s", time.monotonic() - self._outage_since)
+                log.info("job keeper: redis works again after %.1f s", time.monotonic() - self._outage_since)
             self._outage_since = None
