@@ -98,6 +98,8 @@ class Worker:
         self.stray_log = stray_log
         self.routes = {name.encode(): Route(func, config.time_limit(name), name, lives.get(name))
                        for name, func in tasks.items()}
+        # The job records' one connection (jobs/runs.py): its batch goes out when the child falls idle.
+        self.job_records = next(iter(lives.values())).link if lives else None
         self.board = board
         self.slot = slot
         self.master_pid = master_pid
@@ -295,6 +297,8 @@ class Worker:
         return max(0, int(timeout * 1000))
 
     def _on_idle_tick(self) -> None:
+        if self.job_records is not None:
+            self.job_records.flush()
         if os.getppid() != self.master_pid:
             log.warning("master %d is gone; stopping", self.master_pid)
             self.stopping = True

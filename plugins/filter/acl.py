@@ -22,7 +22,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a pool's hostname (config.NAME_
 POOL_COMMANDS = ("-@all +ping +hello +auth +client|setname +client|reply +subscribe +unsubscribe +get +mget "
                  "+hgetall +setex +del +time +script|load")
 JOB_COMMANDS = ("+evalsha +eval +get +set +exists +del +rename +expire +pexpire +persist +hget +hmget +hset "
-                "+hgetall +hincrby +zadd +zrem +zrangebyscore +zcard")
+                "+hgetall +hincrby +zadd +zrem +zrange +zrangebyscore +zcard")
 
 
 def pool_acl_rules(host: str, prefix: str, channel: str) -> str:

@@ -37,7 +37,8 @@ from .submit import SubmitFailed, Submitter
 
 log = logging.getLogger("gearman_workers.jobs")
 
-TICK = 0.1             # how often the spool is looked at, and due runs claimed
+TICK = 0.1             # how often the spool is looked at
+CLAIM_PATIENCE = 0.5   # the longest a leader goes without looking for due runs (another pool's new ones)
 RENEW_INTERVAL = 1.0
 LEASE_MS = 3000
 CLAIM_BATCH = 100
@@ -102,15 +103,16 @@ class JobKeeper:
         try:
             client.ping()  # connect outside the fork lock: a connect may wait seconds
             store = JobStore(client, self.keys)
-            next_renewal = 0.0
+            next_renewal = next_claim = 0.0
             while not stop.wait(TICK):
                 with self._guard:
-                    self._move_spool(store)
+                    moved = self._move_spool(store)
                     if time.monotonic() >= next_renewal:
                         self._renew(store)
                         next_renewal = time.monotonic() + RENEW_INTERVAL
-                if self.leading:
-                    self._submit_due(store, submitter)
+                if self.leading and (moved or time.monotonic() >= next_claim):
+                    wait = self._submit_due(store, submitter)
+                    next_claim = time.monotonic() + min(CLAIM_PATIENCE, CLAIM_PATIENCE if wait is None else wait)
                 self._back()
             with self._guard:
                 if self.leading:
@@ -119,12 +121,15 @@ class JobKeeper:
         finally:
             client.close()
 
-    def _move_spool(self, store: JobStore) -> None:
-        for path in self.spool.pending():
+    def _move_spool(self, store: JobStore) -> bool:
+        """Move what the children spooled into Redis; whether there was any."""
+        pending = self.spool.pending()
+        for path in pending:
             failure = self.spool.load(path)
             if failure is not None:
                 store.record_failure(failure)  # a run already kept is not kept twice
                 path.unlink(missing_ok=True)
+        return bool(pending)
 
     def _renew(self, store: JobStore) -> None:
         self.dead_jobs = self.own_tasks | store.dead_counts()  # ours at 0 until one dies
@@ -133,14 +138,16 @@ class JobKeeper:
             log.info("this pool %s the jobs leader", "is now" if leading else "is no longer")
             self.leading = leading
 
-    def _submit_due(self, store: JobStore, submitter: Submitter) -> None:
+    def _submit_due(self, store: JobStore, submitter: Submitter) -> float | None:
+        """Submit what is due; the seconds until more is (None: nothing waits)."""
         with self._guard:
-            claimed = store.claim_due(self.token, CLAIM_BATCH)
-        if claimed is None:
+            found = store.claim_due(self.token, CLAIM_BATCH)
+        if found is None:
             with self._guard:
                 log.info("this pool is no longer the jobs leader (its lease lapsed)")
                 self.leading = False
-            return
+            return None
+        claimed, wait = found
         for chain, task, payload, attempt in claimed:
             try:
                 submitter.submit(task, Run(chain, attempt).unique(), payload)
@@ -151,6 +158,7 @@ class JobKeeper:
                 continue
             with self._guard:
                 store.settle(chain)
+        return 0.0 if len(claimed) == CLAIM_BATCH else wait  # a full batch: more may be due now
 
     def _outage(self, err: Exception) -> None:
         self.leading = False

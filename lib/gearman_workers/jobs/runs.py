@@ -8,9 +8,9 @@
   master moves it into Redis. The client of a foreground job is told by a
   WORK_WARNING when the job runs again.
 - With keep_results, the job's record (results.py) is written when it
-  starts and when it ends, on a connection whose replies are switched off
-  once one write has proved that this pool may write: a record costs a
-  send, never a wait. A Redis outage drops records (one log line per
+  starts and when it ends, in batches (BATCH_AGE), on a connection whose
+  replies are switched off once one write has proved that this pool may
+  write: a record never costs a wait. A Redis outage drops records (one log line per
   outage) and runs the jobs anyway; a leader's run then runs unclaimed.
 """
 
@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -37,17 +38,30 @@ log = logging.getLogger("gearman_workers.jobs")
 
 OUTAGE_PAUSE = 1.0  # after a failed connect or write, Redis is left alone this long
 TIMEOUT = 1.0       # a child waits no longer on Redis than this, per step
+# Records go out in batches: when the oldest waiting is this old, when the
+# child falls idle (Worker._on_idle_tick), or when a job starts of a task
+# whose jobs take longer than LONG_JOB (its "running" record is then worth
+# a send of its own). A send costs more than a fast job; a batch costs one.
+BATCH_AGE = 0.05
+BATCH_SIZE = 100
+LONG_JOB = 0.01
+
+
+Record = Callable[[], bytes]  # makes a record's JSON when its batch goes (a later one of the same job replaces it)
 
 
 class ChildRedis:
-    """The child's own Redis connections, made on first use, after the fork."""
+    """The child's own Redis connections, made on first use, after the fork:
+    one for the scripts of a leader's runs (store), one for the batches of
+    records, whose replies are off once the first batch proved we may write."""
 
     def __init__(self, url: str, keys: JobKeys) -> None:
         self.url, self.keys = url, keys
         self._store: JobStore | None = None
-        self._stream: Any = None  # a redis-py Connection, replies off once proven
+        self._stream: Any = None  # a redis-py Connection: its handshake (AUTH, SELECT) is redis-py's
         self._proven = False
-        self._pending: list[tuple[Any, ...]] = []
+        self._batch: dict[bytes, tuple[Record, int]] = {}  # key -> (record, seconds to keep it)
+        self._batch_since = 0.0  # monotonic time of the oldest record waiting
         self._away_until = 0.0
         self._outage_logged = False
 
@@ -57,24 +71,32 @@ class ChildRedis:
             self._store = JobStore(client, self.keys)
         return self._store
 
-    def write(self, key: str, value: bytes, ttl: int) -> None:
-        """SET KEY VALUE EX TTL, sent at the next flush()."""
-        self._pending.append(("SET", key, value, "EX", ttl))
+    def stage(self, key: bytes, record: Record, ttl: int, now: float) -> None:
+        """SET KEY to RECORD() for TTL seconds, with its batch (BATCH_AGE)."""
+        if not self._batch:
+            self._batch_since = now
+        self._batch[key] = (record, ttl)
+
+    def flush_due(self, now: float) -> None:
+        """Send the batch if it is old or big enough."""
+        if self._batch and (now - self._batch_since >= BATCH_AGE or len(self._batch) >= BATCH_SIZE):
+            self.flush()
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if not pending or not self._reachable():
+        batch, self._batch = self._batch, {}
+        if not batch or not self._reachable():
             return
         try:
             if self._stream is None:
                 self._stream = redis.ConnectionPool.from_url(
                     self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT).make_connection()
                 self._stream.connect()
-            self._stream.send_packed_command(self._stream.pack_commands(pending), check_health=False)
+            packed = b"".join(_set(key, record(), ttl) for key, (record, ttl) in batch.items())
+            self._stream.send_packed_command([packed], check_health=False)
             if not self._proven:
-                for _ in pending:
+                for _ in batch:
                     self._stream.read_response()  # raises the first refusal (an ACL, a full Redis)
-                self._stream.send_packed_command(self._stream.pack_command("CLIENT", "REPLY", "OFF"))
+                self._stream.send_packed_command([_command(b"CLIENT", b"REPLY", b"OFF")], check_health=False)
                 self._proven = True
             self._outage_logged = False
         except (redis.RedisError, OSError) as err:
@@ -97,6 +119,18 @@ class ChildRedis:
         return time.monotonic() >= self._away_until
 
 
+def _set(key: bytes, value: bytes, ttl: int) -> bytes:
+    """SET KEY VALUE EX TTL in Redis's protocol (RESP), written out here:
+    redis-py's general packer costs more than the rest of a record."""
+    ttl_text = b"%d" % ttl
+    return b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nEX\r\n$%d\r\n%b\r\n" % (
+        len(key), key, len(value), value, len(ttl_text), ttl_text)
+
+
+def _command(*words: bytes) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%b\r\n" % (len(word), word) for word in words)
+
+
 class JobLife:
     """One task's jobs in one child; one job at a time."""
 
@@ -107,6 +141,10 @@ class JobLife:
         self.unique = self.payload = b""
         self.started = 0.0
         self.progress: tuple[int, int] | None = None
+        self.keep = int(spec.keep_results)
+        self.result_prefix = link.keys.result("").encode()
+        self.begun = 0.0    # monotonic start of the job (keep_results)
+        self.typical = 0.0  # a moving average of the task's job durations (keep_results)
 
     def begin(self, unique: bytes, payload: bytes) -> bool:
         """Before the task runs; False when this run began before (do not run it)."""
@@ -114,8 +152,14 @@ class JobLife:
         self.started, self.progress = time.time(), None
         if self.run.chain is not None and not self._claim(self.run.chain, self.run.attempt):
             return False
-        self._record(RUNNING)
-        self.link.flush()
+        if self.spec.keep_results:
+            now = time.monotonic()
+            self._record(RUNNING, now)
+            if self.typical > LONG_JOB:
+                self.link.flush()
+            else:
+                self.link.flush_due(now)
+            self.begun = now
         return True
 
     def _claim(self, chain: str, attempt: int) -> bool:
@@ -133,15 +177,16 @@ class JobLife:
 
     def succeeded(self, result: bytes) -> None:
         """Before the answer is sent."""
-        self._record(DONE, result=result)
+        self._record(DONE, time.monotonic(), result=result)
         self._end_run(done=True)
 
     def failed(self, err: BaseException | None, message: str) -> str:
         """Before the answer is sent: spool the failure; what the client is
         told besides MESSAGE ("" for nothing)."""
         self._end_run(done=False)
+        now = time.monotonic()
         if not self.spec.retries:
-            self._record(FAILED, error=message)
+            self._record(FAILED, now, error=message)
             return ""
         delay = policy.retry_delay(self.spec, self.run.attempt) if policy.retried(err) else None
         chain = self.run.chain or policy.new_chain()
@@ -151,10 +196,10 @@ class JobLife:
                                RETRY if delay is not None else BURIED, delay or 0.0, message, trace,
                                self.host, self.pool, self.started, ended))
         if delay is None:
-            self._record(DEAD, error=message, chain=chain)
+            self._record(DEAD, now, error=message, chain=chain)
             return f"; no retry left: dead letter {chain} (gm-ctl dead show {chain})"
         due = time.strftime("%H:%M:%S", time.gmtime(ended + delay))
-        self._record(RETRYING, error=message, chain=chain, retry_in=delay)
+        self._record(RETRYING, now, error=message, chain=chain, retry_in=delay)
         return f"; retry {self.run.attempt} of {self.spec.retries} in {delay:.1f} s (about {due} UTC), job {chain}"
 
     def _end_run(self, done: bool) -> None:
@@ -172,16 +217,20 @@ class JobLife:
 
     def report_progress(self, numerator: int, denominator: int) -> None:
         self.progress = (numerator, denominator)
-        self._record(RUNNING)
+        self._record(RUNNING, time.monotonic())
         self.link.flush()
 
     def after_answer(self) -> None:
-        """The client has its answer: the records go out now."""
-        self.link.flush()
+        """The client has its answer: the job's record goes with its batch."""
+        if self.spec.keep_results:
+            now = time.monotonic()
+            self.typical += (now - self.begun - self.typical) / 8
+            self.link.flush_due(now)
 
-    def _record(self, state: str, **fields: Any) -> None:
-        keep = int(self.spec.keep_results)
-        if keep and self.unique and not self.unique.startswith(b"gw:"):
-            self.link.write(self.link.keys.result(self.unique), json.dumps(record(
-                self.task, state, self.run.attempt, self.started, self.host, self.pool, self.progress,
-                **fields)).encode(), keep)
+    def _record(self, state: str, now: float, **fields: Any) -> None:
+        """Stage the job's record; it is made (JSON) only if its batch goes
+        before a later record of the same job replaces it."""
+        if self.keep and self.unique and not self.unique.startswith(b"gw:"):
+            made = (self.task, state, self.run.attempt, self.started, self.host, self.pool, self.progress)
+            self.link.stage(self.result_prefix + self.unique, lambda: json.dumps(record(*made, **fields)).encode(),
+                            self.keep, now)

@@ -102,6 +102,16 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     table.insert(claimed, tonumber(fields[3] or '0') + 1)
   end
 end
+-- first: how long until the next chain is due or a claim lapses (-1: nothing waits)
+local next = -1
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local wait = math.max(0, tonumber(first[2]) - now)
+    if next < 0 or wait < next then next = wait end
+  end
+end
+table.insert(claimed, 1, next)
 return claimed
 """
 
@@ -184,15 +194,17 @@ class JobStore:
     def release_lease(self, token: str) -> None:
         self._release(keys=[self.keys.leader], args=[token])
 
-    def claim_due(self, token: str, most: int) -> list[tuple[str, str, bytes, int]] | None:
-        """Up to MOST due chains: (id, task, payload, the run to submit);
-        None when TOKEN no longer holds the lease."""
+    def claim_due(self, token: str, most: int) -> tuple[list[tuple[str, str, bytes, int]], float | None] | None:
+        """Up to MOST due chains, (id, task, payload, the run to submit),
+        and the seconds until the next one is due or a claim lapses (None:
+        nothing waits); None when TOKEN no longer holds the lease."""
         found = self._claim(keys=[self.keys.leader, self.keys.due, self.keys.moving],
                             args=[token, most, MOVING_MS, self.keys.chain("")])
         if found is None:
             return None
+        wait = None if int(found[0]) < 0 else int(found[0]) / 1000
         return [(_text(found[i]), _text(found[i + 1]), bytes(found[i + 2]), int(found[i + 3]))
-                for i in range(0, len(found), 4)]
+                for i in range(1, len(found), 4)], wait
 
     def settle(self, chain: str) -> None:
         self._settle(keys=[self.keys.moving, self.keys.chain(chain)], args=[chain])
