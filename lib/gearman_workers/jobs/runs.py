@@ -40,8 +40,9 @@ OUTAGE_PAUSE = 1.0  # after a failed connect or write, Redis is left alone this 
 TIMEOUT = 1.0       # a child waits no longer on Redis than this, per step
 # Records go out in batches: when the oldest waiting is this old, when the
 # child falls idle (Worker._on_idle_tick), or when a job starts of a task
-# whose jobs take longer than LONG_JOB (its "running" record is then worth
-# a send of its own). A send costs more than a fast job; a batch costs one.
+# whose jobs take longer than LONG_JOB: its "running" record is then worth
+# a send of its own (a fast task's jobs get a record when they end). A send
+# costs more than a fast job; a batch costs one.
 BATCH_AGE = 0.05
 BATCH_SIZE = 100
 LONG_JOB = 0.01
@@ -144,7 +145,7 @@ class JobLife:
         self.keep = int(spec.keep_results)
         self.result_prefix = link.keys.result("").encode()
         self.begun = 0.0    # monotonic start of the job (keep_results)
-        self.typical = 0.0  # a moving average of the task's job durations (keep_results)
+        self.typical = 1.0  # a moving average of the task's job durations (keep_results): long until shown fast
 
     def begin(self, unique: bytes, payload: bytes) -> bool:
         """Before the task runs; False when this run began before (do not run it)."""
@@ -152,14 +153,13 @@ class JobLife:
         self.started, self.progress = time.time(), None
         if self.run.chain is not None and not self._claim(self.run.chain, self.run.attempt):
             return False
-        if self.spec.keep_results:
-            now = time.monotonic()
-            self._record(RUNNING, now)
-            if self.typical > LONG_JOB:
+        if self.keep:
+            now = self.begun = time.monotonic()
+            if self.typical > LONG_JOB:  # a job worth watching: say at once that it runs
+                self._record(RUNNING, now)
                 self.link.flush()
-            else:
+            else:  # a fast one: its end is its first record
                 self.link.flush_due(now)
-            self.begun = now
         return True
 
     def _claim(self, chain: str, attempt: int) -> bool:
@@ -222,7 +222,7 @@ class JobLife:
 
     def after_answer(self) -> None:
         """The client has its answer: the job's record goes with its batch."""
-        if self.spec.keep_results:
+        if self.keep:
             now = time.monotonic()
             self.typical += (now - self.begun - self.typical) / 8
             self.link.flush_due(now)
