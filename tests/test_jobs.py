@@ -130,6 +130,8 @@ def test_a_job_that_always_fails_becomes_one_dead_letter(gearmand: Gearmand, red
         last_run = runs_of(tmp_path, "broken")[-1]["t"]
         assert len(runs_of(tmp_path, "broken")) == 3
         (letter,) = listed
+        unsigned = run_cli("gm-ctl", "dead", "show", letter["id"], "--redis-url", redis_server.url)
+        assert unsigned.returncode == 0 and "ValueError: always broken" in unsigned.stdout  # reading needs no secret
         assert letter["died"] - last_run <= 1.0
         shown = json.loads(gm_ctl(redis_server, "dead", "show", letter["id"], "--json"))
         assert bytes.fromhex(shown["payload_hex"]) == payload and shown["unique"] == "broken-1"

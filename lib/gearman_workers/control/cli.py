@@ -244,9 +244,16 @@ def ctl_main(argv: list[str] | None = None) -> int:
     handler = SUBCOMMANDS[args.command][0]
 
     def work(read: list[Settings]) -> int:
-        read.append(settings(args, sending=handler in SENDING))
+        read.append(settings(args, sending=_sends(handler, args)))
         return handler(args, read[0], connect(read[0].url))
     return _guarded(prog, work)
+
+
+def _sends(handler: Handler, args: argparse.Namespace) -> bool:
+    """Whether this command is sent to the pools (and so needs a secret or --allow-unsigned)."""
+    if handler is _dead:
+        return args.action in (dead.RETRY, dead.PURGE)  # list and show only read
+    return handler in SENDING
 
 
 def _redis_problem(err: Exception, conf: Settings | None = None) -> str:

@@ -137,9 +137,15 @@ def print_letter(letter: dict[str, Any], as_json: bool) -> None:
         print(f"  run {run.get('attempt')}: {escape(str(run.get('host')))}/{escape(str(run.get('pool')))} "
               f"{_when(run.get('started'))} for {float(run.get('ended', 0)) - float(run.get('started', 0)):.3f} s: "
               f"{escape(str(run.get('error')))}")
-    print("first error:\n" + escape(str(document.get("first_trace"))).rstrip())
+    _print_trace("first error", document.get("first_trace"))
     if document.get("last_trace") != document.get("first_trace"):
-        print("last error:\n" + escape(str(document.get("last_trace"))).rstrip())
+        _print_trace("last error", document.get("last_trace"))
+
+
+def _print_trace(title: str, trace: Any) -> None:
+    print(f"{title}:")
+    for line in str(trace).rstrip().splitlines():
+        print("  " + escape(line))  # each line escaped: task text may hold terminal controls
 
 
 def print_job(record: dict[str, Any], as_json: bool) -> None:
