@@ -10,7 +10,8 @@ from gearman_workers import Permanent
 from gearman_workers.config import TaskSpec
 from gearman_workers.control.messages import BadMessage, Message
 from gearman_workers.jobs import dead, policy
-from gearman_workers.jobs.spool import RETRY, Failure, Spool
+from gearman_workers.jobs.results import RETRYING
+from gearman_workers.jobs.spool import Failure, Spool
 
 
 def test_delays_double_from_retry_delay_up_to_the_cap_with_ten_percent_jitter() -> None:
@@ -39,7 +40,7 @@ def test_a_runs_unique_names_its_chain_and_attempt_and_nothing_else_does() -> No
 
 
 def test_a_spooled_failure_keeps_binary_payload_and_unique(tmp_path) -> None:
-    failure = Failure("0123456789abcdef", 2, "t", b"\xff\x00u", bytes(range(256)), 3, RETRY, 20.5, "E: x",
+    failure = Failure("0123456789abcdef", 2, "t", b"\xff\x00u", bytes(range(256)), 3, RETRYING, 20.5, "E: x",
                       "Traceback ...", "h", "p", 1.0, 2.0)
     spool = Spool(tmp_path / "spool")
     spool.put(failure)

@@ -303,14 +303,15 @@ def test_a_leader_that_dies_between_claim_and_settle_loses_no_run_and_runs_none_
     first half of each and dies; the pool's keeper finishes them."""
     from gearman_workers.config import Server
     from gearman_workers.jobs.keys import JobKeys
-    from gearman_workers.jobs.spool import RETRY, Failure
+    from gearman_workers.jobs.results import RETRYING
+    from gearman_workers.jobs.spool import Failure
     from gearman_workers.jobs.store import JobStore
     from gearman_workers.jobs.submit import Submitter
 
     store = JobStore(redis_server.client(), JobKeys("gearman-workers"))
     assert store.hold_lease("stand-in", 2000)
     for chain, payload in (("a" * 16, b"claimed only"), ("b" * 16, b"claimed and submitted")):
-        store.record_failure(Failure(chain, 1, "echo", chain.encode(), payload, 1, RETRY, 0.0, "E", "trace",
+        store.record_failure(Failure(chain, 1, "echo", chain.encode(), payload, 1, RETRYING, 0.0, "E", "trace",
                                      "host-x", "gone", 0.0, 0.0))
     found = store.claim_due("stand-in", 10)
     assert found is not None and {c[0] for c in found[0]} == {"a" * 16, "b" * 16}

@@ -99,7 +99,7 @@ class Worker:
         self.routes = {name.encode(): Route(func, config.time_limit(name), name, lives.get(name))
                        for name, func in tasks.items()}
         # The job records' one connection (jobs/runs.py): its batch goes out when the child falls idle.
-        self.job_records = next(iter(lives.values())).link if lives else None
+        self.job_records = next(iter(lives.values())).link.records if lives else None
         self.board = board
         self.slot = slot
         self.master_pid = master_pid

@@ -5,7 +5,8 @@
     store.py    the Redis records and the scripts that change them atomically
     keeper.py   the master's thread: spool to Redis, the leader's lease, due jobs to gearmand
     submit.py   the leader's Gearman client (SUBMIT_JOB_BG)
-    runs.py     the child's Redis side: claiming a retried run, writing result records
+    runs.py     the child's side: a leader's run looked up and marked ended, failures spooled, records made
+    batch.py    the child's records on their way to Redis, in batches
     results.py  reading a job's record (gm-ctl job, and clients)
     dead.py     the dead letters: gm-ctl dead, and the signed command that changes them
 

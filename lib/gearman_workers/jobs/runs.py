@@ -7,11 +7,11 @@
 - A failure is spooled (spool.py) before the answer goes to gearmand; the
   master moves it into Redis. The client of a foreground job is told by a
   WORK_WARNING when the job runs again.
-- With keep_results, the job's record (results.py) is written when it
-  starts and when it ends, in batches (BATCH_AGE), on a connection whose
-  replies are switched off once one write has proved that this pool may
-  write: a record never costs a wait. A Redis outage drops records (one log line per
-  outage) and runs the jobs anyway; a leader's run then runs unclaimed.
+- With keep_results, the job's record (results.py) goes out in batches
+  after the answer (batch.py): at its start too for a task whose jobs are
+  long, at its end only for a fast one. A Redis outage drops records (one
+  log line per outage) and runs the jobs anyway; a leader's run that
+  cannot be looked up then runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -28,80 +27,42 @@ import redis
 from ..config import TaskSpec
 from ..control.client import shown_url
 from . import policy
+from .batch import TIMEOUT, RecordBatch
 from .keys import JobKeys
 from .results import DEAD, DONE, FAILED, RETRYING, RUNNING, record
-from .spool import DEAD as BURIED
-from .spool import RETRY, Failure, Spool
+from .spool import Failure, Spool
 from .store import JobStore
 
 log = logging.getLogger("gearman_workers.jobs")
 
 OUTAGE_PAUSE = 1.0  # after a failed connect or write, Redis is left alone this long
-TIMEOUT = 1.0       # a child waits no longer on Redis than this, per step
-# Records go out in batches: when the oldest waiting is this old, when the
-# child falls idle (Worker._on_idle_tick), or when a job starts of a task
-# whose jobs take longer than LONG_JOB: its "running" record is then worth
-# a send of its own (a fast task's jobs get a record when they end). A send
-# costs more than a fast job; a batch costs one.
-BATCH_AGE = 0.05
-BATCH_SIZE = 100
-LONG_JOB = 0.01
-
-
-Record = Callable[[], bytes]  # makes a record's JSON when its batch goes (a later one of the same job replaces it)
+LONG_JOB = 0.01     # a job of a task whose jobs take longer says at once that it runs (batch.py)
 
 
 class ChildRedis:
-    """The child's own Redis connections, made on first use, after the fork:
-    one for the scripts of a leader's runs (store), one for the batches of
-    records, whose replies are off once the first batch proved we may write."""
+    """The child's Redis, reached on first use, after the fork: the scripts
+    of a leader's runs (store) and the batches of records (records), with
+    one outage between them: after a failure both leave Redis alone for
+    OUTAGE_PAUSE, and the outage is logged once."""
 
     def __init__(self, url: str, keys: JobKeys) -> None:
         self.url, self.keys = url, keys
+        self.records = RecordBatch(url, self)
         self._store: JobStore | None = None
-        self._stream: Any = None  # a redis-py Connection: its handshake (AUTH, SELECT) is redis-py's
-        self._proven = False
-        self._batch: dict[bytes, tuple[Record, int]] = {}  # key -> (record, seconds to keep it)
-        self._batch_since = 0.0  # monotonic time of the oldest record waiting
         self._away_until = 0.0
         self._outage_logged = False
 
     def store(self) -> JobStore | None:
-        if self._store is None and self._reachable():
+        if self._store is None and self.reachable():
             client = redis.Redis.from_url(self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
             self._store = JobStore(client, self.keys)
         return self._store
 
-    def stage(self, key: bytes, record: Record, ttl: int, now: float) -> None:
-        """SET KEY to RECORD() for TTL seconds, with its batch (BATCH_AGE)."""
-        if not self._batch:
-            self._batch_since = now
-        self._batch[key] = (record, ttl)
+    def reachable(self) -> bool:
+        return time.monotonic() >= self._away_until
 
-    def flush_due(self, now: float) -> None:
-        """Send the batch if it is old or big enough."""
-        if self._batch and (now - self._batch_since >= BATCH_AGE or len(self._batch) >= BATCH_SIZE):
-            self.flush()
-
-    def flush(self) -> None:
-        batch, self._batch = self._batch, {}
-        if not batch or not self._reachable():
-            return
-        try:
-            if self._stream is None:
-                self._stream = redis.ConnectionPool.from_url(
-                    self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT).make_connection()
-                self._stream.connect()
-            packed = b"".join(_set(key, record(), ttl) for key, (record, ttl) in batch.items())
-            self._stream.send_packed_command([packed], check_health=False)
-            if not self._proven:
-                for _ in batch:
-                    self._stream.read_response()  # raises the first refusal (an ACL, a full Redis)
-                self._stream.send_packed_command([_command(b"CLIENT", b"REPLY", b"OFF")], check_health=False)
-                self._proven = True
-            self._outage_logged = False
-        except (redis.RedisError, OSError) as err:
-            self.lost(err)
+    def answered(self) -> None:
+        self._outage_logged = False
 
     def lost(self, err: Exception) -> None:
         """Drop the connections; leave Redis alone for a while; say so once an outage."""
@@ -109,27 +70,11 @@ class ChildRedis:
             log.warning("redis %s: %s; job records are dropped until it answers, jobs still run",
                         shown_url(self.url), err)
             self._outage_logged = True
-        if self._stream is not None:
-            self._stream.disconnect()
+        self.records.disconnect()
         if self._store is not None:
             self._store.client.close()
-        self._stream, self._store, self._proven = None, None, False
+        self._store = None
         self._away_until = time.monotonic() + OUTAGE_PAUSE
-
-    def _reachable(self) -> bool:
-        return time.monotonic() >= self._away_until
-
-
-def _set(key: bytes, value: bytes, ttl: int) -> bytes:
-    """SET KEY VALUE EX TTL in Redis's protocol (RESP), written out here:
-    redis-py's general packer costs more than the rest of a record."""
-    ttl_text = b"%d" % ttl
-    return b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nEX\r\n$%d\r\n%b\r\n" % (
-        len(key), key, len(value), value, len(ttl_text), ttl_text)
-
-
-def _command(*words: bytes) -> bytes:
-    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%b\r\n" % (len(word), word) for word in words)
 
 
 class JobLife:
@@ -157,9 +102,9 @@ class JobLife:
             now = self.begun = time.monotonic()
             if self.typical > LONG_JOB:  # a job worth watching: say at once that it runs
                 self._record(RUNNING, now)
-                self.link.flush()
+                self.link.records.flush()
             else:  # a fast one: its end is its first record
-                self.link.flush_due(now)
+                self.link.records.flush_due(now)
         return True
 
     def _claim(self, chain: str, attempt: int) -> bool:
@@ -193,7 +138,7 @@ class JobLife:
         trace = "".join(traceback.format_exception(err)) if err is not None else message
         ended = time.time()
         self.spool.put(Failure(chain, self.run.attempt, self.task, self.unique, self.payload, self.spec.retries,
-                               RETRY if delay is not None else BURIED, delay or 0.0, message, trace,
+                               RETRYING if delay is not None else DEAD, delay or 0.0, message, trace,
                                self.host, self.pool, self.started, ended))
         if delay is None:
             self._record(DEAD, now, error=message, chain=chain)
@@ -218,19 +163,19 @@ class JobLife:
     def report_progress(self, numerator: int, denominator: int) -> None:
         self.progress = (numerator, denominator)
         self._record(RUNNING, time.monotonic())
-        self.link.flush()
+        self.link.records.flush()
 
     def after_answer(self) -> None:
         """The client has its answer: the job's record goes with its batch."""
         if self.keep:
             now = time.monotonic()
             self.typical += (now - self.begun - self.typical) / 8
-            self.link.flush_due(now)
+            self.link.records.flush_due(now)
 
     def _record(self, state: str, now: float, **fields: Any) -> None:
         """Stage the job's record; it is made (JSON) only if its batch goes
         before a later record of the same job replaces it."""
         if self.keep and self.unique and not self.unique.startswith(b"gw:"):
             made = (self.task, state, self.run.attempt, self.started, self.host, self.pool, self.progress)
-            self.link.stage(self.result_prefix + self.unique, lambda: json.dumps(record(*made, **fields)).encode(),
-                            self.keep, now)
+            self.link.records.stage(self.result_prefix + self.unique,
+                                    lambda: json.dumps(record(*made, **fields)).encode(), self.keep, now)

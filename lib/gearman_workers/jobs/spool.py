@@ -20,7 +20,6 @@ from ..files import atomic_write
 
 log = logging.getLogger("gearman_workers.jobs")
 
-RETRY, DEAD, FAILED = "retry", "dead", "failed"  # what the failure became (FAILED: a task without retries)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +30,8 @@ class Failure:
     unique: bytes  # the client's unique, or the run's (gw:...) when the child could not learn it
     payload: bytes
     retries: int
-    outcome: str  # RETRY or DEAD
-    delay: float  # seconds from `ended` until the next run (RETRY)
+    outcome: str  # what it became: results.RETRYING or results.DEAD
+    delay: float  # seconds from `ended` until the next run (RETRYING)
     error: str
     trace: str
     host: str

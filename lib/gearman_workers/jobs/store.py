@@ -30,7 +30,8 @@ from typing import Any
 import redis
 
 from .keys import JobKeys
-from .spool import DEAD, RETRY, Failure
+from .results import DEAD, RETRYING
+from .spool import Failure
 
 MOVING_MS = 10_000      # how long a claim holds before another leader may take the chain again
 # A second submission of a run follows the first within a lapsed claim or
@@ -56,7 +57,7 @@ table.insert(runs, cjson.decode(ARGV[11]))
 while #runs > tonumber(ARGV[12]) do table.remove(runs, 1) end
 redis.call('HSET', KEYS[1], 'attempts', attempt, 'retries', ARGV[6], 'last_error', ARGV[9],
            'last_trace', ARGV[10], 'runs', cjson.encode(runs), 'updated', now)
-if ARGV[7] == 'retry' then
+if ARGV[7] == 'retrying' then
   local due = now + tonumber(ARGV[8])
   redis.call('HSET', KEYS[1], 'state', 'retrying', 'due', due)
   redis.call('ZADD', KEYS[2], due, ARGV[1])
@@ -181,7 +182,7 @@ class JobStore:
     def record_failure(self, failure: Failure) -> bool:
         """Keep FAILURE's run in its chain and schedule or bury the chain;
         False when that run was kept already (a spool file moved twice)."""
-        assert failure.outcome in (RETRY, DEAD)
+        assert failure.outcome in (RETRYING, DEAD)
         k = self.keys
         return bool(self._record(keys=[k.chain(failure.chain), k.due, k.dead, k.dead_tasks], args=[
             failure.chain, failure.attempt, failure.task, failure.unique, failure.payload, failure.retries,
