@@ -4,12 +4,15 @@ the dead command accepts."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from gearman_workers import Permanent
 from gearman_workers.config import TaskSpec
 from gearman_workers.control.messages import BadMessage, Message
-from gearman_workers.jobs import dead, policy
+from gearman_workers.jobs import dead, policy, results
 from gearman_workers.jobs.results import RETRYING
 from gearman_workers.jobs.spool import Failure, Spool
 
@@ -71,3 +74,17 @@ def test_the_dead_command_refuses_what_it_cannot_act_on(value: dict, problem: st
     with pytest.raises(BadMessage, match="key retry or purge"):
         dead.DEAD.check(Message("dead", key="drop", value={"all": True}))
     dead.DEAD.check(dead.message("purge", task="resize", older_than=86400))  # what gm-ctl sends passes
+
+
+def test_a_record_is_json_with_every_field_a_reader_expects() -> None:
+    fixed = results.fixed_fields('re"size', "h\u00e9", "p")
+    done = json.loads(results.record(fixed, results.DONE, 2, 1.5, (3, 4), b"\x00\xff"))
+    assert done["task"] == 're"size' and done["host"] == "h\u00e9" and done["state"] == "done"
+    assert done["attempt"] == 2 and done["started"] == 1.5 and done["progress"] == [3, 4]
+    assert base64.b64decode(done["result"]) == b"\x00\xff" and done["ended"] >= 1.5
+    failed = json.loads(results.record(fixed, results.RETRYING, 1, 1.0, None, error='E: "x"\n', retry_in=2.5))
+    assert failed["error"] == 'E: "x"\n' and failed["retry_in"] == 2.5 and failed["progress"] is None
+    running = json.loads(results.record(fixed, results.RUNNING, 1, 1.0, None))
+    assert "ended" not in running and "result" not in running
+    big = json.loads(results.record(fixed, results.DONE, 1, 1.0, None, b"x" * (results.MAX_RESULT + 1)))
+    assert big["result_size"] == results.MAX_RESULT + 1 and "result" not in big

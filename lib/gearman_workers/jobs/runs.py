@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -29,7 +28,7 @@ from ..control.client import shown_url
 from . import policy
 from .batch import TIMEOUT, RecordBatch
 from .keys import JobKeys
-from .results import DEAD, DONE, FAILED, RETRYING, RUNNING, record
+from .results import DEAD, DONE, FAILED, RETRYING, RUNNING, fixed_fields, record
 from .spool import Failure, Spool
 from .store import JobStore
 
@@ -89,6 +88,7 @@ class JobLife:
         self.progress: tuple[int, int] | None = None
         self.keep = int(spec.keep_results)
         self.result_prefix = link.keys.result("").encode()
+        self.fixed = fixed_fields(task, host, pool)
         self.begun = 0.0    # monotonic start of the job (keep_results)
         self.typical = 1.0  # a moving average of the task's job durations (keep_results): long until shown fast
 
@@ -176,6 +176,5 @@ class JobLife:
         """Stage the job's record; it is made (JSON) only if its batch goes
         before a later record of the same job replaces it."""
         if self.keep and self.unique and not self.unique.startswith(b"gw:"):
-            made = (self.task, state, self.run.attempt, self.started, self.host, self.pool, self.progress)
-            self.link.records.stage(self.result_prefix + self.unique,
-                                    lambda: json.dumps(record(*made, **fields)).encode(), self.keep, now)
+            made = (self.fixed, state, self.run.attempt, self.started, self.progress)
+            self.link.records.stage(self.result_prefix + self.unique, lambda: record(*made, **fields), self.keep, now)
