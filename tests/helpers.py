@@ -472,15 +472,17 @@ def values_seen(gearmand: Gearmand, key: str, jobs: int) -> dict[int, str]:
 def pool_config(tmp_path: Path, metrics_port: int | None = None, redis_url: str = "",
                 autoscale: tuple[int, int] | None = None) -> Path:
     """The example tasks, a task with its own time limit, a segfaulting one;
-    AUTOSCALE: (min_processes, max_processes)."""
+    AUTOSCALE: (min_processes, max_processes). With a REDIS_URL, echo has
+    retries (it never fails): the pool runs a job keeper and serves its metric."""
     bounds = f"min_processes = {autoscale[0]}\nmax_processes = {autoscale[1]}\n" if autoscale else ""
+    echo = '{ call = "tasks:echo", retries = 1 }' if redis_url else '"tasks:echo"'
     path = tmp_path / "pool.toml"
     path.write_text(f'''
 [pool]
 python_path = ["{EXAMPLES}", "{TESTS}"]
 heartbeat_timeout = 30
 {bounds}[tasks]
-echo = "tasks:echo"
+echo = {echo}
 fail = "tasks:fail"
 slow = "tasks:slow"
 nap = {{ call = "faulty_tasks:sleep", timeout = 0.3 }}
