@@ -277,12 +277,12 @@ def test_with_redis_down_jobs_run_and_a_retry_waits_on_disk_until_redis_is_back(
         gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
     tasks = ('flaky = { call = "jobtasks:flaky", retries = 3, retry_delay = 1, keep_results = 60 }\n'
              'echo = { call = "jobtasks:echo", keep_results = 60 }')
-    pool = job_pool(gearmand, redis_server.url, tmp_path, tasks)
+    pool = job_pool(gearmand, redis_server.url, tmp_path, tasks, "--spool-dir", str(tmp_path / "disk"))
     with running(pool):
         redis_server.stop()
         assert submit(gearmand, "echo", b"still served").result == b"still served"
         submit_background(gearmand, "flaky", b"abc", "while-down")
-        spool = pool.state_dir / "jobs.spool"
+        spool = tmp_path / "disk" / "jobs.spool"  # spool_dir: on a disk that outlives a reboot
         wait_for(lambda: list(spool.glob("*.json")), what="the failure in the spool")
         assert submit(gearmand, "echo", b"still served").result == b"still served"
         wait_for(lambda: "job records are dropped" in pool.log(), what="the child to give up its record")

@@ -75,6 +75,7 @@ class Config:
     max_processes: int | None
     scale_down_after: float
     state_dir: Path
+    spool_dir: Path | None
     pidfile: Path
     graceful_timeout: float
     job_timeout: float
@@ -370,6 +371,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", "scale_down_after", _seconds, 60.0,
            "autoscaling: seconds without a waiting job before idle children leave, one at a time"),
     Option("pool", "state_dir", _path, "/run/gearman-workers", "directory for PID and state files"),
+    Option("pool", "spool_dir", _optional(_path), None,
+           "directory where failed runs of tasks with retries wait for Redis, in NAME.spool (default: state_dir; "
+           "on a disk that outlives a reboot, or a reboot during a Redis outage loses them)"),
     Option("pool", "pidfile", _path, None, "PID file (default: STATE_DIR/NAME.pid)"),
     Option("pool", "graceful_timeout", _seconds, 30.0, "seconds a stopping child may finish its job"),
     Option("pool", "job_timeout", _seconds_or_off, 0.0,
@@ -645,7 +649,7 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
         values["pidfile"] = values["state_dir"] / f"{values['name']}.pid"
     # Absolute from here on: --daemon moves the process to /, and the PID
     # file and log are written after that.
-    for key in ("state_dir", "pidfile", "log_file", "secret_file"):
+    for key in ("state_dir", "spool_dir", "pidfile", "log_file", "secret_file"):
         if values[key] is not None:
             values[key] = values[key].absolute()
     if require_tasks and not values["tasks"]:

@@ -68,7 +68,7 @@ class JobKeeper:
         self._guard = master.fork_lock
         self._peers = redis_peers(self.url) | frozenset().union(
             *(inherited.peers_of(s.host, s.port, None) for s in self.servers))
-        self.spool.directory.mkdir(mode=0o750, exist_ok=True)
+        self.spool.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         self._stop = stop = threading.Event()
         threading.Thread(target=self._run, args=(stop,), name="jobs", daemon=True).start()
 
@@ -112,7 +112,7 @@ class JobKeeper:
                         next_renewal = time.monotonic() + RENEW_INTERVAL
                 if self.leading and (moved or time.monotonic() >= next_claim):
                     wait = self._submit_due(store, submitter)
-                    next_claim = time.monotonic() + min(CLAIM_PATIENCE, CLAIM_PATIENCE if wait is None else wait)
+                    next_claim = time.monotonic() + (CLAIM_PATIENCE if wait is None else min(CLAIM_PATIENCE, wait))
                 self._back()
             with self._guard:
                 if self.leading:

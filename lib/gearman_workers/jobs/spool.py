@@ -1,5 +1,6 @@
 """A failed run, handed from the child to its master: one file per run in
-the pool's spool directory (STATE_DIR/POOL.spool). The child writes it
+the pool's spool directory (SPOOL_DIR/POOL.spool; SPOOL_DIR is STATE_DIR
+unless set). The child writes it
 (temporary file, then rename) before it answers gearmand, so a failure
 that must be retried is never only in memory; the master's keeper moves it
 into Redis (store.record_failure, which ignores a run it already has) and
@@ -59,7 +60,7 @@ class Failure:
 
 
 def spool_dir(config: Config) -> Path:
-    return config.state_dir / f"{config.name}.spool"
+    return (config.spool_dir or config.state_dir) / f"{config.name}.spool"
 
 
 class Spool:
