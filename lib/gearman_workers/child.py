@@ -468,7 +468,7 @@ class Worker:
         started = time.monotonic()
         life = route.life
         if life is not None and not life.begin(unique, data):
-            reply, outcome = p.work_complete(handle, b""), DONE  # this run began before: its first answer counts
+            reply, outcome = p.work_complete(handle, b""), DONE  # this run ended before: its first answer counts
         elif self.poison.clear(handle):
             reply, outcome, fatal = self._execute(link, job, route, handle, started)
         else:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..control.command import Pool
 from ..control.messages import BadMessage, Message
 from ..control.store import Keys
-from .policy import new_chain
+from .policy import CHAIN_ID, new_chain
 from .store import JobStore
 
 NAME = "dead"
@@ -34,7 +35,7 @@ class DeadLetters:
         if "ids" in value:
             ids = value["ids"]
             if not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS or not all(
-                    isinstance(i, str) and len(i) == 16 and all(c in "0123456789abcdef" for c in i) for i in ids):
+                    isinstance(i, str) and CHAIN_ID.fullmatch(i) for i in ids):
                 raise BadMessage(f"dead: ids must be 1 to {MAX_IDS} job ids of 16 hex digits")
         elif value.get("all") is not True:
             raise BadMessage("dead: give ids, or all: true")
@@ -51,7 +52,7 @@ class DeadLetters:
     def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
         """Nothing was kept."""
 
-    def apply(self, pool: Any, message: Message) -> str:
+    def apply(self, pool: Pool, message: Message) -> str:
         store: JobStore = pool.job_store()
         value = message.value
         ids = value["ids"] if "ids" in value else [

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..config import TaskSpec
 
 JITTER = 0.1
+CHAIN_ID = re.compile(r"[0-9a-f]{16}")  # what new_chain() makes: names a failed job
 RUN_UNIQUE = re.compile(rb"gw:([0-9a-f]{16}):([0-9]{1,3})")
 
 
