@@ -115,7 +115,7 @@ class FakeMasterProcess(Master):
         writer = self.board.writer(self.slot_of(pid), pid)
         writer.registered_with, writer.registered_once = 1, True
         writer.publish(ChildState.IDLE)
-        writer.busy(master_module.time.monotonic(), deadline, 0, b"resize", handle)
+        writer.busy(master_module.time.monotonic(), deadline, 0, b"resize", b"", handle)
 
     def asks_recycling(self, pid: int) -> None:
         writer = self.board.writer(self.slot_of(pid), pid)
@@ -425,7 +425,8 @@ def test_every_exit_is_counted_under_its_reason(tmp_path: Path, clock: Clock) ->
         master.dies(pid)  # shot: a SIGKILL nobody in the pool sent (OOM killer, kill -9)
     master.dies(crashing, SEGV)
     master.step()
-    assert master.child_exits == {"crash": 1, "killed": 1, "recycled": 0, "timeout": 1, "hung": 1, "stopped": 0}
+    assert master.child_exits == {"crash": 1, "killed": 1, "recycled": 0, "timeout": 1, "hung": 1, "stopped": 0,
+                                  "cancelled": 0}
     for pid in master.pids():
         master.registers(pid)
     recycled = min(master.pids())
@@ -442,7 +443,8 @@ def test_every_exit_is_counted_under_its_reason(tmp_path: Path, clock: Clock) ->
     for pid in master.pids():
         master.dies(pid, EXITED_0)
     master.step()
-    assert master.child_exits == {"crash": 1, "killed": 1, "recycled": 1, "timeout": 1, "hung": 1, "stopped": 4}
+    assert master.child_exits == {"crash": 1, "killed": 1, "recycled": 1, "timeout": 1, "hung": 1, "stopped": 4,
+                                  "cancelled": 0}
 
 
 def test_the_fake_signal_numbers_are_wait_statuses() -> None:

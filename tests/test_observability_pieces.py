@@ -28,9 +28,10 @@ def test_job_counts_survive_their_child_and_never_count_twice() -> None:
     stats.retire(0)  # the child in slot 0 died
     stats.counter(0).count(b"echo", FAILED, 0.03)  # its successor
     echo, boom = stats.totals(3)
-    assert (echo.task, echo.outcomes) == ("echo", {"done": 2, "failed": 1, "timeout": 0, "poison": 0})
+    assert (echo.task, echo.outcomes) == ("echo", {"done": 2, "failed": 1, "timeout": 0, "poison": 0,
+                                                        "cancelled": 0})
     assert sum(echo.buckets) == 3 and echo.buckets[0] == 1 and echo.buckets[1] == 1  # <= 1 ms, <= 5 ms
-    assert boom.outcomes == {"done": 0, "failed": 0, "timeout": 1, "poison": 1}
+    assert boom.outcomes == {"done": 0, "failed": 0, "timeout": 1, "poison": 1, "cancelled": 0}
     assert sum(boom.buckets) == 1 and boom.seconds == pytest.approx(0.7)
 
 

@@ -31,12 +31,15 @@ from .commands import MEANINGLESS_SIGNALS
 from .config import Config
 from .connection import CONNECTING, DOWN, UP, ConnectionLost, DescriptorsClosed, GearmandConnection
 from .job import Job, encode_result
-from .jobstats import DONE, FAILED, POISON, TIMEOUT, JobCounter
-from .poison import KILLED_FOR_TIME, PoisonCheck
+from .jobstats import CANCELLED, DONE, FAILED, POISON, TIMEOUT, JobCounter
+from .poison import KILLED_FOR_CANCEL, KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
 from .scoreboard import DATA_VERSION, ChildState, Recycle, Scoreboard, SlotWriter
 from .session import Session
 from .strays import StrayLog
+from .taskctl.cancelled import JobCancelled, cancel_message
+from .taskctl.offers import Offers
+from .taskctl.switchboard import OFFERS_SIGNAL, Row
 from .timelimit import UNBLOCK_SIGNAL, JobTimeout, JobTimer
 from .titles import Title
 
@@ -92,7 +95,8 @@ class Worker:
     def __init__(self, config: Config, tasks: dict[str, Callable[..., Any]], board: Scoreboard,
                  slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits,
                  counter: JobCounter | None = None, title: Title | None = None,
-                 stray_log: StrayLog | None = None, lives: dict[str, JobLife] | None = None) -> None:
+                 stray_log: StrayLog | None = None, lives: dict[str, JobLife] | None = None,
+                 row: Row | None = None) -> None:
         self.config = config
         lives = lives or {}
         self.stray_log = stray_log
@@ -123,8 +127,12 @@ class Worker:
         self.data_version = self.header[DATA_VERSION]
         self.timer = JobTimer()
         self.poison = PoisonCheck(board)
-        self.hello = b"".join(p.request(p.CAN_DO, name) for name in self.routes) + p.request(
-            p.SET_CLIENT_ID, f"{config.hostname}:{config.name}:{os.getpid()}".encode())
+        # What the master withholds from gearmand (taskctl/): paused tasks, those without a token.
+        self.offers = Offers(list(tasks), row)
+        self.client_id = p.request(p.SET_CLIENT_ID, f"{config.hostname}:{config.name}:{os.getpid()}".encode())
+        self.hello = self.offers.can_do() + self.client_id
+        self.job_handle = b""  # the job in hand (what a cancel names)
+        self.cancelled = b""  # the job JobCancelled was raised in
         # One receive buffer for the child's life: recv() of a fresh large
         # buffer costs an mmap/mremap/munmap per job.
         self._buffer = bytearray(RECV_BUFFER)
@@ -144,6 +152,7 @@ class Worker:
         for sig in NOTED_SIGNALS:
             signal.signal(sig, self._on_noted_signal)
         self.timer.install()
+        signal.signal(OFFERS_SIGNAL, self._on_offers_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.poller.register(self._wake_r, select.POLLIN)
         os.register_at_fork(after_in_child=self._forget_pool_after_fork)
@@ -161,7 +170,8 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.set_wakeup_fd(-1)
-        for sig in (*IGNORED_SIGNALS, *NOTED_SIGNALS, signal.SIGTERM, signal.SIGALRM, UNBLOCK_SIGNAL):  # the pool's
+        for sig in (*IGNORED_SIGNALS, *NOTED_SIGNALS, signal.SIGTERM, signal.SIGALRM, UNBLOCK_SIGNAL,
+                    OFFERS_SIGNAL):  # the pool's
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if self.stray_log is not None:
@@ -173,11 +183,24 @@ class Worker:
     def _on_noted_signal(self, signum: int, frame: object) -> None:
         self.noted_signals.append(signum)  # acted on by the loop, between jobs: list.append is safe here
 
+    def _on_offers_signal(self, signum: int, frame: object) -> None:
+        """The master changed our row (taskctl/switchboard.py): offers are
+        applied by the loop; a cancel of the job in hand ends its task now."""
+        self.noted_signals.append(signum)
+        handle = self.job_handle
+        if self.in_task and handle != self.cancelled and self.offers.row is not None \
+                and self.offers.row.cancel_handle() == handle:
+            self.cancelled = handle
+            raise JobCancelled(cancel_message(handle.decode(errors="replace")))
+
     def _act_on_signals(self) -> None:
-        """SIGUSR1 (sent on by the master): reopen the log file; the others: say so."""
+        """SIGUSR1 (sent on by the master): reopen the log file; OFFERS_SIGNAL:
+        offer what the master says; the others: say so."""
         while self.noted_signals:
             signum = self.noted_signals.pop(0)
-            if signum == signal.SIGUSR1:
+            if signum == OFFERS_SIGNAL:
+                self._apply_offers()
+            elif signum == signal.SIGUSR1:
                 logging_setup.reopen()
             else:
                 log.warning("%s means nothing to gearman-workers; ignored", signal.Signals(signum).name)
@@ -308,6 +331,24 @@ class Worker:
         for session in self.sessions:
             if session.link.connect_overdue(now):
                 self._lost(session, "connect timed out")
+
+    def _apply_offers(self) -> None:
+        """Tell every gearmand we are connected to what we now withhold and
+        offer again (a connection made later says it in its hello)."""
+        gone, back = self.offers.refresh()
+        if not (gone or back):
+            return
+        self.hello = self.offers.can_do() + self.client_id
+        change = self.offers.changes(gone, back)
+        for tasks, verb in ((gone, "withholding"), (back, "offering again")):
+            if tasks:
+                log.info("%s task(s) %s", verb, ", ".join(sorted(tasks)))
+        for session in self.sessions:
+            if session.link.status == UP and self._send(session, change) and back:
+                grab = session.offered_again(self._accepting())
+                if grab:
+                    self._send(session, grab)
+                self._settle_low_water(session)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -460,6 +501,7 @@ class Worker:
         link = session.link
         self.holding_job = True
         handle, task, unique, data = body.split(b"\0", 3)
+        self.job_handle = handle
         if self.header[DATA_VERSION] != self.data_version:
             self._apply_runtime_data()
         route = self.routes[task]
@@ -500,6 +542,9 @@ class Worker:
         kills, why = self.poison.kills(link.index, handle)
         if kills and why == KILLED_FOR_TIME:
             return self._refuse_timed_out(job, route), TIMEOUT, None
+        if kills and why == KILLED_FOR_CANCEL:  # gearmand did not drop it (see master._kill_cancelled)
+            err = JobCancelled(cancel_message(job.handle))
+            return self._fail_reply(job, route, f"JobCancelled: {err}", err), CANCELLED, None
         if kills and kills >= self.limits.poison_kills > 0:
             return self._refuse_poison(job, route, kills, why), POISON, None
         return self._execute(link, job, route, handle, started)
@@ -508,7 +553,7 @@ class Worker:
                  started: float) -> tuple[bytes, int, BaseException | None]:
         """Run the task under its time limit: (reply, outcome, exception to re-raise)."""
         limit = route.limit
-        self.slot.busy(started, started + limit if limit else 0.0, link.index, route.field, handle)
+        self.slot.busy(started, started + limit if limit else 0.0, link.index, route.field, job.unique_bytes, handle)
         self.title.show(route.title)
         timer = self.timer
         try:
@@ -542,6 +587,8 @@ class Worker:
         """(reply, outcome, exception to re-raise) for a task that raised."""
         if isinstance(err, JobTimeout):  # the traceback shows where the task was when time ran out
             return self._failure(job, route, err), TIMEOUT, None
+        if isinstance(err, JobCancelled):
+            return self._failure(job, route, err), CANCELLED, None
         if isinstance(err, Exception):
             return self._failure(job, route, err), FAILED, None
         return self._failure(job, route, err), FAILED, err  # SystemExit, KeyboardInterrupt: answer, then leave

@@ -21,8 +21,8 @@ import mmap
 import threading
 from collections.abc import Iterable
 
-OUTCOMES = ("done", "failed", "timeout", "poison")
-DONE, FAILED, TIMEOUT, POISON = range(len(OUTCOMES))
+OUTCOMES = ("done", "failed", "timeout", "poison", "cancelled")
+DONE, FAILED, TIMEOUT, POISON, CANCELLED = range(len(OUTCOMES))
 # Upper bounds (seconds) of the duration buckets; one more bucket for the rest.
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 MAX_TASKS = 64

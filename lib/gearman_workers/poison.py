@@ -45,6 +45,10 @@ NO_KILLS = (0, "")
 # kill_grace: a job that died so is answered JobTimeout and never run again.
 TIME_LIMIT_EXCEEDED = "time limit exceeded"
 KILLED_FOR_TIME = f"killed ({TIME_LIMIT_EXCEEDED})"
+# Why the master killed a child that did not give up a cancelled job
+# within kill_grace: a job that died so is answered JobCancelled, never run.
+CANCELLED = "cancelled"
+KILLED_FOR_CANCEL = f"killed ({CANCELLED})"
 
 
 class PoisonCheck:

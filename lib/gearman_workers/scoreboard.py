@@ -28,10 +28,10 @@ DATA_VERSION, POISON_VERSION, SLOTS_IN_USE = range(3)
 _SETUP = struct.Struct("<iBB2xQd")
 # What it writes around every job, in one copy each: state, server of the
 # job, busy since, deadline, heartbeat, jobs done, jobs failed, task, job
-# handle. Between jobs only the head up to the counts (_BETWEEN): the task
+# unique (cancel finds a job by it), job handle. Between jobs only the head up to the counts (_BETWEEN): the task
 # and handle of the last job stay, and the state says they are over.
 HANDLE_FIELD = 64  # bytes of a job handle kept in a slot
-_JOB = struct.Struct(f"<BB6xdddQQ64s{HANDLE_FIELD}s")
+_JOB = struct.Struct(f"<BB6xdddQQ64s64s{HANDLE_FIELD}s")
 _BETWEEN = struct.Struct("<BB6xdddQQ")
 _SLOT_SIZE = _SETUP.size + _JOB.size
 _BEAT = struct.Struct("<d")
@@ -73,6 +73,7 @@ class SlotInfo:
     jobs_done: int
     jobs_failed: int
     task: str
+    job_unique: bytes
     job_handle: str
 
     @property
@@ -182,18 +183,20 @@ class Scoreboard:
     def read(self, slot: int) -> SlotInfo:
         offset = self._offset(slot)
         pid, once, recycle, registered_with, started = _SETUP.unpack_from(self._mem, offset)
-        state, server, busy, deadline, beat, done, failed, task, handle = _JOB.unpack_from(
+        state, server, busy, deadline, beat, done, failed, task, unique, handle = _JOB.unpack_from(
             self._mem, offset + _SETUP.size)
         return SlotInfo(pid, ChildState(state), bool(once), Recycle(recycle), server, registered_with, started, busy,
-                        deadline, beat, done, failed, _text(task), _text(handle))
+                        deadline, beat, done, failed, _text(task), unique.rstrip(b"\0"), _text(handle))
 
     def reset(self, slot: int) -> None:
         """Master, before a fork: the slot now belongs to a child being born."""
         now = time.monotonic()
-        self._fill(slot, _SETUP.pack(0, 0, 0, 0, now), _JOB.pack(ChildState.STARTING, 0, 0.0, 0.0, now, 0, 0, b"", b""))
+        self._fill(slot, _SETUP.pack(0, 0, 0, 0, now),
+                   _JOB.pack(ChildState.STARTING, 0, 0.0, 0.0, now, 0, 0, b"", b"", b""))
 
     def clear(self, slot: int) -> None:
-        self._fill(slot, _SETUP.pack(0, 0, 0, 0, 0.0), _JOB.pack(ChildState.EMPTY, 0, 0.0, 0.0, 0.0, 0, 0, b"", b""))
+        self._fill(slot, _SETUP.pack(0, 0, 0, 0, 0.0),
+                   _JOB.pack(ChildState.EMPTY, 0, 0.0, 0.0, 0.0, 0, 0, b"", b"", b""))
 
     def _fill(self, slot: int, setup: bytes, job: bytes) -> None:
         offset = self._offset(slot)
@@ -232,10 +235,10 @@ class SlotWriter:
                                              self.started)
         self.between_jobs(state, time.monotonic() if now is None else now)
 
-    def busy(self, since: float, deadline: float, server: int, task: bytes, handle: bytes) -> None:
+    def busy(self, since: float, deadline: float, server: int, task: bytes, unique: bytes, handle: bytes) -> None:
         """A job starts (DEADLINE 0: no time limit): the master now counts it as this child's."""
         self._mem[self._job] = _JOB.pack(ChildState.BUSY, server, since, deadline, since, self.jobs_done,
-                                         self.jobs_failed, task, handle)
+                                         self.jobs_failed, task, unique, handle)
 
     def between_jobs(self, state: ChildState, now: float) -> None:
         """No job held: STATE, the heartbeat NOW and the counts."""

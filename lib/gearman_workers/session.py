@@ -30,7 +30,7 @@ class Session:
     bytes to send (NOTHING when silence is the answer) and assumes they go
     out; if they cannot, the connection is lost and reset() starts over."""
 
-    __slots__ = ("awaiting_grab", "dozing", "grabbed_on_noop", "link", "registered", "sleep_sent")
+    __slots__ = ("awaiting_grab", "dozing", "grabbed_on_noop", "link", "registered", "regrab", "sleep_sent")
 
     def __init__(self, link: GearmandConnection) -> None:
         self.link = link
@@ -43,6 +43,7 @@ class Session:
         self.grabbed_on_noop = False  # the GRAB in flight answered a NOOP: jobs come one at a time
         self.sleep_sent = False  # gearmand has our PRE_SLEEP, and no GRAB since
         self.dozing = False  # the socket's low-water mark is raised (see settle_low_water)
+        self.regrab = False  # grab again once the GRAB out is answered (see offered_again)
 
     def opening(self, hello: bytes) -> bytes:
         """A fresh connection: our CAN_DOs and the first GRAB."""
@@ -61,6 +62,8 @@ class Session:
         """NO_JOB: PRE_SLEEP at once, unless it went out with the GRAB. Until
         gearmand has it, a new job does not wake us."""
         self.awaiting_grab = False
+        if self.regrab:
+            return self._grab_again()
         if self.sleep_sent:
             return NOTHING
         self.sleep_sent = True
@@ -72,6 +75,23 @@ class Session:
             return NOTHING
         self.awaiting_grab = self.grabbed_on_noop = True
         self.sleep_sent = False
+        return GRAB
+
+    def offered_again(self, accepting: bool) -> bytes:
+        """Our CAN_DO for a task went out again (taskctl/offers.py). gearmand
+        wakes nobody for the jobs of it that it already holds: grab now, or,
+        with a GRAB out (whose NO_JOB may come before the CAN_DO counted),
+        once it is answered."""
+        if not accepting:
+            return NOTHING
+        if self.awaiting_grab:
+            self.regrab = True
+            return NOTHING
+        return self.noop(accepting)
+
+    def _grab_again(self) -> bytes:
+        self.regrab = self.sleep_sent = False
+        self.awaiting_grab = True
         return GRAB
 
     def after_job(self, accepting: bool) -> bytes:
@@ -92,7 +112,7 @@ class Session:
         NO_JOB then does not wake us: see GearmandConnection.doze), not
         otherwise, and not when stopping: then that answer is what we wait
         for. Raises ConnectionLost."""
-        wanted = self.awaiting_grab and self.sleep_sent and not stopping
+        wanted = self.awaiting_grab and self.sleep_sent and not stopping and not self.regrab
         if wanted != self.dozing and self.link.status == UP:
             if wanted:
                 self.link.doze()

@@ -28,7 +28,7 @@ import redis
 
 from .keys import JobKeys
 
-RUNNING, DONE, FAILED, RETRYING, DEAD = "running", "done", "failed", "retrying", "dead"
+RUNNING, DONE, FAILED, RETRYING, DEAD, CANCELLED = "running", "done", "failed", "retrying", "dead", "cancelled"
 MAX_RESULT = 1 << 20
 DEFAULT_PREFIX = "gearman-workers"
 

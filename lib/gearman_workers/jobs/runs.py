@@ -25,10 +25,11 @@ import redis
 
 from ..config import TaskSpec
 from ..control.client import shown_url
+from ..taskctl.cancelled import JobCancelled
 from . import policy
 from .batch import TIMEOUT, RecordBatch
 from .keys import JobKeys
-from .results import DEAD, DONE, FAILED, RETRYING, RUNNING, fixed_fields, record
+from .results import CANCELLED, DEAD, DONE, FAILED, RETRYING, RUNNING, fixed_fields, record
 from .spool import Failure, Spool
 from .store import JobStore
 
@@ -127,9 +128,13 @@ class JobLife:
 
     def failed(self, err: BaseException | None, message: str) -> str:
         """Before the answer is sent: spool the failure; what the client is
-        told besides MESSAGE ("" for nothing)."""
-        self._end_run(done=False)
+        told besides MESSAGE ("" for nothing). A cancelled job ends here."""
         now = time.monotonic()
+        if isinstance(err, JobCancelled):
+            self._end_run(done=True)
+            self._record(CANCELLED, now, error=message)
+            return ""
+        self._end_run(done=False)
         if not self.spec.retries:
             self._record(FAILED, now, error=message)
             return ""
