@@ -88,7 +88,9 @@ OPTIONAL = {"gearman_workers_control_up": "Only with a control channel.",
             "gearman_workers_queue_waiting": "Only when autoscaling.",
             "gearman_workers_children_min": "Only when autoscaling.",
             "gearman_workers_children_max": "Only when autoscaling.",
-            "gearman_workers_dead_jobs": "Only in a pool with a task that has retries or keep_results."}
+            "gearman_workers_dead_jobs": "Only in a pool with a task that has retries or keep_results.",
+            "gearman_workers_task_paused": "Only with a control channel.",
+            "gearman_workers_task_withheld_children": "Only with a control channel."}
 
 
 class Sample:
@@ -98,7 +100,7 @@ class Sample:
         task = TaskTotals("echo", dict.fromkeys(OUTCOMES, 0), [0] * (len(BUCKETS) + 1), 0.0)
         autoscale = {"min": 1, "max": 4, "waiting": 0, "up": 0, "down": 0, "last": None}
         return Snapshot(1, {}, {}, {"127.0.0.1:4730": 1}, True, [task], {"master": 0, "children": 0}, autoscale,
-                        {("applied", "exit"): 0}, {"echo": 0})
+                        {("applied", "exit"): 0}, {"echo": 0}, {"echo": (False, 0)})
 
 
 def _series(name: str, kind: str) -> str:

@@ -24,6 +24,7 @@ from .jobstats import JobStats
 from .prctl import PR_SET_PDEATHSIG, prctl
 from .scoreboard import Scoreboard
 from .strays import StrayLog
+from .taskctl.switchboard import Switchboard
 from .tasks import TaskLoadError, load_tasks
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class ChildKit:
         self.stats = JobStats(board.slots)
         self.stats.add_tasks(tasks)
         self.forgotten: list[Forgets] = []
+        self.switchboard: Switchboard | None = None  # what children offer gearmand (taskctl/), with fleet control
 
     def reload(self) -> configuration.Config:
         """Children from now on start from the configuration and tasks on disk."""
@@ -93,14 +95,19 @@ class ChildKit:
         logging.shutdown()
         return code
 
+    def task_names(self, group: str | None) -> list[str]:
+        """The tasks a child of GROUP registers (None: the shared children)."""
+        return [group] if group is not None else self.config.shared_tasks()
+
     def _worker(self, slot: int, limits: Limits, group: str | None) -> Worker:
         config = self.config
-        names = [group] if group is not None else config.shared_tasks()
+        names = self.task_names(group)
         return Worker(config, {name: self.tasks[name] for name in names}, self.board,
                       self.board.writer(slot, os.getpid()), self.master_pid, self.nudge_fd, limits,
                       self.stats.counter(slot) if self.count_jobs else None, titles.child(slot, config.name, group),
                       StrayLog(strays.forks_file(config.state_dir, config.name, os.getpid())),
-                      job_lives(config, names))
+                      job_lives(config, names),
+                      self.switchboard.reader(slot, names) if self.switchboard is not None else None)
 
 
 def job_lives(config: configuration.Config, names: list[str]) -> dict[str, JobLife]:

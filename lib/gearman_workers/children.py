@@ -14,7 +14,7 @@ import signal
 from .backoff import Backoff
 from .child import Limits
 from .config import Config
-from .poison import TIME_LIMIT_EXCEEDED
+from .poison import CANCELLED, TIME_LIMIT_EXCEEDED
 from .scoreboard import ChildState, Recycle, SlotInfo
 from .timelimit import UNBLOCK_AFTER, UNBLOCK_SIGNAL
 
@@ -30,9 +30,10 @@ MIB = 1024 * 1024
 KILLED_TIMEOUT = TIME_LIMIT_EXCEEDED  # the next child answers its job JobTimeout (poison.py)
 KILLED_HUNG = "no heartbeat"
 KILLED_STOP = "did not stop in time"
+KILLED_CANCEL = CANCELLED  # the job was cancelled and its task did not let go (control/cancel.py)
 
 # Why a child left, in the words of gearman_workers_child_exits_total.
-EXIT_REASONS = ("crash", "killed", "recycled", "timeout", "hung", "stopped")
+EXIT_REASONS = ("crash", "killed", "recycled", "timeout", "hung", "stopped", "cancelled")
 
 
 @dataclasses.dataclass
@@ -50,6 +51,8 @@ class Child:
     warned_long_job: str = ""  # the job handle long_job_warning was logged for
     unblocked_job: float = 0.0  # the busy_since of the job it was sent UNBLOCK_SIGNAL for
     dedicated_to: str | None = None  # the one task it registers; None: a shared child (every other task)
+    cancelling: str = ""  # the handle of the job it was told to give up (control/cancel.py)
+    cancel_deadline: float | None = None  # killed if still running that job then
 
     @property
     def live(self) -> bool:
@@ -91,6 +94,10 @@ def kill_verdict(child: Child, info: SlotInfo, config: Config, now: float) -> tu
     if silent(info, config, now):
         return KILLED_HUNG, f"child {child.pid} is hung: no heartbeat for {now - info.heartbeat:.1f} s ({doing}); " \
                             "killing it"
+    if child.cancel_deadline is not None and now >= child.cancel_deadline and info.state == ChildState.BUSY \
+            and info.job_handle == child.cancelling:
+        return KILLED_CANCEL, (f"child {child.pid} did not give up cancelled job {info.job_handle} (task "
+                               f"{info.task}) within kill_grace {config.kill_grace:g} s; killing it")
     if info.state == ChildState.BUSY and info.deadline and now > info.deadline + config.kill_grace:
         return KILLED_TIMEOUT, (f"child {child.pid} ran task {info.task} job {info.job_handle} past its time limit "
                                 f"of {info.deadline - info.busy_since:g} s and did not give up within kill_grace "
@@ -108,6 +115,8 @@ def due_times(child: Child, info: SlotInfo, kill_grace: float) -> list[float]:
         due.append(info.deadline + UNBLOCK_AFTER)
     if child.stop_deadline is not None:
         due.append(child.stop_deadline)
+    if child.cancel_deadline is not None and info.state == ChildState.BUSY and info.job_handle == child.cancelling:
+        due.append(child.cancel_deadline)
     if child.recycle_at is not None and child.replacing_because is None:
         due.append(child.recycle_at)
     return due
@@ -155,6 +164,8 @@ def exit_reason(child: Child, status: int, stopping: bool) -> str:
         return "timeout"
     if child.killed_because == KILLED_HUNG:
         return "hung"
+    if child.killed_because == KILLED_CANCEL:
+        return "cancelled"
     if child.stop_deadline is not None or stopping:  # asked to leave (and maybe killed for being slow)
         return "recycled" if child.replacing_because else "stopped"
     return "killed" if os.waitstatus_to_exitcode(status) == -signal.SIGKILL else "crash"

@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # imported where used: a pool without Redis, autoscaling or m
     from .control.listener import ControlListener
     from .jobs.keeper import JobKeeper
     from .metrics import MetricsServer
+    from .taskctl.governor import Governor
+    from .taskctl.steering import Steering
 from .tasks import Task, TaskLoadError, load_tasks, run_preload
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
@@ -230,8 +232,9 @@ def _parts(config: configuration.Config, pidfile: PidFile, control: ControlListe
     systemd = Notifier()
     upgrades = Upgrades(config.pidfile, config.upgrade_timeout, pidfile, systemd, processes.fork_lock,
                         exporter, handover, control)
+    steering = _build_steering(config)
     return Parts(processes, systemd, upgrades, titles.master(config.name), control, exporter, watcher,
-                 _build_keeper(config))
+                 _build_keeper(config), steering, _build_governor(config, steering))
 
 
 def _upgrade(config: configuration.Config) -> int:
@@ -264,6 +267,24 @@ def _build_keeper(config: configuration.Config) -> JobKeeper | None:
     from .jobs.keeper import JobKeeper
 
     return JobKeeper(config)
+
+
+def _build_steering(config: configuration.Config) -> Steering | None:
+    """Task control (pause, cancel, limits), for a pool under fleet control."""
+    if config.redis_url is None:
+        return None
+    from .taskctl.steering import Steering
+
+    return Steering(config, configuration.MAX_PROCESSES + 1)
+
+
+def _build_governor(config: configuration.Config, steering: Steering | None) -> Governor | None:
+    """The thread that holds concurrency tokens, for a pool with a limited task."""
+    if steering is None or not any(spec.concurrency for spec in config.tasks.values()):
+        return None
+    from .taskctl.governor import Governor
+
+    return Governor(config, steering)
 
 
 def _build_watcher(config: configuration.Config) -> QueueWatcher | None:

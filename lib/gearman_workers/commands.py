@@ -56,13 +56,38 @@ class PublishData:
 
 
 @dataclasses.dataclass(frozen=True)
+class PauseTasks:
+    """The tasks this pool must not offer gearmand now (control/pause.py)."""
+
+    paused: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class OffersChanged:
+    """The rows of these slots changed (taskctl/governor.py): tell their children."""
+
+    slots: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelJob:
+    """Make the child in SLOT (PID) give up job HANDLE (control/cancel.py)."""
+
+    slot: int
+    pid: int
+    handle: str
+    server: int
+
+
+@dataclasses.dataclass(frozen=True)
 class QueueSeen:
     """What gearmand's queues held for the shared tasks (autoscale.py)."""
 
     depth: QueueDepth
 
 
-Command = Stop | Reload | Upgrade | ReopenLogs | Ignored | Scale | PublishData | QueueSeen
+Command = (Stop | Reload | Upgrade | ReopenLogs | Ignored | Scale | PublishData | QueueSeen | PauseTasks
+           | OffersChanged | CancelJob)
 
 # Signals an operator or a tool may send by mistake, whose default would
 # end the master (and so every child and the jobs in hand).

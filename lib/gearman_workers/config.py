@@ -24,6 +24,7 @@ from typing import Any
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_PROCESSES = 1024
+MAX_CONCURRENCY = 100_000
 MAX_SERVERS = 64  # a child's registrations are one 64-bit mask in the scoreboard
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SPEC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -56,11 +57,26 @@ class TaskSpec:
     retry_delay: float = 10.0
     retry_max_delay: float = 3600.0
     keep_results: float = 0.0
+    concurrency: int = 0
+    rate: str = ""
 
     @property
     def lifecycle(self) -> bool:
         """Its jobs leave records in Redis (retries or results)."""
         return bool(self.retries or self.keep_results)
+
+    @property
+    def governed(self) -> bool:
+        """Fleet-wide limits apply to it (taskctl/governor.py)."""
+        return bool(self.concurrency or self.rate)
+
+    @property
+    def starts_per_second(self) -> float:
+        """`rate` as jobs per second (0: unlimited)."""
+        if not self.rate:
+            return 0.0
+        count, _, unit = self.rate.partition("/")
+        return int(count) / RATE_UNITS[unit]
 
 
 @dataclasses.dataclass
@@ -275,7 +291,20 @@ TASK_KEYS: tuple[tuple[str, str], ...] = (
                     "with up to 10 % jitter"),
     ("retry_max_delay", "the longest wait between two runs, in seconds (default 3600)"),
     ("keep_results", "seconds each job's record and result stay in Redis (default 0: none kept)"),
+    ("concurrency", "at most this many of its jobs run at once across every pool sharing the Redis "
+                    "(default 0: no limit; needs `[control] redis_url`)"),
+    ("rate", 'at most this many of its jobs start per second, minute or hour across the fleet: "100/m" '
+             '(default: no limit; needs `[control] redis_url`)'),
 )
+RATE_UNITS = {"s": 1, "m": 60, "h": 3600}
+RATE_RE = re.compile(r"([1-9][0-9]{0,8})/([smh])")
+
+
+def _rate(value: Any) -> str:
+    text = _text(value).strip()
+    if not RATE_RE.fullmatch(text):
+        raise ValueError(f'expected COUNT/UNIT with a unit of s, m or h ("100/m"), got {text!r}')
+    return text
 
 
 def _task(value: Any) -> TaskSpec:
@@ -290,7 +319,8 @@ def _task(value: Any) -> TaskSpec:
     parsed: dict[str, Any] = {}
     for key, parse in (("timeout", _seconds_or_off), ("processes", _int_range(1, MAX_PROCESSES)),
                        ("retries", _int_range(0, MAX_RETRIES)), ("retry_delay", _seconds),
-                       ("retry_max_delay", _seconds), ("keep_results", _int_range(0, MAX_KEEP_RESULTS))):
+                       ("retry_max_delay", _seconds), ("keep_results", _int_range(0, MAX_KEEP_RESULTS)),
+                       ("concurrency", _int_range(0, MAX_CONCURRENCY)), ("rate", _rate)):
         if key in value:
             try:
                 parsed[key] = parse(value[key])
@@ -657,6 +687,10 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
     keeping = [name for name, spec in values["tasks"].items() if spec.lifecycle]
     if keeping and not values["redis_url"]:
         raise ConfigError(f"[tasks] {keeping[0]}: retries and keep_results keep their records in Redis; "
+                          "set [control] redis_url")
+    governed = [name for name, spec in values["tasks"].items() if spec.governed]
+    if governed and not values["redis_url"]:
+        raise ConfigError(f"[tasks] {governed[0]}: concurrency and rate are shared by the fleet through Redis; "
                           "set [control] redis_url")
     _check_heartbeat_timeout(values)
     if source is not None:

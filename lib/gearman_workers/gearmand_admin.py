@@ -1,4 +1,5 @@
-"""gearmand's text admin protocol: what is queued, per function.
+"""gearmand's text admin protocol: what is queued, per function, and
+dropping one queued job.
 
 `status` answers one line per function, ``NAME\\tTOTAL\\tRUNNING\\tWORKERS``,
 then a line with a single dot. TOTAL counts the jobs gearmand holds for the
@@ -46,13 +47,41 @@ def _count(field: str) -> bool:
     return 0 < len(field) <= MAX_DIGITS and field.isascii() and field.isdigit()
 
 
+def _connect(address: tuple, timeout: float) -> socket.socket:
+    family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def cancel_job(host: str, port: int, handle: str, timeout: float) -> bool:
+    """`cancel job HANDLE`: gearmand drops the job and fails its clients
+    (a bare WORK_FAIL). True when it knew the job. Careful: gearmand 1.1
+    drops a running job too (its worker runs on, its answer finds no job),
+    so only what no child runs is cancelled here (control/cancel.py)."""
+    if not handle or any(c.isspace() for c in handle):
+        raise AdminError(f"not a job handle: {handle[:80]!r}")
+    address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4]
+    with _connect(address, timeout) as sock:
+        sock.sendall(f"cancel job {handle}\n".encode())
+        answer = bytearray()
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk or len(answer) > 4096:
+                raise AdminError("no answer to cancel job")
+            answer += chunk
+    return answer.startswith(b"OK")
+
+
 def status(address: tuple, timeout: float) -> dict[str, FunctionStatus]:
     """Ask the gearmand at ADDRESS (a resolved socket address) for its
     status table; AdminError (an OSError) when it cannot."""
-    family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout)
-        sock.connect(address)
+    with _connect(address, timeout) as sock:
         sock.sendall(b"status\n")
         answer = bytearray()
         while not (answer.endswith(b"\n.\n") or answer == b".\n"):

@@ -18,7 +18,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import children as rules
@@ -26,14 +26,32 @@ from . import config as configuration
 from . import log as logsetup
 from .autoscale import Autoscaler, QueueDepth, reconfigured
 from .bootstrap import ChildKit, ReloadFailed
-from .children import EXIT_REASONS, KILLED_STOP, Child, SlotBackoffs
-from .commands import FROM_SIGNAL, Ignored, Inbox, PublishData, QueueSeen, Reload, ReopenLogs, Scale, Stop, Upgrade
+from .children import EXIT_REASONS, KILLED_CANCEL, KILLED_STOP, Child, SlotBackoffs
+from .commands import (
+    FROM_SIGNAL,
+    CancelJob,
+    Ignored,
+    Inbox,
+    OffersChanged,
+    PauseTasks,
+    PublishData,
+    QueueSeen,
+    Reload,
+    ReopenLogs,
+    Scale,
+    Stop,
+    Upgrade,
+)
+from .gearmand_admin import cancel_job
 from .parts import Parts
 from .poison import PoisonLedger
 from .scoreboard import ChildState, Scoreboard, SlotInfo
+from .taskctl.switchboard import OFFERS_SIGNAL
 from .views import ChildView, MasterView, registered_count, status_line
 
 log = logging.getLogger("gearman_workers.master")
+
+DROP_TIMEOUT = 1.0  # gearmand's answer to `cancel job` (loopback or LAN: milliseconds)
 
 
 class Master:
@@ -43,11 +61,12 @@ class Master:
         self.board = Scoreboard(configuration.MAX_PROCESSES + 1)
         self.inbox = Inbox()
         self.kit = ChildKit(config, tasks, self.board, self.inbox.nudge_fd, parts.exporter is not None)
-        forgotten = (self.inbox, parts.upgrades, parts.control, parts.exporter, parts.keeper)
+        forgotten = (self.inbox, parts.upgrades, parts.control, parts.exporter, parts.keeper, parts.governor)
         self.kit.forgotten += [part for part in forgotten if part]
+        self.kit.switchboard = parts.steering.board if parts.steering is not None else None
         self.stats = self.kit.stats
         self.view = MasterView(self, self.inbox, parts.processes.fork_lock, parts.upgrades.control_since,
-                               parts.control, parts.keeper)
+                               parts.control, parts.keeper, parts.steering)
         self.children: dict[int, Child] = {}
         self.child_exits = dict.fromkeys(EXIT_REASONS, 0)
         self.desired = config.processes  # shared children; dedicated ones are config.dedicated()
@@ -71,6 +90,8 @@ class Master:
         self.parts.upgrades.starting_as_successor()
         self.parts.systemd.send(mainpid=self.pid, status="starting children")
         self._record_processes()
+        if self.parts.control is not None and self.parts.steering is not None:  # before the first fork
+            self.parts.steering.pause(self.parts.control.initial_pauses())
         self._start_threads()
         log.info("master %d starting %d children for tasks %s on %s%s", self.pid,
                  self.groups_wanted(), ", ".join(self.kit.tasks),
@@ -97,6 +118,8 @@ class Master:
             parts.watcher.start(self.view)
         if parts.keeper is not None:
             parts.keeper.start(self.view)
+        if parts.governor is not None:
+            parts.governor.start(self.view)
 
     def step(self) -> None:
         """One turn of the main loop, without the wait."""
@@ -151,6 +174,7 @@ class Master:
         for sig in FROM_SIGNAL:
             signal.signal(sig, self._enqueue_signal)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # its wake-up ends the wait; the loop reaps
+        signal.signal(OFFERS_SIGNAL, signal.SIG_IGN)  # a child takes it from birth: not fatal before its handler
         signal.set_wakeup_fd(self.inbox.wake_fd, warn_on_full_buffer=False)
 
     def _enqueue_signal(self, signum: int, frame: object) -> None:
@@ -177,6 +201,17 @@ class Master:
                 self.kit.publish_data(command.values)
             elif isinstance(command, QueueSeen):
                 self.autoscale(command.depth)
+            else:
+                self._steer(command)
+
+    def _steer(self, command: PauseTasks | OffersChanged | CancelJob) -> None:
+        """The task control commands (taskctl/)."""
+        if isinstance(command, PauseTasks) and self.parts.steering is not None:
+            self._tell_offers(self.parts.steering.pause(command.paused))
+        elif isinstance(command, OffersChanged):
+            self._tell_offers(command.slots)
+        elif isinstance(command, CancelJob):
+            self.cancel(command)
 
     # --- actions ------------------------------------------------------------
 
@@ -227,6 +262,8 @@ class Master:
             return
         logging.getLogger().setLevel(fresh.log_level.upper())
         self.config = fresh
+        if self.parts.steering is not None:
+            self.parts.steering.configure(fresh)
         watcher = self.parts.watcher
         if fresh.autoscaling and watcher is None:
             log.warning("min_processes and max_processes take effect at the next restart: this master was "
@@ -243,6 +280,24 @@ class Master:
         log.info("SIGUSR1: %s; the children reopen theirs", logsetup.reopen())
         for child in self._live():
             self.parts.processes.signal(child.pid, signal.SIGUSR1)
+
+    def cancel(self, order: CancelJob) -> None:
+        """Tell the child running the job to give it up (control/cancel.py);
+        _watch kills it if it has not after kill_grace."""
+        child = self.children.get(order.pid)
+        if child is None or child.slot != order.slot or self.parts.steering is None:
+            return
+        child.cancelling = order.handle
+        child.cancel_deadline = time.monotonic() + self.config.kill_grace
+        self.parts.steering.ask_cancel(child.slot, order.handle.encode())
+        self.parts.processes.signal(child.pid, OFFERS_SIGNAL)
+
+    def _tell_offers(self, slots: Iterable[int]) -> None:
+        """The children in SLOTS have a changed row: they read it now."""
+        wanted = set(slots)
+        for child in self.children.values():
+            if child.slot in wanted and child.killed_because is None:
+                self.parts.processes.signal(child.pid, OFFERS_SIGNAL)
 
     def upgrade(self) -> None:
         """Start a successor on the code and configuration now on disk; hand
@@ -320,9 +375,13 @@ class Master:
     def spawn(self, slot: int, group: str | None = None) -> Child:
         limits = rules.limits_for(self.config)
         self.board.reset(slot)  # before the fork: the master must never read the last owner's heartbeat
+        if self.parts.steering is not None:  # the row too: the child reads it as it starts
+            self.parts.steering.prepare(slot, self.kit.task_names(group))
         self.board.set_slots_in_use(max(self.board.slots_in_use, slot + 1))
         self.slot_owner[slot] = group
         pid = self.parts.processes.fork(lambda: self.kit.become_child(slot, limits, group))
+        if self.parts.steering is not None:
+            self.parts.steering.born(slot, pid)
         started = time.monotonic()
         recycle_at = started + rules.jittered(self.config.max_age) if self.config.max_age else None
         child = Child(pid, slot, self.generation, started, limits, recycle_at, dedicated_to=group)
@@ -334,12 +393,16 @@ class Master:
     def _retire(self, child: Child) -> None:
         """Ask CHILD to finish its job and leave (graceful_timeout, then KILL)."""
         child.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        if self.parts.steering is not None:
+            self.parts.steering.leaving(child.slot)
         self.parts.processes.signal(child.pid, signal.SIGTERM)
 
     def _kill(self, child: Child, because: str) -> None:
         if child.killed_because is not None:
             return
         child.killed_because = because
+        if self.parts.steering is not None:
+            self.parts.steering.leaving(child.slot)
         info = self.board.read(child.slot)
         if because != KILLED_STOP and info.state == ChildState.BUSY and info.pid == child.pid:
             # Recorded before the kill: whoever gets the job next learns why.
@@ -356,7 +419,11 @@ class Master:
                 continue
             info = self.board.read(child.slot)
             verdict = rules.kill_verdict(child, info, self.config, now)
-            if verdict is not None:
+            if verdict is not None and verdict[0] == KILLED_CANCEL:
+                log.error("%s", verdict[1])
+                self._drop_from_gearmand(info)
+                self._kill(child, KILLED_CANCEL)
+            elif verdict is not None:
                 why, message = verdict
                 (log.warning if why == KILLED_STOP else log.error)("%s", message)
                 self._kill(child, why)
@@ -364,6 +431,18 @@ class Master:
                 self.parts.processes.signal(child.pid, nudge)
             elif (warning := rules.long_job_warning(child, info, self.config.long_job_warning, now)) is not None:
                 log.warning("%s", warning)
+
+    def _drop_from_gearmand(self, info: SlotInfo) -> None:
+        """A cancelled job whose child is about to be killed: gearmand must
+        not hand it out again (its client gets gearmand's failure)."""
+        server = self.config.servers[info.server] if info.server < len(self.config.servers) else None
+        if server is None:
+            return
+        try:
+            cancel_job(server.host, server.port, info.job_handle, DROP_TIMEOUT)
+        except OSError as err:
+            log.warning("gearmand %s was not told to drop cancelled job %s (%s); a child that gets it again "
+                        "refuses it", server, info.job_handle, err)
 
     # --- reaping ------------------------------------------------------------
 
@@ -392,6 +471,8 @@ class Master:
             self._record_poison(child, info, how)
         # After the poison record, never before: see poison.py.
         self.board.clear(child.slot)
+        if self.parts.steering is not None:
+            self.parts.steering.gone(child.slot)
         self.stats.retire(child.slot)
         reason = rules.exit_reason(child, status, self.stopping)
         self.child_exits[reason] += 1

@@ -54,6 +54,7 @@ class Snapshot:
     autoscale: dict[str, Any] | None = None  # min, max, waiting, up, down (None: a fixed pool)
     control_messages: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (outcome, reason)
     dead_jobs: dict[str, int] | None = None  # task -> dead letters in the fleet (None: this pool keeps no jobs)
+    tasks: dict[str, tuple[bool, int]] | None = None  # task -> (paused, children withholding it); None: no control
 
 
 class Source(Protocol):
@@ -154,6 +155,20 @@ class PoolCollector(Collector):
             for task, count in sorted(snap.dead_jobs.items()):
                 dead.add_metric(self._values(task), count)
             yield dead
+        if snap.tasks is not None:
+            yield from self._task_control(snap.tasks)
+
+    def _task_control(self, tasks: dict[str, tuple[bool, int]]) -> Iterator[Metric]:
+        paused = self._family(GaugeMetricFamily, "gearman_workers_task_paused",
+                              "1 while the task is paused for this pool (gm-ctl pause), else 0.", "task")
+        withheld = self._family(GaugeMetricFamily, "gearman_workers_task_withheld_children",
+                                "Children that do not offer the task to gearmand now: it is paused, or they wait "
+                                "for a concurrency token.", "task")
+        for task, (is_paused, children) in sorted(tasks.items()):
+            paused.add_metric(self._values(task), 1 if is_paused else 0)
+            withheld.add_metric(self._values(task), children)
+        yield paused
+        yield withheld
 
 
     def _autoscale(self, scaling: dict[str, Any]) -> Iterator[Metric]:

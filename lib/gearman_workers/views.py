@@ -40,9 +40,35 @@ class Keeping(Protocol):
     dead_jobs: dict[str, int] | None  # task -> dead letters in the fleet (None: not read yet)
 
 
+class Steered(Protocol):
+    paused: frozenset[str]  # the tasks paused for this pool
+
+    def withheld(self) -> dict[str, int]: ...  # task -> children that do not offer it now
+
+
 class Listening(Protocol):
     up: bool  # the control listener is subscribed now
     outcomes: collections.Counter[tuple[str, str]]  # (outcome, reason) -> control messages
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningJob:
+    """A job one of the pool's children runs now (what a cancel acts on)."""
+
+    slot: int
+    pid: int
+    handle: str
+    server: int
+
+
+def running_job(master: Observed, handle: str | None, unique: bytes | None) -> RunningJob | None:
+    """The child busy with job HANDLE, or with the job whose unique is UNIQUE."""
+    for child in list(master.children.values()):
+        info = master.board.read(child.slot)
+        if info.state == ChildState.BUSY and info.pid == child.pid and child.killed_because is None \
+                and (info.job_handle == handle if handle is not None else info.job_unique == unique):
+            return RunningJob(child.slot, child.pid, info.job_handle, info.server)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +168,10 @@ class MasterView:
     """The one object other threads hold (see the module's text)."""
 
     def __init__(self, master: Observed, inbox: Inbox, fork_lock: threading.Lock, control_since: float,
-                 control: Listening | None = None, keeper: Keeping | None = None) -> None:
+                 control: Listening | None = None, keeper: Keeping | None = None,
+                 steering: Steered | None = None) -> None:
         self._master, self._inbox, self._control, self._keeper = master, inbox, control, keeper
+        self._steering = steering
         self.pid = master.pid
         self.fork_lock = fork_lock  # held by a thread whenever it is not just waiting (processes.py)
         self.control_since = control_since  # commands stamped before this are not for this master
@@ -152,13 +180,27 @@ class MasterView:
         self._inbox.put(command)
 
     def summary(self) -> dict[str, Any]:
-        return summary(snapshot(self._master, self._control))
+        paused = sorted(self._steering.paused & set(self._master.config.tasks)) if self._steering else None
+        return summary(snapshot(self._master, self._control)) | {"paused": paused}
 
     def metrics_snapshot(self) -> Snapshot:
         found = metrics(snapshot(self._master, self._control))
         if self._keeper is not None:
             found.dead_jobs = self._keeper.dead_jobs
+        if self._steering is not None:
+            withheld = self._steering.withheld()
+            found.tasks = {task: (task in self._steering.paused, withheld.get(task, 0))
+                           for task in self._master.config.tasks}
         return found
 
     def autoscales(self) -> bool:
         return self._master.autoscaler is not None
+
+    def serves(self, task: str) -> bool:
+        return task in self._master.config.tasks
+
+    def running_job(self, handle: str | None, unique: bytes | None) -> RunningJob | None:
+        return running_job(self._master, handle, unique)
+
+    def gearmands(self) -> list[Any]:
+        return list(self._master.config.servers)

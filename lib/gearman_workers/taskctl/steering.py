@@ -1,0 +1,118 @@
+"""The master's side of task control: which child withholds which task, and
+why. It writes the children's rows (switchboard.py); the master signals the
+children whose rows changed. Called from the master's loop (children born
+and gone, pause and cancel commands) and from the governor's thread
+(tokens), hence the lock."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+
+from ..config import Config
+from .switchboard import NO_PERMIT, NO_TOKEN, PAUSED, Switchboard
+
+
+@dataclasses.dataclass
+class Seat:
+    """A slot's child, as task control sees it."""
+
+    tasks: list[str]
+    pid: int = 0  # 0: not forked yet
+    leaving: bool = False  # asked to stop: it wants no token
+
+
+class Steering:
+    def __init__(self, config: Config, slots: int) -> None:
+        self.board = Switchboard(slots)
+        self.paused: frozenset[str] = frozenset()
+        self.seats: dict[int, Seat] = {}
+        self.lock = threading.Lock()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """The governed tasks (at start, and after a reload)."""
+        with self.lock:
+            self.limited = {name: spec.concurrency for name, spec in config.tasks.items() if spec.concurrency}
+            for name in config.tasks:
+                self.board.task_index(name)
+
+    # --- children ---------------------------------------------------------------
+
+    def prepare(self, slot: int, tasks: list[str]) -> None:
+        """Before SLOT's child is forked: its row withholds the paused tasks
+        and those it has no token for yet."""
+        with self.lock:
+            self.board.reset(slot)
+            self.seats[slot] = Seat(tasks)
+            for task in tasks:
+                self.board.withhold(slot, task, PAUSED, task in self.paused)
+                self.board.withhold(slot, task, NO_TOKEN, task in self.limited)
+
+    def born(self, slot: int, pid: int) -> None:
+        with self.lock:
+            self.seats[slot].pid = pid
+
+    def leaving(self, slot: int) -> None:
+        with self.lock:
+            seat = self.seats.get(slot)
+            if seat is not None:
+                seat.leaving = True
+
+    def gone(self, slot: int) -> None:
+        with self.lock:
+            self.seats.pop(slot, None)
+
+    # --- what the governor and the commands change ------------------------------
+
+    def pause(self, paused: frozenset[str]) -> list[int]:
+        """The paused tasks are now PAUSED: the slots whose rows changed."""
+        with self.lock:
+            self.paused = paused
+            return self._set_all(PAUSED, lambda task: task in paused)
+
+    def grant(self, task: str, slots: set[int]) -> list[int]:
+        """Of the children serving TASK, SLOTS hold a token, the others none."""
+        with self.lock:
+            return [slot for slot, seat in self.seats.items() if task in seat.tasks
+                    and self._set(slot, task, NO_TOKEN, slot not in slots)]
+
+    def permit(self, slot: int, task: str, allowed: bool) -> bool:
+        with self.lock:
+            return self._set(slot, task, NO_PERMIT, not allowed)
+
+    def ask_cancel(self, slot: int, handle: bytes) -> None:
+        with self.lock:
+            self.board.ask_cancel(slot, handle)
+            self.board.publish(slot)
+
+    def wanting(self, task: str) -> dict[int, tuple[int, bool]]:
+        """Slot -> (PID, leaving) of the children serving TASK."""
+        with self.lock:
+            return {slot: (seat.pid, seat.leaving) for slot, seat in self.seats.items()
+                    if task in seat.tasks and seat.pid}
+
+    def withheld(self) -> dict[str, int]:
+        """Task -> how many children withhold it now (the metric)."""
+        with self.lock:
+            counts: dict[str, int] = {}
+            for slot, seat in self.seats.items():
+                for task in seat.tasks:
+                    if self.board.reasons(slot, task):
+                        counts[task] = counts.get(task, 0) + 1
+            return counts
+
+    def _set_all(self, reason: int, on: Callable[[str], bool]) -> list[int]:
+        changed = []
+        for slot, seat in self.seats.items():
+            if any([self.board.withhold(slot, task, reason, on(task)) for task in seat.tasks]):
+                self.board.publish(slot)
+                changed.append(slot)
+        return changed
+
+    def _set(self, slot: int, task: str, reason: int, on: bool) -> bool:
+        if not self.board.withhold(slot, task, reason, on):
+            return False
+        self.board.publish(slot)
+        return True
