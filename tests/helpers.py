@@ -332,7 +332,7 @@ ANSWER_PATIENCE = "15"  # seconds a test's command waits for the pools' answers;
 def operator_cli(name: str, *args: str) -> subprocess.CompletedProcess:
     """gm-exit or gm-ctl; a command that pools answer waits for the answers
     patiently (a loaded machine), unless the test says how long."""
-    sending = name == "gm-exit" or any(word in args for word in ("set", "del", "scale"))
+    sending = name == "gm-exit" or any(word in args for word in ("set", "del", "scale", "pause", "resume", "cancel"))
     patience = ("--timeout", ANSWER_PATIENCE) if sending and "--timeout" not in args else ()
     return run_cli(name, *args, *patience)
 

@@ -83,11 +83,13 @@ def test_a_pool_user_reads_only_its_scopes_and_writes_only_expiring_keys_of_its_
     assert rules[:3] == ["resetchannels", "&ctl", "resetkeys"]
     assert [r for r in rules if r.startswith("%R~")] == [
         "%R~gw:exit:all", "%R~gw:exit:host:w1", "%R~gw:exit:pool:*", "%R~gw:exit:host:w1:pool:*",
-        "%R~gw:data:all", "%R~gw:data:host:w1", "%R~gw:data:pool:*", "%R~gw:data:host:w1:pool:*"]
+        "%R~gw:data:all", "%R~gw:data:host:w1", "%R~gw:data:pool:*", "%R~gw:data:host:w1:pool:*",
+        "%R~gw:pause:all", "%R~gw:pause:host:w1", "%R~gw:pause:pool:*", "%R~gw:pause:host:w1:pool:*"]
     assert [r for r in rules if r.startswith("~")] == ["~gw:pool:w1:*", "~gw:nonce:w1:*", "~gw:ack:w1:*"]
     root = rules[:rules.index(next(r for r in rules if r.startswith("(")))]
     assert "+setex" in root and "+set" not in root and "+hset" not in root and "+evalsha" not in root
-    assert " ".join(rules).endswith(f"(~gw:jobs:* {acl.JOB_COMMANDS})")  # job scripts touch job keys only
+    assert f"(~gw:jobs:* {acl.JOB_COMMANDS})" in " ".join(rules)  # job scripts touch job keys only
+    assert " ".join(rules).endswith(f"(~gw:tasks:* {acl.TOKEN_COMMANDS})")  # token scripts, token keys
     with pytest.raises(ValueError, match="cannot be a pool's"):
         acl.pool_acl_rules("w*", "gw", "ctl")
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gearman_workers import identities
-from gearman_workers.commands import PublishData, Stop
+from gearman_workers.commands import PauseTasks, PublishData, Stop
 from gearman_workers.control import data, exit, store
 from gearman_workers.control.data import DataBook
 from gearman_workers.control.listener import ControlListener
@@ -114,10 +114,12 @@ def test_the_stored_path_never_falls_over(values: list[bytes]) -> None:
     for scope, raw in zip(store.pool_scopes("h", "p"), values, strict=False):
         client.strings[f"gearman-workers:exit:{scope}"] = raw
         client.hashes[f"gearman-workers:data:{scope}"] = {b"k": raw, b"\xff": raw}
+        client.hashes[f"gearman-workers:pause:{scope}"] = {b"k": raw, b"\xff": raw}
     for secret in (None, SECRET):
         listener, master = fake_listener(secret=secret)
         listener._catch_up(client)
-        assert isinstance(master.submitted[-1], PublishData)
+        assert [type(c) for c in master.submitted] == [PublishData, PauseTasks]
+        assert master.submitted[-1] == PauseTasks(frozenset())  # nothing hostile paused a task
 
 
 # --- scopes, freshness, replay, versions ----------------------------------------------

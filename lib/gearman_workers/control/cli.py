@@ -24,7 +24,7 @@ from ..jobs import dead
 from ..jobs.keys import JobKeys
 from ..jobs.results import read_record
 from ..jobs.store import JobStore
-from . import data, exit, scale, store, tables
+from . import cancel, data, exit, pause, scale, store, tables
 from .client import connect, read_secret
 from .messages import BadMessage, Message, decode
 from .send import Sender, StoredRecordRefused, refusal
@@ -298,6 +298,44 @@ def _scale(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int
     return _sender(client, conf, args.timeout).send(message)
 
 
+def _pause(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    message = pause.message(args.command, args.task, **_aimed(args, args.command, fleet_wide_needs_all=False))
+    return _sender(client, conf, args.timeout, args.force).send(message)
+
+
+def _cancel(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    """Step 1 to every pool; step 2 (a queued job, by handle) to one (see cancel.py)."""
+    if args.host or args.pool or args.all:
+        raise Refused("cancel finds the job in whichever pool runs it: --host, --pool and --all do not apply")
+    if bool(args.handle) == bool(args.unique):
+        raise Refused("cancel: give --handle HANDLE or --unique UNIQUE")
+    by, job = (cancel.HANDLE, args.handle) if args.handle else (cancel.UNIQUE, args.unique)
+    sender = _sender(client, conf, args.timeout)
+    message = cancel.message(job, by)
+    try:
+        cancel.CANCEL.check(message)
+    except BadMessage as err:
+        raise Refused(str(err)) from None
+    answers = sender.ask(message)
+    running = {where: ack for where, ack in answers.items()
+               if ack is not None and ack.applied and ack.detail.startswith(cancel.RUNNING_HERE)}
+    if running:
+        sender.print_answers(running)
+        return EXIT_OK
+    sender.print_answers({where: ack for where, ack in answers.items() if ack is None or not ack.applied})
+    answered = sorted(where for where, ack in answers.items() if ack is not None and ack.applied)
+    if by == cancel.UNIQUE or not answered:
+        why = ("gearmand finds no queued job by its unique: cancel a queued job by --handle" if answered
+               else "no live pool answered")
+        print(f"job {job} runs in no pool; {why}")
+        return EXIT_FAILED
+    host, pool = answered[0]
+    found = sender.ask(cancel.message(job, by, queued=True, hosts=(host,), pool=pool))
+    sender.print_answers(found)
+    ack = found.get((host, pool))
+    return EXIT_OK if ack is not None and ack.applied and ack.detail.startswith("dropped") else EXIT_FAILED
+
+
 def _get(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
     if args.host or args.pool or args.all:
         raise Refused("get shows the data of every scope: --host, --pool and --all do not apply to it")
@@ -309,11 +347,13 @@ def _get(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
 
 
 def _status(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
-    document = tables.status_document(_live(args, conf, client))
+    pools = _live(args, conf, client)
+    document = tables.status_document(pools)
     if args.json:
         print(json.dumps(document, indent=2, sort_keys=True))
     else:
         tables.print_status(document["children"])
+        tables.print_paused(pools)
     return EXIT_OK
 
 
@@ -398,7 +438,7 @@ JSON_FLAG = ("--json", {"action": "store_true", "help": "print JSON (see docs/ob
 FORCE_FLAG = ("--force", {"action": "store_true", "help": "replace a stored record even when it does not verify "
                           "with our secret (after a secret rotation)"})
 Handler = Callable[[argparse.Namespace, Settings, redis.Redis], int]
-SENDING: set[Handler] = {_set, _del, _scale, _dead}
+SENDING: set[Handler] = {_set, _del, _scale, _dead, _pause, _cancel}
 # name -> (handler, what it does, its own arguments)
 SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = {
     data.SET.name: (_set, "set runtime data KEY to a JSON VALUE",
@@ -408,6 +448,11 @@ SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = 
             [("key", {"nargs": "?"})]),
     scale.NAME: (_scale, "change the number of children of each pool aimed at",
               [("n", {"type": int}), ("--allow-zero", {"action": "store_true", "help": "let n be 0"})]),
+    pause.PAUSE.name: (_pause, "stop offering TASK to gearmand (jobs in hand finish; new ones wait in gearmand)",
+                       [("task", {}), FORCE_FLAG]),
+    pause.RESUME.name: (_pause, "offer TASK to gearmand again", [("task", {}), FORCE_FLAG]),
+    cancel.NAME: (_cancel, "cancel one job: a running one fails with JobCancelled, a queued one (by handle) is "
+                  "dropped from gearmand", [("--handle", {}), ("--unique", {})]),
     "pools": (_pools, "list live pools from their heartbeats", [JSON_FLAG]),
     "status": (_status, "one row per child of every live pool: state, job, counts, memory", [JSON_FLAG]),
     dead.NAME: (_dead, "the dead letters: list, show ID, retry ID|--all, purge ID|--all (docs/jobs.md)",

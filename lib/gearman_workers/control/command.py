@@ -33,6 +33,18 @@ class Pool(Protocol):
     def job_store(self) -> Any:
         """The job records (jobs/store.JobStore) on the listener's connection."""
 
+    def reload_pauses(self) -> frozenset[str]:
+        """Read the stored pauses again, apply them; the tasks paused here now."""
+
+    def serves(self, task: str) -> bool:
+        """TASK is one of this pool's tasks."""
+
+    def running_job(self, handle: str | None, unique: bytes | None) -> Any:
+        """The child running the job (views.RunningJob), or None."""
+
+    def cancel_queued(self, handle: str) -> list[str]:
+        """Ask this pool's gearmands to drop queued job HANDLE: the ones that did."""
+
 
 class ControlCommand(Protocol):
     name: str

@@ -153,7 +153,7 @@ class DataBook:
         if self.path is None:
             return
         try:
-            raw = json.loads(_read_regular_file(self.path))
+            raw = json.loads(read_regular_file(self.path))
             if not isinstance(raw, dict) or raw.get("version") != BOOK_VERSION:
                 raise ValueError(f"unknown version {raw.get('version') if isinstance(raw, dict) else raw!r}")
             for scope, message in raw["entries"]:
@@ -170,7 +170,7 @@ class DataBook:
             self.offer(scope, message, raw)
 
 
-def _read_regular_file(path: Path) -> str:
+def read_regular_file(path: Path) -> str:
     """PATH's text, if it is a regular file: not through a symbolic link, and
     never blocking on a FIFO or a device planted there."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -28,11 +28,13 @@ import redis
 from .. import inherited
 from ..backoff import Backoff
 from ..commands import Command as MasterCommand
-from ..commands import PublishData
-from ..config import Config
+from ..commands import PauseTasks, PublishData
+from ..config import Config, Server
+from ..gearmand_admin import cancel_job
 from ..jobs.keys import JobKeys
 from ..jobs.store import JobStore
-from . import acks, exit, registry, store
+from ..views import RunningJob
+from . import acks, exit, pause, registry, store
 from .client import connect, read_secret, redis_peers, shown_url
 from .data import DataBook, stored
 from .messages import NONCE_RE, BadMessage, Message, Verifier
@@ -49,6 +51,9 @@ class Master(Protocol):
     def submit(self, command: MasterCommand) -> None: ...
     def summary(self) -> dict[str, Any]: ...
     def autoscales(self) -> bool: ...
+    def serves(self, task: str) -> bool: ...
+    def running_job(self, handle: str | None, unique: bytes | None) -> RunningJob | None: ...
+    def gearmands(self) -> list[Server]: ...
 
 log = logging.getLogger("gearman_workers.control")
 
@@ -57,17 +62,21 @@ HEARTBEAT_TTL = 15
 MAX_RETRY_DELAY = 5.0
 MAX_REFUSALS_ANSWERED = 20  # a second (see _answer)
 DUPLICATE_WARNING_INTERVAL = 60.0
+CANCEL_TIMEOUT = 2.0
+START_TIMEOUT = 1.0
 
 
 class ControlListener:
     def __init__(self, url: str, channel: str, prefix: str, hostname: str, pool: str,
-                 secret: bytes | None, max_age: float, book: DataBook | None = None) -> None:
+                 secret: bytes | None, max_age: float, book: DataBook | None = None,
+                 pauses: pause.PauseBook | None = None) -> None:
         self.url, self.channel, self.hostname, self.pool = url, channel, hostname, pool
         self.keys = store.Keys(prefix)
         self.secret = secret
         self.verifier = Verifier(max_age)
         self.book = book or DataBook(secret=secret)
         self._book_loaded = False
+        self.pauses = pauses or pause.PauseBook(None, secret)
         self._redis_peers: frozenset[inherited.Peer] = frozenset()  # what a child blanks (forget_in_child)
         self.master: Master | None = None
         self._stop = threading.Event()
@@ -89,7 +98,23 @@ class ControlListener:
         secret = read_secret(config.secret_file) if config.secret_file else None
         return cls(config.redis_url, config.channel, config.key_prefix, config.hostname, config.name,
                    secret, config.max_message_age,
-                   DataBook(config.state_dir / f"{config.name}.control.json", secret))
+                   DataBook(config.state_dir / f"{config.name}.control.json", secret),
+                   pause.PauseBook(config.state_dir / f"{config.name}.paused.json", secret))
+
+    def initial_pauses(self) -> frozenset[str]:
+        """Before the first child is forked: the tasks paused for this pool,
+        from Redis if it answers at once, else as this pool last applied them."""
+        self.pauses.load()
+        try:  # a short wait: a pool whose Redis is away starts anyway
+            client = redis.Redis.from_url(self.url, socket_timeout=START_TIMEOUT, socket_connect_timeout=START_TIMEOUT)
+            try:
+                self.pauses.replace(pause.stored(client, self.keys, self.hostname, self.pool, self.secret))
+            finally:
+                client.close()
+        except (redis.RedisError, OSError) as err:
+            log.warning("redis %s unreachable at start (%s); tasks paused when this pool last heard: %s",
+                        shown_url(self.url), err, ", ".join(sorted(self.pauses.paused())) or "none")
+        return self.pauses.paused()
 
     # --- what the master calls ----------------------------------------
 
@@ -186,6 +211,7 @@ class ControlListener:
         assert self.master is not None
         exit.catch_up(self, client, self.keys, self.hostname, self.pool, self.secret, self.master.control_since)
         self._reload_data(client)
+        self._reload_pauses(client)
 
     # --- what the commands act on (command.Pool) --------------------------
 
@@ -200,6 +226,36 @@ class ControlListener:
     def autoscales(self) -> bool:
         assert self.master is not None
         return self.master.autoscales()
+
+    def reload_pauses(self) -> frozenset[str]:
+        assert self._client is not None  # commands are applied within a session
+        return self._reload_pauses(self._client)
+
+    def _reload_pauses(self, client: redis.Redis) -> frozenset[str]:
+        assert self.master is not None
+        self.pauses.replace(pause.stored(client, self.keys, self.hostname, self.pool, self.secret))
+        paused = self.pauses.paused()
+        self.master.submit(PauseTasks(paused))
+        return paused
+
+    def serves(self, task: str) -> bool:
+        assert self.master is not None
+        return self.master.serves(task)
+
+    def running_job(self, handle: str | None, unique: bytes | None) -> RunningJob | None:
+        assert self.master is not None
+        return self.master.running_job(handle, unique)
+
+    def cancel_queued(self, handle: str) -> list[str]:
+        assert self.master is not None
+        dropped = []
+        for server in self.master.gearmands():
+            try:
+                if cancel_job(server.host, server.port, handle, CANCEL_TIMEOUT):
+                    dropped.append(str(server))
+            except OSError as err:
+                log.warning("cannot ask gearmand %s to drop job %s: %s", server, handle, err)
+        return dropped
 
     def job_store(self) -> JobStore:
         assert self._client is not None  # commands are applied within a session

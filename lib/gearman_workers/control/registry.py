@@ -5,14 +5,17 @@ one line here."""
 from __future__ import annotations
 
 from ..jobs.dead import DEAD
+from .cancel import CANCEL
 from .command import ControlCommand
 from .data import DEL, SET
 from .exit import EXIT
 from .messages import BadMessage, Message
 from .messages import decode as parse
+from .pause import PAUSE, RESUME
 from .scale import SCALE
 
-COMMANDS: dict[str, ControlCommand] = {command.name: command for command in (EXIT, SET, DEL, SCALE, DEAD)}
+COMMANDS: dict[str, ControlCommand] = {
+    command.name: command for command in (EXIT, SET, DEL, SCALE, DEAD, PAUSE, RESUME, CANCEL)}
 
 
 def command_of(message: Message) -> ControlCommand:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -41,12 +42,8 @@ class Sender:
 
     def send(self, message: Message) -> int:
         """Steps 1 to 3 above; raises StoredRecordRefused at step 1."""
-        live = sorted((str(p.get("host")), str(p.get("name"))) for p in store.live_pools(self.client, self.keys)
-                      if message.targets(str(p.get("host")), str(p.get("name"))))
-        sent, raw, previous = self.publish(message)
-        answers = acks.collect(self.client, self.keys, live, sent.nonce or "", self.timeout) if live else {}
-        for (host, pool), ack in answers.items():
-            print(f"{host}/{pool}: {ack.line() if ack else f'no answer within {self.timeout:g} s'}")
+        live, sent, raw, previous, answers = self._ask(message)
+        self.print_answers(answers)
         if not live:
             print("no live pool is aimed at" + ("; kept for the pools that start later" if self._kept(sent) else ""))
         unverified = any(ack is not None and ack.reason in UNVERIFIED for ack in answers.values())
@@ -56,6 +53,22 @@ class Sender:
                   "secret_file); without one, only pools started with allow_unsigned accept a command. "
                   "What was kept before is kept again")
         return EXIT_OK if live and all(ack is not None and ack.applied for ack in answers.values()) else EXIT_FAILED
+
+    def ask(self, message: Message) -> dict[tuple[str, str], acks.Ack | None]:
+        """Send MESSAGE (it keeps nothing) and return the answers, printing none."""
+        return self._ask(message)[4]
+
+    def print_answers(self, answers: Mapping[tuple[str, str], acks.Ack | None]) -> None:
+        for (host, pool), ack in answers.items():
+            print(f"{host}/{pool}: {ack.line() if ack else f'no answer within {self.timeout:g} s'}")
+
+    def _ask(self, message: Message) -> tuple[list[tuple[str, str]], Message, bytes, dict[str, bytes | None],
+                                             dict[tuple[str, str], acks.Ack | None]]:
+        live = sorted((str(p.get("host")), str(p.get("name"))) for p in store.live_pools(self.client, self.keys)
+                      if message.targets(str(p.get("host")), str(p.get("name"))))
+        sent, raw, previous = self.publish(message)
+        answers = acks.collect(self.client, self.keys, live, sent.nonce or "", self.timeout) if live else {}
+        return live, sent, raw, previous, answers
 
     def publish(self, message: Message) -> tuple[Message, bytes, dict[str, bytes | None]]:
         """Stamp, sign, keep and publish MESSAGE: the message as sent, the

@@ -7,6 +7,7 @@ that was cut off, restarted or scaled up catches up on reconnect:
     PREFIX:exit:SCOPE     the last exit command for SCOPE (its signed message; exit.py)
     PREFIX:data:SCOPE     hash KEY -> the last set or del command for KEY
                           (a del is kept as a signed tombstone, not removed; data.py)
+    PREFIX:pause:SCOPE    hash TASK -> the last pause or resume of TASK (pause.py)
     PREFIX:pool:HOST:NAME heartbeat of a live pool (JSON, with a TTL)
     PREFIX:nonce:HOST:NAME:NONCE  a nonce that pool has seen (expires)
 
@@ -48,6 +49,9 @@ class Keys:
 
     def data(self, scope: str) -> str:
         return f"{self.prefix}:data:{scope}"
+
+    def pause(self, scope: str) -> str:
+        return f"{self.prefix}:pause:{scope}"
 
     def heartbeat(self, host: str, pool: str) -> str:
         return f"{self.prefix}:pool:{host}:{pool}"
@@ -157,7 +161,8 @@ _NUMBER = (int, float)
 # What gm-ctl reads of a heartbeat, with the types a master writes (master.summary).
 POOL_TYPES: dict[str, tuple[type, ...]] = {
     "pid": (int,), "desired": (int,), "registered": (int,), "started": _NUMBER, "reported": _NUMBER,
-    "autoscale": (dict, type(None)), "children": (list,), "duplicate_of": (int, type(None))}
+    "autoscale": (dict, type(None)), "children": (list,), "duplicate_of": (int, type(None)),
+    "paused": (list, type(None))}
 CHILD_TYPES: dict[str, tuple[type, ...]] = {
     "slot": (int,), "pid": (int,), "state": (str,), "dedicated_to": (str, type(None)), "task": (str, type(None)),
     "job": (str, type(None)), "busy_for": (*_NUMBER, type(None)), "jobs_done": (int,), "jobs_failed": (int,),

@@ -25,7 +25,7 @@ def _child_count(info: dict[str, Any]) -> int:
 
 CHILD_FIELDS = ("slot", "pid", "state", "dedicated_to", "task", "job", "busy_for", "jobs_done", "jobs_failed",
                 "rss", "age")
-POOL_FIELDS = ("pid", "desired", "registered", "started", "reported", "autoscale", "duplicate_of")
+POOL_FIELDS = ("pid", "desired", "registered", "started", "reported", "autoscale", "duplicate_of", "paused")
 
 
 def status_document(pools: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,6 +75,14 @@ def print_status(children: list[dict[str, Any]]) -> None:
         print(" ".join(row[i].rjust(widths[i]) if i in numeric else row[i].ljust(widths[i]) for i in keep).rstrip())
     if not children:
         print("(no live pool matched)")
+
+
+def print_paused(pools: list[dict[str, Any]]) -> None:
+    """Below the status table: the tasks each pool withholds because they are paused."""
+    for info in sorted(pools, key=pool_id):
+        paused = [str(task) for task in info.get("paused") or []]
+        if paused:
+            print(f"{escape(pool_id(info))}: paused {escape(', '.join(paused))}")
 
 
 def pool_id(info: dict[str, Any]) -> str:
