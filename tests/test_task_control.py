@@ -335,7 +335,7 @@ def test_with_redis_away_a_pool_keeps_its_share_and_logs_it_once(
     wait_for(lambda: all("share of its concurrency" in pool.log() for pool in (alpha, beta)), what="the log")
     for pool in (alpha, beta):
         assert pool.log().count("share of its concurrency") == 1
-        mine = int(re.search(r"concurrency: limited (\d) of 3", pool.log()).group(1))  # type: ignore[union-attr]
+        mine = int(re.search(r"and rate: limited (\d) of 3", pool.log()).group(1))  # type: ignore[union-attr]
         wait_for(lambda p=pool, n=mine: offering(gearmand, p.name, "limited") <= n, what=f"{pool.name}'s share")
     assert offering(gearmand, "alpha", "limited") + offering(gearmand, "beta", "limited") <= 3
     threads = [threading.Thread(target=gearmand.client().submit_job, args=("limited", "0.05"),
@@ -345,3 +345,25 @@ def test_with_redis_away_a_pool_keeps_its_share_and_logs_it_once(
     for thread in threads:
         thread.join()
     assert len(marks(tmp_path, "run")) == 12 and overlap(marks(tmp_path, "run")) <= 3
+
+
+def test_a_tasks_jobs_start_at_its_rate_across_the_fleet(gearmand: Gearmand, redis_server: RedisServer,
+                                                          fleet: Any, tmp_path: Path) -> None:
+    jobs, per_second = 60, 10
+    pools = fleet(("alpha", "host-a"), ("beta", "host-b"),
+                  tasks=f'paced = {{ call = "steered:limited", rate = "{per_second}/s" }}')
+    children = sum(pool.processes for pool in pools)
+    wait_for(lambda: sum(offering(gearmand, pool.name, "paced") for pool in pools) == children,
+             what="every child holding a permit")  # one each: the most a quiet spell saves up
+    requests = gearmand.client().submit_multiple_jobs([{"task": "paced", "data": "0.01"} for _ in range(jobs)],
+                                                      poll_timeout=30)
+    assert all(request.complete for request in requests)
+    starts = sorted(run["start"] for run in marks(tmp_path, "run"))
+    steady = starts[children:]  # after the burst of the permits saved up
+    rate = (len(steady) - 1) / (steady[-1] - steady[0])
+    busiest = max(sum(1 for t in starts if begin <= t < begin + 1) for begin in starts)
+    print(f"{jobs} jobs: {rate:.2f} starts/s after the first {children} (rate {per_second}/s); "
+          f"busiest second {busiest}")
+    assert len(starts) == jobs
+    assert abs(rate - per_second) <= per_second * 0.05
+    assert busiest <= per_second + children

@@ -24,7 +24,7 @@ from .jobstats import JobStats
 from .prctl import PR_SET_PDEATHSIG, prctl
 from .scoreboard import Scoreboard
 from .strays import StrayLog
-from .taskctl.switchboard import Switchboard
+from .taskctl.switchboard import Row, Switchboard
 from .tasks import TaskLoadError, load_tasks
 
 if TYPE_CHECKING:
@@ -107,7 +107,13 @@ class ChildKit:
                       self.stats.counter(slot) if self.count_jobs else None, titles.child(slot, config.name, group),
                       StrayLog(strays.forks_file(config.state_dir, config.name, os.getpid())),
                       job_lives(config, names),
-                      self.switchboard.reader(slot, names) if self.switchboard is not None else None)
+                      self._row(slot, names))
+
+    def _row(self, slot: int, names: list[str]) -> Row | None:
+        if self.switchboard is None:
+            return None
+        metered = frozenset(name for name in names if self.config.tasks[name].rate)
+        return self.switchboard.reader(slot, names, metered)
 
 
 def job_lives(config: configuration.Config, names: list[str]) -> dict[str, JobLife]:

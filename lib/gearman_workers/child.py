@@ -80,13 +80,15 @@ class Route:
     time limit (0: none), its name, its busy title and its name as the
     slot keeps it."""
 
-    __slots__ = ("call", "field", "life", "limit", "name", "title")
+    __slots__ = ("call", "field", "life", "limit", "metered", "name", "title")
 
-    def __init__(self, call: Callable[..., Any], limit: float, name: str, life: JobLife | None = None) -> None:
+    def __init__(self, call: Callable[..., Any], limit: float, name: str, life: JobLife | None = None,
+                 metered: bool = False) -> None:
         self.call, self.limit, self.name = call, limit, name
         self.title = f"busy {name}"
         self.field = name.encode()  # the slot keeps what fits
         self.life = life  # None: a task whose jobs leave no record (retries and keep_results off)
+        self.metered = metered  # its jobs start on permits (a `rate`: taskctl/offers.py)
 
 
 class Worker:
@@ -100,7 +102,8 @@ class Worker:
         self.config = config
         lives = lives or {}
         self.stray_log = stray_log
-        self.routes = {name.encode(): Route(func, config.time_limit(name), name, lives.get(name))
+        metered = row.metered if row is not None else frozenset()
+        self.routes = {name.encode(): Route(func, config.time_limit(name), name, lives.get(name), name in metered)
                        for name, func in tasks.items()}
         # The job records' one connection (jobs/runs.py): its batch goes out when the child falls idle.
         self.job_records = next(iter(lives.values())).link.records if lives else None
@@ -505,6 +508,8 @@ class Worker:
         if self.header[DATA_VERSION] != self.data_version:
             self._apply_runtime_data()
         route = self.routes[task]
+        if route.metered:  # a task with a rate: this job spends the child's permit
+            self.offers.spend(route.name)
         job = Job(handle, route.name, unique, data, session)
         fatal: BaseException | None = None
         started = time.monotonic()
@@ -518,6 +523,8 @@ class Worker:
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
+        if route.metered:
+            reply += self.offers.withdraw(route.name)
         reply += session.after_job(fatal is None and self._accepting())
         if link.status == UP:
             self._send(session, reply)

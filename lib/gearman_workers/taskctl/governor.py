@@ -1,6 +1,6 @@
 """The master's governor: one thread per pool that holds the fleet-wide
-concurrency tokens (tokens.py) for the children serving a limited task,
-and tells the master whose rows changed (steering.py).
+concurrency tokens and start permits (tokens.py) for the children serving
+a limited task, and tells the master whose rows changed (steering.py).
 
 A child offers a limited task only while it holds a token: its row starts
 with NO_TOKEN, the governor takes a token for it when one is free and
@@ -9,9 +9,15 @@ while it lives and stays (it is not given back between jobs: that would
 cost a Redis call per job); a child that leaves or dies gives it back at
 the next tick, and a token no master renews lapses within TOKEN_TTL_MS.
 
+A task with a rate: the governor reserves a start permit for each child
+that has none, and grants it at its time; the child spends it on its next
+job of the task (switchboard.py). At most one permit waits unused per
+child, so a burst after a quiet spell is at most one job per child.
+
 While Redis is away the pool keeps at most its share of each limit
 (tokens.share): the children beyond it withhold the task until Redis
-answers again. Logged once per outage.
+answers again; permits come at its share of the rate, on its own clock
+(tokens.LocalPermits). Logged once per outage.
 
 Like the job keeper, it talks to Redis holding the master's fork lock.
 """
@@ -32,11 +38,12 @@ from ..commands import Command, OffersChanged
 from ..config import Config
 from ..control.client import connect, redis_peers, shown_url
 from .steering import Steering
-from .tokens import TaskKeys, Tokens, share
+from .tokens import LocalPermits, TaskKeys, Tokens, share
 
 log = logging.getLogger("gearman_workers.taskctl")
 
 TICK = 0.1            # how often tokens are sought for children that wait
+METER_TICK = 0.05     # how often children's spent permits are looked for (a task with a rate)
 RENEW_INTERVAL = 1.0  # how often held tokens are renewed (TOKEN_TTL_MS is five times that)
 
 
@@ -54,6 +61,8 @@ class Governor:
         self.pool = f"{config.hostname}/{config.name}"
         self.members: dict[str, dict[int, str]] = {}  # task -> slot -> the token member its child holds
         self.fleet: dict[str, list[str]] = {}  # task -> the pools last seen serving it
+        self.due: dict[str, dict[int, float]] = {}  # task -> slot -> when its reserved permit is granted
+        self.local = LocalPermits(self.fleet)
         self._submit: Callable[[Command], None] = lambda command: None
         self._stop = threading.Event()
         self._guard = threading.Lock()
@@ -79,7 +88,7 @@ class Governor:
                 self._session(stop)
             except (redis.RedisError, OSError) as err:
                 self._outage(err)
-                stop.wait(backoff.next())
+                self._offline(stop, backoff.next())
             except Exception:
                 with self._guard:
                     log.exception("governor failed; restarting it")
@@ -97,10 +106,11 @@ class Governor:
                 renew = time.monotonic() >= next_renewal
                 with self._guard:
                     waiting = self._hold_all(tokens, renew)
+                    metering = self._meter_all(tokens)
                 if renew:
                     next_renewal = time.monotonic() + RENEW_INTERVAL
                 self._back()
-                stop.wait(TICK if waiting else min(TICK * 5, next_renewal - time.monotonic()))
+                stop.wait(min(TICK if waiting else TICK * 5, next_renewal - time.monotonic(), metering))
             with self._guard:
                 self._give_back(tokens)
         finally:
@@ -124,6 +134,39 @@ class Governor:
             waiting = waiting or len(holding) < len(members)
         return waiting
 
+    def _meter_all(self, permits: Tokens | LocalPermits) -> float:
+        """Reserve permits for the children that have none, grant those due:
+        seconds until the next look."""
+        wait = float("inf")
+        for task, per_second in self.steering.rated.items():
+            wait = min(wait, METER_TICK, self._meter(permits, task, per_second))
+        return wait
+
+    def _meter(self, permits: Tokens | LocalPermits, task: str, per_second: float) -> float:
+        now = time.monotonic()
+        serving = {slot for slot, (_, leaving) in self.steering.wanting(task).items() if not leaving}
+        due = {slot: at for slot, at in self.due.get(task, {}).items() if slot in serving}
+        needy = [slot for slot in sorted(serving) if slot not in due and self.steering.needs_permit(slot, task)]
+        if needy:
+            waits, self.fleet[task] = permits.reserve(task, per_second, len(needy), self.pool)
+            due.update({slot: now + wait for slot, wait in zip(needy, waits, strict=True)})
+        granted = [slot for slot, at in due.items() if at <= now]
+        for slot in granted:
+            self.steering.grant_permit(slot, task)
+            del due[slot]
+        if granted:
+            self._submit(OffersChanged(tuple(granted)))
+        self.due[task] = due
+        return min(due.values(), default=now + METER_TICK) - now
+
+    def _offline(self, stop: threading.Event, seconds: float) -> None:
+        """Redis is away for SECONDS more at least: permits at this pool's share of each rate."""
+        until = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < until:
+            with self._guard:
+                wait = self._meter_all(self.local)
+            stop.wait(max(0.0, min(wait, until - time.monotonic())))
+
     def _grant(self, task: str, granted: set[int]) -> None:
         changed = self.steering.grant(task, granted)
         if changed:
@@ -140,7 +183,7 @@ class Governor:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 log.warning("redis %s unreachable for the governor (%s); each limited task keeps at most this "
-                            "pool's share of its concurrency: %s", shown_url(self.url), err, self._shares())
+                            "pool's share of its concurrency and rate: %s", shown_url(self.url), err, self._shares())
             for task, limit in self.steering.limited.items():
                 keep = share(limit, self.fleet.get(task, []), self.pool)
                 held = self.members.get(task, {})
@@ -148,8 +191,11 @@ class Governor:
                 self._grant(task, set(self.members[task]))
 
     def _shares(self) -> str:
-        return ", ".join(f"{task} {share(limit, self.fleet.get(task, []), self.pool)} of {limit}"
-                         for task, limit in sorted(self.steering.limited.items())) or "none limited"
+        limits = [f"{task} {share(limit, self.fleet.get(task, []), self.pool)} of {limit}"
+                  for task, limit in sorted(self.steering.limited.items())]
+        rates = [f"{task} {per_second / max(1, len(self.fleet.get(task, []))):g}/s of {per_second:g}/s"
+                 for task, per_second in sorted(self.steering.rated.items())]
+        return ", ".join(limits + rates) or "none"
 
     def _back(self) -> None:
         if self._outage_since is not None:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from ..config import Config
-from .switchboard import NO_PERMIT, NO_TOKEN, PAUSED, Switchboard
+from .switchboard import NO_TOKEN, PAUSED, Switchboard
 
 
 @dataclasses.dataclass
@@ -35,6 +35,7 @@ class Steering:
         """The governed tasks (at start, and after a reload)."""
         with self.lock:
             self.limited = {name: spec.concurrency for name, spec in config.tasks.items() if spec.concurrency}
+            self.rated = {name: spec.starts_per_second for name, spec in config.tasks.items() if spec.rate}
             for name in config.tasks:
                 self.board.task_index(name)
 
@@ -46,7 +47,7 @@ class Steering:
         with self.lock:
             self.board.reset(slot)
             self.seats[slot] = Seat(tasks)
-            for task in tasks:
+            for task in tasks:  # (a task with a rate: no permit yet, see switchboard.py)
                 self.board.withhold(slot, task, PAUSED, task in self.paused)
                 self.board.withhold(slot, task, NO_TOKEN, task in self.limited)
 
@@ -78,9 +79,16 @@ class Steering:
             return [slot for slot, seat in self.seats.items() if task in seat.tasks
                     and self._set(slot, task, NO_TOKEN, slot not in slots)]
 
-    def permit(self, slot: int, task: str, allowed: bool) -> bool:
+    def grant_permit(self, slot: int, task: str) -> None:
+        """The child in SLOT may start one job of TASK (its rate allows it)."""
         with self.lock:
-            return self._set(slot, task, NO_PERMIT, not allowed)
+            if slot in self.seats:
+                self.board.grant_permit(slot, task)
+                self.board.publish(slot)
+
+    def needs_permit(self, slot: int, task: str) -> bool:
+        with self.lock:
+            return slot in self.seats and not self.board.unused_permit(slot, task)
 
     def ask_cancel(self, slot: int, handle: bytes) -> None:
         with self.lock:

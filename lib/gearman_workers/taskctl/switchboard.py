@@ -2,11 +2,15 @@
 memory that the master writes and its children read, made before the first
 fork (like the scoreboard, scoreboard.py).
 
-One row per slot: a version word, the handle of a job to cancel, and one
-byte per task: 0 while the child offers the task, else the reasons it
-withholds it (bits: PAUSED, NO_TOKEN, NO_PERMIT). The master writes a row,
-bumps its version, then sends the child OFFERS_SIGNAL; the child reads its
-row when the signal comes (and when it starts), never on the job path.
+One row per slot: a version word, the handle of a job to cancel, one byte
+per task: 0 while the child may offer the task, else the reasons it
+withholds it (bits: PAUSED, NO_TOKEN), and per task two counters of start
+permits (a task with a `rate`): how many the master granted the child, and
+how many the child used. A child offers such a task only while it holds a
+permit it has not used. The master writes a row, bumps its version, then
+sends the child OFFERS_SIGNAL; the child reads its row when the signal
+comes (and when it starts), never on the job path. The used counters are
+the one thing a child writes here: the master reads them.
 
 Tasks get a byte from the master in order of first sight (a reload may add
 tasks); past MAX_TASKS, a task cannot be withheld and is always offered.
@@ -23,13 +27,15 @@ import struct
 OFFERS_SIGNAL = signal.SIGRTMIN + 3
 MAX_TASKS = 256
 HANDLE_FIELD = 64
-PAUSED, NO_TOKEN, NO_PERMIT = 1, 2, 4
-REASONS = {PAUSED: "paused", NO_TOKEN: "waiting for a concurrency token", NO_PERMIT: "waiting for its start rate"}
+PAUSED, NO_TOKEN = 1, 2
 
 _VERSION = struct.Struct("<Q")
+_COUNT = struct.Struct("<H")  # permits granted or used, modulo 65536: only their difference counts
 _CANCEL_AT = _VERSION.size
 _TASKS_AT = _CANCEL_AT + HANDLE_FIELD
-_ROW = _TASKS_AT + MAX_TASKS
+_GRANTED_AT = _TASKS_AT + MAX_TASKS
+_USED_AT = _GRANTED_AT + MAX_TASKS * _COUNT.size
+_ROW = _USED_AT + MAX_TASKS * _COUNT.size
 
 
 class Switchboard:
@@ -62,6 +68,17 @@ class Switchboard:
         self._mem[offset] = after
         return after != before
 
+    def grant_permit(self, slot: int, task: str) -> None:
+        at = self.task_index(task)
+        if at is not None:
+            offset = slot * _ROW + _GRANTED_AT + at * _COUNT.size
+            _COUNT.pack_into(self._mem, offset, (_COUNT.unpack_from(self._mem, offset)[0] + 1) & 0xFFFF)
+
+    def unused_permit(self, slot: int, task: str) -> bool:
+        """The child in SLOT holds a start permit for TASK that it has not used."""
+        at = self.index.get(task)
+        return at is not None and _unused(self._mem, slot * _ROW, at)
+
     def reasons(self, slot: int, task: str) -> int:
         at = self.index.get(task)
         return 0 if at is None else self._mem[slot * _ROW + _TASKS_AT + at]
@@ -77,24 +94,40 @@ class Switchboard:
 
     # --- the child's side ---------------------------------------------------
 
-    def reader(self, slot: int, tasks: list[str]) -> Row:
-        return Row(self._mem, slot * _ROW, {task: self.index[task] for task in tasks if task in self.index})
+    def reader(self, slot: int, tasks: list[str], metered: frozenset[str] = frozenset()) -> Row:
+        """SLOT's row, for a child of TASKS (METERED: those with a rate)."""
+        return Row(self._mem, slot * _ROW, {task: self.index[task] for task in tasks if task in self.index},
+                   metered)
+
+
+def _unused(mem: mmap.mmap, row: int, at: int) -> bool:
+    granted = _COUNT.unpack_from(mem, row + _GRANTED_AT + at * _COUNT.size)[0]
+    used = _COUNT.unpack_from(mem, row + _USED_AT + at * _COUNT.size)[0]
+    return granted != used
 
 
 class Row:
     """One child's row, as the child reads it."""
 
-    __slots__ = ("_mem", "_offset", "_tasks")
+    __slots__ = ("_mem", "_offset", "_tasks", "metered")
 
-    def __init__(self, mem: mmap.mmap, offset: int, tasks: dict[str, int]) -> None:
+    def __init__(self, mem: mmap.mmap, offset: int, tasks: dict[str, int], metered: frozenset[str]) -> None:
         self._mem, self._offset, self._tasks = mem, offset, tasks
+        self.metered = metered & set(tasks)
 
     def version(self) -> int:
         return _VERSION.unpack_from(self._mem, self._offset)[0]
 
     def withheld(self) -> frozenset[str]:
-        base = self._offset + _TASKS_AT
-        return frozenset(task for task, at in self._tasks.items() if self._mem[base + at])
+        """The tasks not to offer now: withheld for a reason, or metered without an unused permit."""
+        base, mem = self._offset + _TASKS_AT, self._mem
+        return frozenset(task for task, at in self._tasks.items()
+                         if mem[base + at] or (task in self.metered and not _unused(mem, self._offset, at)))
+
+    def use_permit(self, task: str) -> None:
+        """A job of metered TASK starts: its permit is spent."""
+        offset = self._offset + _USED_AT + self._tasks[task] * _COUNT.size
+        _COUNT.pack_into(self._mem, offset, (_COUNT.unpack_from(self._mem, offset)[0] + 1) & 0xFFFF)
 
     def cancel_handle(self) -> bytes:
         start = self._offset + _CANCEL_AT

@@ -1,4 +1,5 @@
-"""Concurrency tokens in Redis: at most N jobs of a task at once, fleet-wide.
+"""Concurrency tokens and start permits in Redis: at most N jobs of a task
+at once, and at most R starts a second, fleet-wide.
 
 A token is a member of the sorted set PREFIX:tasks:TASK:tokens, scored with
 the time (Redis's clock, milliseconds) at which it lapses. A pool holds
@@ -8,12 +9,20 @@ lapses within TOKEN_TTL_MS. Every pool that serves the task also keeps its
 own name in PREFIX:tasks:TASK:pools, with the same expiry: the pools last
 seen there decide each pool's share of N while Redis is away (governor.py).
 
-Both keys expire as a whole too: a pool's Redis user may write only keys
+Start permits: PREFIX:tasks:TASK:rate holds the time (microseconds, Redis's
+clock) at which the next permit may start, and every permit reserved moves
+it on by 1/R: permits are handed out at most R a second across the fleet,
+each at its own time (a generic cell rate: no burst builds up while nobody
+asks). A pool reserves one permit for each of its children that has none,
+and grants it at its time (governor.py).
+
+The keys expire as a whole too: a pool's Redis user may write only keys
 that do (see the redis role's ACL).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 TOKEN_TTL_MS = 5000
@@ -49,6 +58,28 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return {held, redis.call('ZRANGE', KEYS[2], 0, -1)}
 """
 
+# KEYS: the rate key, pools. ARGV: microseconds between permits, how many,
+# this pool, the pools' ttl ms. Returns Redis's time now and the time of each
+# permit (microseconds), and the pools that serve the task.
+RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local interval = tonumber(ARGV[1])
+local next_at = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next_at < now then next_at = now end
+local times = {}
+for i = 1, tonumber(ARGV[2]) do
+  times[i] = string.format('%d', next_at)
+  next_at = next_at + interval
+end
+redis.call('SET', KEYS[1], string.format('%d', next_at), 'PX', math.ceil((next_at - now) / 1000) + 60000)
+return {string.format('%d', now), times, redis.call('ZRANGE', KEYS[2], 0, -1)}
+"""
+
 # KEYS: tokens. ARGV: the members to give back.
 RELEASE = """
 for i = 1, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
@@ -66,6 +97,9 @@ class TaskKeys:
     def pools(self, task: str) -> str:
         return f"{self.prefix}:tasks:{task}:pools"
 
+    def rate(self, task: str) -> str:
+        return f"{self.prefix}:tasks:{task}:rate"
+
 
 class Tokens:
     """The scripts, on one connection (the governor's)."""
@@ -74,6 +108,7 @@ class Tokens:
         self.client, self.keys = client, keys
         self._hold = client.register_script(HOLD)
         self._release = client.register_script(RELEASE)
+        self._reserve = client.register_script(RESERVE)
 
     def hold(self, task: str, limit: int, pool: str, members: list[str]) -> tuple[set[str], list[str]]:
         """Renew or take tokens for MEMBERS (in order, while there are any):
@@ -85,6 +120,31 @@ class Tokens:
     def release(self, task: str, members: list[str]) -> None:
         if members:
             self._release(keys=[self.keys.tokens(task)], args=members)
+
+
+    def reserve(self, task: str, per_second: float, count: int, pool: str) -> tuple[list[float], list[str]]:
+        """COUNT permits of TASK: (in how many seconds each may start, the pools that serve TASK)."""
+        now, times, pools = self._reserve(keys=[self.keys.rate(task), self.keys.pools(task)],
+                                          args=[round(1e6 / per_second), count, pool, TOKEN_TTL_MS])
+        return [(int(at) - int(now)) / 1e6 for at in times], sorted(_text(p) for p in pools)
+
+
+class LocalPermits:
+    """Start permits while Redis is away: this pool's share of the rate (the
+    rate split evenly over the pools last seen serving the task), on this
+    host's clock."""
+
+    def __init__(self, fleet: dict[str, list[str]]) -> None:
+        self.fleet = fleet  # task -> the pools last seen serving it (the governor's)
+        self.next_at: dict[str, float] = {}
+
+    def reserve(self, task: str, per_second: float, count: int, pool: str) -> tuple[list[float], list[str]]:
+        now = time.monotonic()
+        fleet = self.fleet.get(task, [])
+        interval = max(1, len(fleet)) / per_second
+        at = max(now, self.next_at.get(task, 0.0))
+        self.next_at[task] = at + count * interval
+        return [at + i * interval - now for i in range(count)], fleet
 
 
 def _text(value: bytes | str) -> str:
