@@ -4,6 +4,7 @@ role's pool template gives a configuration the pool accepts."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,19 @@ def test_a_pool_without_tasks_is_refused_outside_the_test_inventory(tmp_path: Pa
     assert "changed=0" in done.stdout
     pools = load_script("plugins/filter/pools.py")
     assert pools.pool_list(None, {"tasks": {}}, "default", 9810, {})[0]["tasks"] == {}  # no examples slipped in
+
+
+def test_a_tasks_table_from_the_role_keeps_its_limits(tmp_path: Path) -> None:
+    """concurrency and rate in a task's table reach the pool as written (the template passes a table's keys)."""
+    import jinja2
+
+    template = (ROLE / "templates/pool.toml.j2").read_text()
+    section = template[template.index("[tasks]"):template.index("[metrics]")]
+    environment = jinja2.Environment(keep_trailing_newline=True)
+    environment.filters["to_json"] = json.dumps
+    tasks = {"report": {"call": "reports:build", "concurrency": 2, "rate": "100/m"}, "echo": "tasks:echo"}
+    rendered = environment.from_string(section).render(pool={"tasks": tasks})
+    path = tmp_path / "pool.toml"
+    path.write_text(f'[control]\nredis_url = "redis://127.0.0.1:1/0"\n{rendered}')
+    spec = configuration.load(path=path).tasks["report"]
+    assert (spec.concurrency, spec.rate) == (2, "100/m")

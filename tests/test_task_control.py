@@ -367,3 +367,34 @@ def test_a_tasks_jobs_start_at_its_rate_across_the_fleet(gearmand: Gearmand, red
     assert len(starts) == jobs
     assert abs(rate - per_second) <= per_second * 0.05
     assert busiest <= per_second + children
+
+
+def test_a_pool_with_the_roles_acl_user_holds_tokens_permits_and_pauses(
+        gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> None:
+    """The redis role's rules for a pool user (plugins/filter/acl.py) let a pool do all of the above."""
+    import redis
+
+    from gearman_workers.control import pause
+    from helpers import load_script
+
+    rules = load_script("plugins/filter/acl.py").pool_acl_rules("host-a", "gearman-workers", "gearman-workers")
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "pool-host-a", "on", ">pool-password", *rules.split())
+    url = f"redis://pool-host-a:pool-password@127.0.0.1:{redis_server.port}/0"
+    tasks = 'paced = { call = "steered:limited", rate = "20/s", concurrency = 1 }'
+    pool = steered_pool(gearmand, url, tmp_path, "alpha", "host-a", tasks=tasks)
+    try:
+        pool.start()
+        wait_for(lambda: offering(gearmand, "alpha", "paced") == 1, what="a token and a permit")
+        assert gearmand.client().submit_job("paced", "0", poll_timeout=10).complete
+        sender(redis_server).ask(pause.message("pause", "quick"))
+        wait_for(lambda: offering(gearmand, "alpha", "quick") == 0, what="the pause")
+        assert admin.zcard("gearman-workers:tasks:paced:tokens") == 1 and admin.pttl("gearman-workers:tasks:paced:rate") > 0
+        assert "NOPERM" not in pool.log() and "governor failed" not in pool.log()
+    finally:
+        pool.stop()
+    user = redis.Redis.from_url(url)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.set("gearman-workers:tasks:paced:rate", "0")  # the rate key: only with an expiry
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.hset("gearman-workers:pause:all", "quick", "x")  # pauses: read only

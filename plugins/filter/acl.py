@@ -26,7 +26,7 @@ from typing import Any
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a pool's hostname (config.NAME_RE): no glob characters
 POOL_COMMANDS = ("-@all +ping +hello +auth +client|setname +client|reply +subscribe +unsubscribe +get +mget "
                  "+hgetall +setex +del +time +script|load")
-TOKEN_COMMANDS = "+evalsha +eval +get +set +zadd +zrem +zremrangebyscore +zscore +zcard +zrange +pexpire"
+TOKEN_COMMANDS = "+evalsha +eval +get +psetex +zadd +zrem +zremrangebyscore +zscore +zcard +zrange +pexpire"
 JOB_COMMANDS = ("+evalsha +eval +get +set +exists +del +rename +expire +pexpire +persist +hget +hmget +hset "
                 "+hgetall +hincrby +zadd +zrem +zrange +zrangebyscore +zcard")
 

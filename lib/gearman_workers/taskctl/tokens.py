@@ -76,7 +76,7 @@ for i = 1, tonumber(ARGV[2]) do
   times[i] = string.format('%d', next_at)
   next_at = next_at + interval
 end
-redis.call('SET', KEYS[1], string.format('%d', next_at), 'PX', math.ceil((next_at - now) / 1000) + 60000)
+redis.call('PSETEX', KEYS[1], math.ceil((next_at - now) / 1000) + 60000, string.format('%d', next_at))
 return {string.format('%d', now), times, redis.call('ZRANGE', KEYS[2], 0, -1)}
 """
 
