@@ -389,7 +389,8 @@ def test_a_pool_with_the_roles_acl_user_holds_tokens_permits_and_pauses(
         assert gearmand.client().submit_job("paced", "0", poll_timeout=10).complete
         sender(redis_server).ask(pause.message("pause", "quick"))
         wait_for(lambda: offering(gearmand, "alpha", "quick") == 0, what="the pause")
-        assert admin.zcard("gearman-workers:tasks:paced:tokens") == 1 and admin.pttl("gearman-workers:tasks:paced:rate") > 0
+        assert admin.zcard("gearman-workers:tasks:paced:tokens") == 1
+        assert admin.pttl("gearman-workers:tasks:paced:rate") > 0
         assert "NOPERM" not in pool.log() and "governor failed" not in pool.log()
     finally:
         pool.stop()
