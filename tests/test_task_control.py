@@ -16,7 +16,18 @@ from typing import Any
 
 import pytest
 
-from helpers import EXAMPLES, Gearmand, Pool, RedisServer, operator_cli, pid_alive, wait_for
+from helpers import (
+    EXAMPLES,
+    Gearmand,
+    Pool,
+    RedisServer,
+    free_port,
+    operator_cli,
+    pid_alive,
+    scrape,
+    value,
+    wait_for,
+)
 
 STEERED_TASKS = '''
 import json, os, signal, time, uuid
@@ -59,14 +70,15 @@ PROMPT = 0.5  # seconds: a pause, a resume's job, a cancel's answer (p99 of the 
 
 
 def steered_pool(gearmand: Gearmand, redis_url: str, tmp_path: Path, name: str, host: str, processes: int = 2,
-                 tasks: str = "", pool: str = "") -> Pool:
+                 tasks: str = "", pool: str = "", metrics_port: int = 0) -> Pool:
     (tmp_path / "steered.py").write_text(STEERED_TASKS)
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
     config = tmp_path / f"{name}.toml"
     config.write_text(f'[pool]\npython_path = ["{tmp_path}", "{EXAMPLES}"]\n{pool}'
                       f'[control]\nredis_url = "{redis_url}"\nallow_unsigned = true\n'
-                      f'[tasks]\nquick = "steered:quick"\nhold = "steered:hold"\nhog = "steered:hog"\n{tasks}\n')
+                      f'[tasks]\nquick = "steered:quick"\nhold = "steered:hold"\nhog = "steered:hog"\n{tasks}\n'
+                      f'[metrics]\nlisten = "{f"127.0.0.1:{metrics_port}" if metrics_port else ""}"\n')
     return Pool(gearmand, tmp_path, "--hostname", host, name=name, processes=processes, config=config,
                 env={**os.environ, "GW_TEST_MARKS": str(marks)})
 
@@ -137,7 +149,8 @@ def test_a_job_waits_while_its_task_is_paused_and_a_new_pool_never_registers_it(
         gearmand: Gearmand, redis_server: RedisServer, fleet: Any, tmp_path: Path) -> None:
     from gearman_workers.control import pause
 
-    fleet(("alpha", "host-a"))
+    port = free_port()
+    fleet(("alpha", "host-a"), metrics_port=port)
     paused = operator_cli("gm-ctl", "--redis-url", redis_server.url, "--allow-unsigned", "pause", "quick")
     assert paused.returncode == 0 and "quick paused here" in paused.stdout, paused
     wait_for(lambda: offering(gearmand, "alpha", "quick") == 0, what="the pause")
@@ -149,6 +162,10 @@ def test_a_job_waits_while_its_task_is_paused_and_a_new_pool_never_registers_it(
     wait_for(lambda: "host-a/alpha: paused quick" in operator_cli("gm-ctl", "--redis-url", redis_server.url,
                                                                   "status").stdout,
              what="gm-ctl status to show the pause (heartbeats come every 2 s)")
+    samples = scrape(port)
+    assert value(samples, "gearman_workers_task_paused", task="quick") == 1
+    assert value(samples, "gearman_workers_task_paused", task="hold") == 0
+    assert value(samples, "gearman_workers_task_withheld_children", task="quick") == 2
 
     (gamma,) = fleet(("gamma", "host-c"))  # started while quick is paused: never offers it
     assert offering(gearmand, "gamma", "quick") == 0 and offering(gearmand, "gamma", "hold") == gamma.processes
