@@ -239,6 +239,7 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
+        self._apply_offers()  # a row the master changed before our handler was there
         self.slot.publish(ChildState.STARTING)
         self.title.show("starting")
         self._start_heartbeat()
@@ -344,8 +345,8 @@ class Worker:
         self.hello = self.offers.can_do() + self.client_id
         change = self.offers.changes(gone, back)
         for tasks, verb in ((gone, "withholding"), (back, "offering again")):
-            if tasks:
-                log.info("%s task(s) %s", verb, ", ".join(sorted(tasks)))
+            if tasks:  # debug: a task with a rate changes at its rate (the master logs pauses)
+                log.debug("%s task(s) %s", verb, ", ".join(sorted(tasks)))
         for session in self.sessions:
             if session.link.status == UP and self._send(session, change) and back:
                 grab = session.offered_again(self._accepting())

@@ -46,6 +46,7 @@ from .gearmand_admin import cancel_job
 from .parts import Parts
 from .poison import PoisonLedger
 from .scoreboard import ChildState, Scoreboard, SlotInfo
+from .taskctl.steering import Unsteered
 from .taskctl.switchboard import OFFERS_SIGNAL
 from .views import ChildView, MasterView, registered_count, status_line
 
@@ -63,7 +64,8 @@ class Master:
         self.kit = ChildKit(config, tasks, self.board, self.inbox.nudge_fd, parts.exporter is not None)
         forgotten = (self.inbox, parts.upgrades, parts.control, parts.exporter, parts.keeper, parts.governor)
         self.kit.forgotten += [part for part in forgotten if part]
-        self.kit.switchboard = parts.steering.board if parts.steering is not None else None
+        self.steering = parts.steering or Unsteered()  # its calls need no test for fleet control
+        self.kit.switchboard = self.steering.board
         self.stats = self.kit.stats
         self.view = MasterView(self, self.inbox, parts.processes.fork_lock, parts.upgrades.control_since,
                                parts.control, parts.keeper, parts.steering)
@@ -90,8 +92,8 @@ class Master:
         self.parts.upgrades.starting_as_successor()
         self.parts.systemd.send(mainpid=self.pid, status="starting children")
         self._record_processes()
-        if self.parts.control is not None and self.parts.steering is not None:  # before the first fork
-            self.parts.steering.pause(self.parts.control.initial_pauses())
+        if self.parts.control is not None:  # before the first fork
+            self.steering.pause(self.parts.control.initial_pauses())
         self._start_threads()
         log.info("master %d starting %d children for tasks %s on %s%s", self.pid,
                  self.groups_wanted(), ", ".join(self.kit.tasks),
@@ -206,8 +208,8 @@ class Master:
 
     def _steer(self, command: PauseTasks | OffersChanged | CancelJob) -> None:
         """The task control commands (taskctl/)."""
-        if isinstance(command, PauseTasks) and self.parts.steering is not None:
-            self._tell_offers(self.parts.steering.pause(command.paused))
+        if isinstance(command, PauseTasks):
+            self._tell_offers(self.steering.pause(command.paused))
         elif isinstance(command, OffersChanged):
             self._tell_offers(command.slots)
         elif isinstance(command, CancelJob):
@@ -262,8 +264,7 @@ class Master:
             return
         logging.getLogger().setLevel(fresh.log_level.upper())
         self.config = fresh
-        if self.parts.steering is not None:
-            self.parts.steering.configure(fresh)
+        self.steering.configure(fresh)
         watcher = self.parts.watcher
         if fresh.autoscaling and watcher is None:
             log.warning("min_processes and max_processes take effect at the next restart: this master was "
@@ -285,11 +286,11 @@ class Master:
         """Tell the child running the job to give it up (control/cancel.py);
         _watch kills it if it has not after kill_grace."""
         child = self.children.get(order.pid)
-        if child is None or child.slot != order.slot or self.parts.steering is None:
+        if child is None or child.slot != order.slot:
             return
         child.cancelling = order.handle
         child.cancel_deadline = time.monotonic() + self.config.kill_grace
-        self.parts.steering.ask_cancel(child.slot, order.handle.encode())
+        self.steering.ask_cancel(child.slot, order.handle.encode())
         self.parts.processes.signal(child.pid, OFFERS_SIGNAL)
 
     def _tell_offers(self, slots: Iterable[int]) -> None:
@@ -375,13 +376,11 @@ class Master:
     def spawn(self, slot: int, group: str | None = None) -> Child:
         limits = rules.limits_for(self.config)
         self.board.reset(slot)  # before the fork: the master must never read the last owner's heartbeat
-        if self.parts.steering is not None:  # the row too: the child reads it as it starts
-            self.parts.steering.prepare(slot, self.kit.task_names(group))
+        self.steering.prepare(slot, self.kit.task_names(group))  # its row too: the child reads it as it starts
         self.board.set_slots_in_use(max(self.board.slots_in_use, slot + 1))
         self.slot_owner[slot] = group
         pid = self.parts.processes.fork(lambda: self.kit.become_child(slot, limits, group))
-        if self.parts.steering is not None:
-            self.parts.steering.born(slot, pid)
+        self.steering.born(slot, pid)
         started = time.monotonic()
         recycle_at = started + rules.jittered(self.config.max_age) if self.config.max_age else None
         child = Child(pid, slot, self.generation, started, limits, recycle_at, dedicated_to=group)
@@ -393,16 +392,14 @@ class Master:
     def _retire(self, child: Child) -> None:
         """Ask CHILD to finish its job and leave (graceful_timeout, then KILL)."""
         child.stop_deadline = time.monotonic() + self.config.graceful_timeout
-        if self.parts.steering is not None:
-            self.parts.steering.leaving(child.slot)
+        self.steering.leaving(child.slot)
         self.parts.processes.signal(child.pid, signal.SIGTERM)
 
     def _kill(self, child: Child, because: str) -> None:
         if child.killed_because is not None:
             return
         child.killed_because = because
-        if self.parts.steering is not None:
-            self.parts.steering.leaving(child.slot)
+        self.steering.leaving(child.slot)
         info = self.board.read(child.slot)
         if because != KILLED_STOP and info.state == ChildState.BUSY and info.pid == child.pid:
             # Recorded before the kill: whoever gets the job next learns why.
@@ -471,8 +468,7 @@ class Master:
             self._record_poison(child, info, how)
         # After the poison record, never before: see poison.py.
         self.board.clear(child.slot)
-        if self.parts.steering is not None:
-            self.parts.steering.gone(child.slot)
+        self.steering.gone(child.slot)
         self.stats.retire(child.slot)
         reason = rules.exit_reason(child, status, self.stopping)
         self.child_exits[reason] += 1

@@ -103,8 +103,10 @@ class Keeper(Protocol):
 class Steering(Protocol):
     """Task control (taskctl/steering.py): what each child withholds from gearmand."""
 
-    board: Switchboard
-    paused: frozenset[str]
+    @property
+    def board(self) -> Switchboard | None: ...  # None: no fleet control (taskctl.steering.Unsteered)
+    @property
+    def paused(self) -> frozenset[str]: ...
 
     def withheld(self) -> dict[str, int]: ...
     def prepare(self, slot: int, tasks: list[str]) -> None: ...

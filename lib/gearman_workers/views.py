@@ -41,7 +41,8 @@ class Keeping(Protocol):
 
 
 class Steered(Protocol):
-    paused: frozenset[str]  # the tasks paused for this pool
+    @property
+    def paused(self) -> frozenset[str]: ...  # the tasks paused for this pool
 
     def withheld(self) -> dict[str, int]: ...  # task -> children that do not offer it now
 

@@ -124,3 +124,24 @@ class Steering:
             return False
         self.board.publish(slot)
         return True
+
+
+class Unsteered:
+    """A pool without fleet control: no child withholds anything, nothing is cancelled."""
+
+    board = None
+    paused: frozenset[str] = frozenset()
+
+    def prepare(self, slot: int, tasks: list[str]) -> None: ...
+    def born(self, slot: int, pid: int) -> None: ...
+    def leaving(self, slot: int) -> None: ...
+    def gone(self, slot: int) -> None: ...
+    def configure(self, config: Config) -> None: ...
+
+    def pause(self, paused: frozenset[str]) -> list[int]:
+        return []
+
+    def ask_cancel(self, slot: int, handle: bytes) -> None: ...
+
+    def withheld(self) -> dict[str, int]:
+        return {}
