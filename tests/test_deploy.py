@@ -342,6 +342,27 @@ def test_gm_exit_for_one_host_restarts_only_that_hosts_pools(fleet: Fleet) -> No
     fleet.wait_serving()
 
 
+def test_an_operator_pauses_a_task_on_one_host_and_resumes_it(fleet: Fleet) -> None:
+    """gm-ctl as the operator's Redis user, the pools as theirs: the role's ACLs allow a pause."""
+    fleet.wait_serving()
+    worker1 = fleet.hosts["worker1"]
+
+    def offering(name: str) -> int:
+        lines = fleet.queue.out(f"gearadmin -h 127.0.0.1 -p {fleet.gearmand_port} --workers").splitlines()
+        return sum(1 for line in lines if f" {name}:default:" in line and " reverse" in f" {line.split(' : ')[-1]}")
+    paused = worker1.run("gm-ctl pause reverse --host worker1")
+    try:
+        assert paused.returncode == 0 and "worker1/default: applied (reverse paused here)" in paused.stdout, \
+            paused.stdout + paused.stderr
+        wait_for(lambda: offering("worker1") == 0 and offering("worker2") == 2, timeout=10,
+                 what="worker1's children to withdraw reverse")
+        assert fleet.job("reverse", "hello") == "olleh"  # worker2 still serves it
+    finally:
+        resumed = worker1.run("gm-ctl resume reverse --host worker1")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    wait_for(lambda: offering("worker1") == 2, timeout=10, what="worker1's children to offer reverse again")
+
+
 def test_check_diff_changes_nothing_and_shows_no_secret(fleet: Fleet) -> None:
     check = fleet.playbook("--check", "--diff")
     assert check.returncode == 0, check.stdout[-3000:]
