@@ -58,6 +58,10 @@ def hog(worker, job):
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     time.sleep(float(job.data))
 
+def fails(worker, job):
+    _mark("failed", handle=job.handle, unique=job.unique)
+    raise RuntimeError("fails on purpose")
+
 def limited(worker, job):
     start = time.time()
     time.sleep(float(job.data))
@@ -293,6 +297,26 @@ def test_a_cancelled_job_of_a_task_with_retries_is_not_retried(gearmand: Gearman
     assert state() == "cancelled"
     assert client.zcard("gearman-workers:jobs:due") == 0 and client.zcard("gearman-workers:jobs:dead") == 0
     assert not list((alpha.state_dir).rglob("*.failure"))  # nothing spooled for a retry
+
+
+def test_a_job_waiting_for_its_retry_is_cancelled_by_its_id_and_never_runs_again(
+        gearmand: Gearmand, redis_server: RedisServer, fleet: Any, tmp_path: Path) -> None:
+    tasks = 'fails = { call = "steered:fails", retries = 3, retry_delay = 600 }'
+    fleet(("alpha", "host-a"), tasks=tasks)
+    gearmand.client().submit_job("fails", "x", unique="wait-1", background=True, wait_until_complete=False)
+    client = redis_server.client()
+    due = wait_for(lambda: client.zrange("gearman-workers:jobs:due", 0, -1), what="the retry scheduled")
+    chain = due[0].decode()
+    result = operator_cli("gm-ctl", "--redis-url", redis_server.url, "--allow-unsigned", "cancel", "--job", chain)
+    assert result.returncode == 0 and f"cancelled job {chain}: its next run will not happen" in result.stdout, result
+    assert client.zcard("gearman-workers:jobs:due") == 0
+    assert client.hget(f"gearman-workers:jobs:chain:{chain}", "state") == b"cancelled"
+    # A submission of the next run made before the cancel (the leader's, in flight) does nothing:
+    gearmand.client().submit_job("fails", "x", unique=f"gw:{chain}:2", background=True, wait_until_complete=False)
+    wait_for(lambda: gearmand.status().get("fails", (1,))[0] == 0, what="the late submission answered")
+    assert len(marks(tmp_path, "failed")) == 1
+    again = operator_cli("gm-ctl", "--redis-url", redis_server.url, "--allow-unsigned", "cancel", "--job", chain)
+    assert again.returncode == 1 and f"job {chain} is cancelled: no run waits" in again.stdout, again
 
 
 def overlap(runs: list[dict[str, Any]]) -> int:

@@ -103,7 +103,8 @@ def test_the_newest_pause_or_resume_of_a_task_wins_whatever_its_scope(tmp_path: 
 @pytest.mark.parametrize(("message", "why"), [
     (Message("pause", ts=1.0), "needs a task name"),
     (Message("pause", key="a"), "needs a timestamp"),
-    (Message("cancel", key="H:x:1"), "value 'handle' or 'unique'"),
+    (Message("cancel", key="H:x:1"), "value 'handle', 'unique' or 'job'"),
+    (Message("cancel", key="not-an-id", value="job"), "a job id is 16 hex digits"),
     (Message("cancel", key="H x", value="handle"), "without spaces"),
     (Message("cancel", key="u", value="unique", n=1), "queued job (n = 1) takes a handle"),
 ])

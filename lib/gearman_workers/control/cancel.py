@@ -1,6 +1,6 @@
 """cancel: give up one job.
 
-Sent by `gm-ctl cancel --handle H` or `--unique U`, in two steps, both
+Sent by `gm-ctl cancel --handle H`, `--unique U` or `--job ID`, in steps
 answered by the pools (acks.py); nothing is kept:
 
 1. To every pool: "cancel it if one of your children runs it". The pool
@@ -18,8 +18,14 @@ answered by the pools (acks.py); nothing is kept:
    second step, not the first. gearmand cannot find a job by its unique,
    so a queued job is cancelled by its handle only.
 
-The message: key = the handle or unique, value = "handle" | "unique",
-n = 1 for step 2.
+A job of a task with retries that waits for its next run (`--job ID`, the
+id its failures name) is a record in Redis, not yet a job in gearmand:
+one pool (the jobs leader, if there is one) marks it cancelled there
+(jobs/store.py), and a run of it already submitted does nothing. If its
+run is under way, gm-ctl cancels that run by its unique (gw:ID:N) instead.
+
+The message: key = the handle, unique or job id, value = "handle" |
+"unique" | "job", n = 1 for step 2.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..commands import CancelJob
+from ..jobs.policy import CHAIN_ID
 from .command import Pool
 from .messages import BadMessage, Message
 from .store import Keys
 
 NAME = "cancel"
-HANDLE, UNIQUE = "handle", "unique"
+HANDLE, UNIQUE, JOB = "handle", "unique", "job"
 QUEUED = 1
 MAX_ID = 256
 RUNNING_HERE = "cancelling"  # how an answer that found the job begins
@@ -44,8 +51,10 @@ class Cancel:
     def check(self, message: Message) -> None:
         if not message.key or len(message.key) > MAX_ID or any(c.isspace() for c in message.key):
             raise BadMessage(f"cancel needs a job handle or unique of 1 to {MAX_ID} characters, without spaces")
-        if message.value not in (HANDLE, UNIQUE):
-            raise BadMessage(f"cancel needs value {HANDLE!r} or {UNIQUE!r}")
+        if message.value not in (HANDLE, UNIQUE, JOB):
+            raise BadMessage(f"cancel needs value {HANDLE!r}, {UNIQUE!r} or {JOB!r}")
+        if message.value == JOB and not CHAIN_ID.fullmatch(message.key):
+            raise BadMessage("cancel: a job id is 16 hex digits")
         if message.n not in (None, 0, QUEUED) or (message.n == QUEUED and message.value != HANDLE):
             raise BadMessage("cancel of a queued job (n = 1) takes a handle")
 
@@ -60,6 +69,8 @@ class Cancel:
 
     def apply(self, pool: Pool, message: Message) -> str:
         assert message.key is not None
+        if message.value == JOB:
+            return _cancel_chain(pool, message.key)
         if message.n == QUEUED:
             dropped = pool.cancel_queued(message.key)
             return (f"dropped queued job {message.key} from gearmand {', '.join(dropped)}" if dropped
@@ -77,6 +88,16 @@ class Cancel:
 
 
 CANCEL = Cancel()
+CANCELLED_JOB = "cancelled job"  # how an answer that cancelled a waiting job begins
+
+
+def _cancel_chain(pool: Pool, chain: str) -> str:
+    state = pool.job_store().cancel(chain)
+    if state == "now":
+        return f"{CANCELLED_JOB} {chain}: its next run will not happen"
+    if state == "missing":
+        return f"no job {chain} in Redis (its task has no retries, or its record expired)"
+    return f"job {chain} is {state}: no run waits to be cancelled"
 
 
 def message(job: str, by: str, queued: bool = False, hosts: tuple[str, ...] = (), pool: str | None = None) -> Message:

@@ -22,6 +22,7 @@ from .. import __version__
 from .. import config as configuration
 from ..jobs import dead
 from ..jobs.keys import JobKeys
+from ..jobs.policy import Run
 from ..jobs.results import read_record
 from ..jobs.store import JobStore
 from . import cancel, data, exit, pause, scale, store, tables
@@ -307,16 +308,23 @@ def _cancel(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> in
     """Step 1 to every pool; step 2 (a queued job, by handle) to one (see cancel.py)."""
     if args.host or args.pool or args.all:
         raise Refused("cancel finds the job in whichever pool runs it: --host, --pool and --all do not apply")
-    if bool(args.handle) == bool(args.unique):
-        raise Refused("cancel: give --handle HANDLE or --unique UNIQUE")
-    by, job = (cancel.HANDLE, args.handle) if args.handle else (cancel.UNIQUE, args.unique)
-    sender = _sender(client, conf, args.timeout)
-    message = cancel.message(job, by)
+    given = [(by, job) for by, job in ((cancel.HANDLE, args.handle), (cancel.UNIQUE, args.unique),
+                                       (cancel.JOB, args.job)) if job]
+    if len(given) != 1:
+        raise Refused("cancel: give one of --handle HANDLE, --unique UNIQUE or --job ID")
+    by, job = given[0]
     try:
-        cancel.CANCEL.check(message)
+        cancel.CANCEL.check(cancel.message(job, by))
     except BadMessage as err:
         raise Refused(str(err)) from None
-    answers = sender.ask(message)
+    sender = _sender(client, conf, args.timeout)
+    if by == cancel.JOB:
+        return _cancel_waiting(sender, client, conf, job)
+    return _cancel_running(sender, job, by)
+
+
+def _cancel_running(sender: Sender, job: str, by: str) -> int:
+    answers = sender.ask(cancel.message(job, by))
     running = {where: ack for where, ack in answers.items()
                if ack is not None and ack.applied and ack.detail.startswith(cancel.RUNNING_HERE)}
     if running:
@@ -334,6 +342,19 @@ def _cancel(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> in
     sender.print_answers(found)
     ack = found.get((host, pool))
     return EXIT_OK if ack is not None and ack.applied and ack.detail.startswith("dropped") else EXIT_FAILED
+
+
+def _cancel_waiting(sender: Sender, client: redis.Redis, conf: Settings, chain: str) -> int:
+    """A job of a task with retries: its run under way, or the run it waits for."""
+    job_store = JobStore(client, JobKeys(conf.prefix))
+    letter = job_store.letter(chain)
+    if letter is not None and letter.get("state") == "running":
+        return _cancel_running(sender, Run(chain, int(letter["attempts"]) + 1).unique().decode(), cancel.UNIQUE)
+    hosts, pool = _jobs_pool(client, job_store, conf, "cancel --job")
+    answers = sender.ask(cancel.message(chain, cancel.JOB, hosts=hosts, pool=pool))
+    sender.print_answers(answers)
+    return EXIT_OK if any(ack is not None and ack.applied and ack.detail.startswith(cancel.CANCELLED_JOB)
+                          for ack in answers.values()) else EXIT_FAILED
 
 
 def _get(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
@@ -393,8 +414,9 @@ def _dead(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
     return _sender(client, conf, args.timeout).send(message)
 
 
-def _jobs_pool(client: redis.Redis, job_store: JobStore, conf: Settings) -> tuple[tuple[str, ...], str]:
-    """The pool a dead-letter change is sent to: the jobs leader, else any live pool."""
+def _jobs_pool(client: redis.Redis, job_store: JobStore, conf: Settings,
+               what: str = "dead retry and purge") -> tuple[tuple[str, ...], str]:
+    """The pool a change of the job records is sent to: the jobs leader, else any live pool."""
     live = store.live_pools(client, store.Keys(conf.prefix))
     leader = client.get(job_store.keys.leader)
     if leader is not None:
@@ -402,7 +424,7 @@ def _jobs_pool(client: redis.Redis, job_store: JobStore, conf: Settings) -> tupl
         if any(p.get("host") == host and p.get("name") == pool for p in live):
             return (host,), pool
     if not live:
-        raise Refused("no live pool to make the change: dead retry and purge are done by a pool", EXIT_FAILED)
+        raise Refused(f"no live pool to make the change: {what} is done by a pool", EXIT_FAILED)
     first = sorted(live, key=tables.pool_id)[0]
     return (str(first["host"]),), str(first["name"])
 
@@ -452,7 +474,8 @@ SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = 
                        [("task", {}), FORCE_FLAG]),
     pause.RESUME.name: (_pause, "offer TASK to gearmand again", [("task", {}), FORCE_FLAG]),
     cancel.NAME: (_cancel, "cancel one job: a running one fails with JobCancelled, a queued one (by handle) is "
-                  "dropped from gearmand", [("--handle", {}), ("--unique", {})]),
+                  "dropped from gearmand, one waiting for its retry (by its job id) never runs again",
+                  [("--handle", {}), ("--unique", {}), ("--job", {"metavar": "ID"})]),
     "pools": (_pools, "list live pools from their heartbeats", [JSON_FLAG]),
     "status": (_status, "one row per child of every live pool: state, job, counts, memory", [JSON_FLAG]),
     dead.NAME: (_dead, "the dead letters: list, show ID, retry ID|--all, purge ID|--all (docs/jobs.md)",

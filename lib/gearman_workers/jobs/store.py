@@ -154,6 +154,22 @@ redis.call('ZADD', KEYS[5], now, ARGV[2])
 return 1
 """
 
+CANCEL = _NOW + """
+-- KEYS: chain, due, moving, ended marker of the next run; ARGV: id, attempts seen, marker ttl s, chain ttl s.
+-- A chain waiting for its next run (retrying, or queued in gearmand) ends cancelled: out of the
+-- due and moving sets, and its next run marked ended, so that a submission already made does nothing.
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'retrying' and state ~= 'queued' then return state end
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then return 'changed' end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[4], 'cancelled', 'EX', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated', now)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 'now'
+"""
+
 PURGE_DEAD = """
 -- KEYS: chain, dead, dead-tasks; ARGV: id
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -178,6 +194,7 @@ class JobStore:
         self._end = client.register_script(END_RUN)
         self._retry_dead = client.register_script(RETRY_DEAD)
         self._purge_dead = client.register_script(PURGE_DEAD)
+        self._cancel = client.register_script(CANCEL)
 
     def record_failure(self, failure: Failure) -> bool:
         """Keep FAILURE's run in its chain and schedule or bury the chain;
@@ -229,6 +246,18 @@ class JobStore:
     def purge_dead(self, chain: str) -> bool:
         k = self.keys
         return bool(self._purge_dead(keys=[k.chain(chain), k.dead, k.dead_tasks], args=[chain]))
+
+    def cancel(self, chain: str) -> str:
+        """Cancel CHAIN's next run: "now", else the state that has no next
+        run to cancel (running, done, dead, cancelled) or "missing"."""
+        k = self.keys
+        for _ in range(3):  # a run that ends meanwhile changes the count: read it again
+            attempts = int(self.client.hget(k.chain(chain), "attempts") or 0)
+            state = _text(self._cancel(keys=[k.chain(chain), k.due, k.moving, k.ended(chain, attempts + 1)],
+                                       args=[chain, attempts, ENDED_MARKER_TTL, CHAIN_TTL_AFTER_DONE]))
+            if state != "changed":
+                return state
+        return "running"
 
     def dead_letters(self, task: str | None = None, older_than: float | None = None) -> list[dict[str, Any]]:
         """Every dead letter (of TASK; dead for more than OLDER_THAN seconds), oldest first."""
