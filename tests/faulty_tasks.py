@@ -43,7 +43,8 @@ def stubborn(worker, job):
 
 def gil_hog(worker, job):
     """Stuck in C code that holds the GIL (catastrophic regex backtracking):
-    no signal handler and no other thread runs until it ends."""
+    no other thread runs until it ends (the heartbeat thread falls silent).
+    Python-level signal handlers do run: the regex engine checks for them."""
     re.match(r"(a+)+$", "a" * 64 + "b")
     return "unreachable in practice"
 
