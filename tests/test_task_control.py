@@ -363,6 +363,37 @@ def test_three_pools_never_run_more_than_the_tasks_concurrency(
     assert again.complete
 
 
+def test_a_pool_where_a_limited_task_is_paused_gives_its_tokens_to_the_others(
+        gearmand: Gearmand, redis_server: RedisServer, fleet: Any) -> None:
+    from gearman_workers.control import pause
+
+    limited = 'limited = { call = "steered:limited", concurrency = 2 }'
+    fleet(("alpha", "host-a"), tasks=limited)  # first: it takes both tokens
+    tokens = redis_server.client()
+    wait_for(lambda: offering(gearmand, "alpha", "limited") == 2, what="alpha holding both tokens")
+    fleet(("beta", "host-b"), tasks=limited)
+    assert offering(gearmand, "beta", "limited") == 0
+    sender(redis_server).ask(pause.message("pause", "limited", hosts=("host-a",)))
+    wait_for(lambda: offering(gearmand, "beta", "limited") == 2, what="beta taking the paused pool's tokens")
+    members = {m.decode() for m in tokens.zrange("gearman-workers:tasks:limited:tokens", 0, -1)}
+    assert len(members) == 2 and all(m.startswith("host-b/beta/") for m in members), members
+    assert offering(gearmand, "alpha", "limited") == 0
+
+
+def test_a_reload_that_gives_a_task_a_concurrency_applies_it_as_the_children_are_replaced(
+        gearmand: Gearmand, redis_server: RedisServer, fleet: Any, tmp_path: Path) -> None:
+    (alpha,) = fleet(("alpha", "host-a"), tasks='limited = "steered:limited"')
+    assert offering(gearmand, "alpha", "limited") == 2
+    config = tmp_path / "alpha.toml"
+    config.write_text(config.read_text().replace('limited = "steered:limited"',
+                                                 'limited = { call = "steered:limited", concurrency = 1 }'))
+    alpha.signal(signal.SIGHUP)
+    tokens = redis_server.client()
+    wait_for(lambda: offering(gearmand, "alpha", "limited") == 1 and len(alpha.children()) == 2
+             and tokens.zcard("gearman-workers:tasks:limited:tokens") == 1, timeout=20,
+             what="one child of the reloaded pool offering the limited task")
+
+
 def test_with_redis_away_a_pool_keeps_its_share_and_logs_it_once(
         gearmand: Gearmand, redis_server: RedisServer, fleet: Any, tmp_path: Path) -> None:
     (alpha, beta) = fleet(("alpha", "host-a"), ("beta", "host-b"), processes=3,

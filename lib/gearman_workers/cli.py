@@ -279,8 +279,9 @@ def _build_steering(config: configuration.Config) -> Steering | None:
 
 
 def _build_governor(config: configuration.Config, steering: Steering | None) -> Governor | None:
-    """The thread that holds concurrency tokens and start permits, for a pool with a limited task."""
-    if steering is None or not any(spec.governed for spec in config.tasks.values()):
+    """The thread that holds concurrency tokens and start permits, for a pool under fleet control (it
+    idles, without a connection, while no task has a limit: a reload may bring one)."""
+    if steering is None:
         return None
     from .taskctl.governor import Governor
 

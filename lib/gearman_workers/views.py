@@ -200,6 +200,11 @@ class MasterView:
     def serves(self, task: str) -> bool:
         return task in self._master.config.tasks
 
+    def busy_task(self, slot: int) -> str | None:
+        """The task SLOT's child runs a job of now, or None."""
+        info = self._master.board.read(slot)
+        return info.task if info.state == ChildState.BUSY else None
+
     def running_job(self, handle: str | None, unique: bytes | None) -> RunningJob | None:
         return running_job(self._master, handle, unique)
 

@@ -6,8 +6,11 @@ A child offers a limited task only while it holds a token: its row starts
 with NO_TOKEN, the governor takes a token for it when one is free and
 clears the reason; the child then sends CAN_DO. A child keeps its token
 while it lives and stays (it is not given back between jobs: that would
-cost a Redis call per job); a child that leaves or dies gives it back at
-the next tick, and a token no master renews lapses within TOKEN_TTL_MS.
+cost a Redis call per job). A child that leaves, or in whose pool the task
+is paused, gives it back at the next tick once it runs no job of the task
+(a paused pool's tokens go to the pools that still serve it); a dead
+child's at the next tick; a token no master renews lapses within
+TOKEN_TTL_MS. A paused task gets no start permits either.
 
 A task with a rate: the governor reserves a start permit for each child
 that has none, and grants it at its time; the child spends it on its next
@@ -45,12 +48,14 @@ log = logging.getLogger("gearman_workers.taskctl")
 TICK = 0.1            # how often tokens are sought for children that wait
 METER_TICK = 0.05     # how often children's spent permits are looked for (a task with a rate)
 RENEW_INTERVAL = 1.0  # how often held tokens are renewed (TOKEN_TTL_MS is five times that)
+IDLE_CHECK = 1.0      # how often a governor without limited tasks looks whether a reload brought some
 
 
 class Master(Protocol):
     fork_lock: threading.Lock
 
     def submit(self, command: Command) -> None: ...
+    def busy_task(self, slot: int) -> str | None: ...
 
 
 class Governor:
@@ -64,13 +69,14 @@ class Governor:
         self.due: dict[str, dict[int, float]] = {}  # task -> slot -> when its reserved permit is granted
         self.local = LocalPermits(self.fleet)
         self._submit: Callable[[Command], None] = lambda command: None
+        self._busy_task: Callable[[int], str | None] = lambda slot: None
         self._stop = threading.Event()
         self._guard = threading.Lock()
         self._outage_since: float | None = None
         self._peers: frozenset[inherited.Peer] = frozenset()
 
     def start(self, master: Master) -> None:
-        self._guard, self._submit = master.fork_lock, master.submit
+        self._guard, self._submit, self._busy_task = master.fork_lock, master.submit, master.busy_task
         self._peers = redis_peers(self.url)
         self._stop = stop = threading.Event()
         threading.Thread(target=self._run, args=(stop,), name="governor", daemon=True).start()
@@ -84,6 +90,9 @@ class Governor:
     def _run(self, stop: threading.Event) -> None:
         backoff = Backoff(0.1, 5.0)
         while not stop.is_set():
+            if not self.steering.governed():  # no Redis connection until a task has a limit
+                stop.wait(IDLE_CHECK)
+                continue
             try:
                 self._session(stop)
             except (redis.RedisError, OSError) as err:
@@ -102,7 +111,7 @@ class Governor:
             client.ping()  # connect outside the fork lock
             tokens = Tokens(client, self.keys)
             next_renewal = 0.0
-            while not stop.is_set():
+            while not stop.is_set() and self.steering.governed():
                 renew = time.monotonic() >= next_renewal
                 with self._guard:
                     waiting = self._hold_all(tokens, renew)
@@ -121,9 +130,10 @@ class Governor:
         waiting = False
         for task, limit in self.steering.limited.items():
             held = self.members.get(task, {})
-            # A leaving child keeps its token until it is gone (its last job may run), and takes none.
-            members = {slot: f"{self.pool}/{pid}" for slot, (pid, leaving) in self.steering.wanting(task).items()
-                       if not leaving or slot in held}
+            # A child that leaves, or for which the task is paused, takes no token, and gives its own
+            # back once no job of the task runs in it.
+            members = {slot: f"{self.pool}/{pid}" for slot, (pid, stays) in self.steering.wanting(task).items()
+                       if stays or (slot in held and self._busy_task(slot) == task)}
             if not renew and members.items() <= held.items() and len(members) == len(held):
                 continue  # nobody new waits, nobody left
             tokens.release(task, [member for slot, member in held.items() if members.get(slot) != member])
@@ -144,7 +154,7 @@ class Governor:
 
     def _meter(self, permits: Tokens | LocalPermits, task: str, per_second: float) -> float:
         now = time.monotonic()
-        serving = {slot for slot, (_, leaving) in self.steering.wanting(task).items() if not leaving}
+        serving = {slot for slot, (_, stays) in self.steering.wanting(task).items() if stays}
         due = {slot: at for slot, at in self.due.get(task, {}).items() if slot in serving}
         needy = [slot for slot in sorted(serving) if slot not in due and self.steering.needs_permit(slot, task)]
         if needy:

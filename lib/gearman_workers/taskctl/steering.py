@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 
 from ..config import Config
 from .switchboard import NO_TOKEN, PAUSED, Switchboard
+
+PAUSE_SETTLED = 0.5  # seconds after a pause when its children no longer hold the task's tokens
 
 
 @dataclasses.dataclass
@@ -27,6 +30,7 @@ class Steering:
     def __init__(self, config: Config, slots: int) -> None:
         self.board = Switchboard(slots)
         self.paused: frozenset[str] = frozenset()
+        self.paused_since: dict[str, float] = {}  # task -> when it was paused (monotonic)
         self.seats: dict[int, Seat] = {}
         self.lock = threading.Lock()
         self.configure(config)
@@ -38,6 +42,10 @@ class Steering:
             self.rated = {name: spec.starts_per_second for name, spec in config.tasks.items() if spec.rate}
             for name in config.tasks:
                 self.board.task_index(name)
+
+    def governed(self) -> bool:
+        """Some task has a concurrency or a rate (the governor has work)."""
+        return bool(self.limited or self.rated)
 
     # --- children ---------------------------------------------------------------
 
@@ -70,6 +78,8 @@ class Steering:
     def pause(self, paused: frozenset[str]) -> list[int]:
         """The paused tasks are now PAUSED: the slots whose rows changed."""
         with self.lock:
+            now = time.monotonic()
+            self.paused_since = {task: self.paused_since.get(task, now) for task in paused}
             self.paused = paused
             return self._set_all(PAUSED, lambda task: task in paused)
 
@@ -96,9 +106,13 @@ class Steering:
             self.board.publish(slot)
 
     def wanting(self, task: str) -> dict[int, tuple[int, bool]]:
-        """Slot -> (PID, leaving) of the children serving TASK."""
+        """Slot -> (PID, whether it stays) of the children serving TASK: a
+        child stays unless it leaves, or TASK has been paused here for
+        PAUSE_SETTLED (its CANT_DO has gone out by then: a token or permit
+        given up sooner could meet a job that gearmand handed it just before)."""
         with self.lock:
-            return {slot: (seat.pid, seat.leaving) for slot, seat in self.seats.items()
+            settled = task in self.paused and time.monotonic() - self.paused_since.get(task, 0.0) >= PAUSE_SETTLED
+            return {slot: (seat.pid, not seat.leaving and not settled) for slot, seat in self.seats.items()
                     if task in seat.tasks and seat.pid}
 
     def withheld(self) -> dict[str, int]:
