@@ -106,8 +106,7 @@ class ChildKit:
                       self.board.writer(slot, os.getpid()), self.master_pid, self.nudge_fd, limits,
                       self.stats.counter(slot) if self.count_jobs else None, titles.child(slot, config.name, group),
                       StrayLog(strays.forks_file(config.state_dir, config.name, os.getpid())),
-                      job_lives(config, names),
-                      self._row(slot, names))
+                      *job_lives(config, names), self._row(slot, names))
 
     def _row(self, slot: int, names: list[str]) -> Row | None:
         if self.switchboard is None:
@@ -116,15 +115,20 @@ class ChildKit:
         return self.switchboard.reader(slot, names, metered)
 
 
-def job_lives(config: configuration.Config, names: list[str]) -> dict[str, JobLife]:
-    """The tasks among NAMES whose jobs leave records, with what they need (jobs/runs.py)."""
-    keeping = [name for name in names if config.tasks[name].lifecycle]
-    if not keeping or config.redis_url is None:
-        return {}
-    from .jobs.keys import JobKeys  # here: a pool without such tasks never loads redis
+def job_lives(config: configuration.Config,
+              names: list[str]) -> tuple[dict[str, JobLife], Callable[[str], JobLife] | None]:
+    """The tasks among NAMES whose jobs leave records, with what they need
+    (jobs/runs.py); and, in a pool under fleet control, how to give any
+    task that need when a run the leader submitted comes (a delayed job)."""
+    if config.redis_url is None:
+        return {}, None
+    from .jobs.keys import JobKeys  # here: a pool without fleet control never loads redis
     from .jobs.runs import ChildRedis, JobLife
     from .jobs.spool import Spool, spool_dir
 
     link = ChildRedis(config.redis_url, JobKeys(config.key_prefix))
     spool = Spool(spool_dir(config))
-    return {name: JobLife(name, config.tasks[name], link, spool, config.hostname, config.name) for name in keeping}
+
+    def life(name: str) -> JobLife:
+        return JobLife(name, config.tasks[name], link, spool, config.hostname, config.name)
+    return {name: life(name) for name in names if config.tasks[name].lifecycle}, life

@@ -98,7 +98,7 @@ class Worker:
                  slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits,
                  counter: JobCounter | None = None, title: Title | None = None,
                  stray_log: StrayLog | None = None, lives: dict[str, JobLife] | None = None,
-                 row: Row | None = None) -> None:
+                 late_life: Callable[[str], JobLife] | None = None, row: Row | None = None) -> None:
         self.config = config
         lives = lives or {}
         self.stray_log = stray_log
@@ -107,6 +107,7 @@ class Worker:
                        for name, func in tasks.items()}
         # The job records' one connection (jobs/runs.py): its batch goes out when the child falls idle.
         self.job_records = next(iter(lives.values())).link.records if lives else None
+        self.late_life = late_life  # a task's life from its first run the leader submitted (a delayed job)
         self.board = board
         self.slot = slot
         self.master_pid = master_pid
@@ -511,16 +512,19 @@ class Worker:
         route = self.routes[task]
         if route.metered:  # a task with a rate: this job spends the child's permit
             self.offers.spend(route.name)
-        job = Job(handle, route.name, unique, data, session)
         fatal: BaseException | None = None
         started = time.monotonic()
         life = route.life
+        if life is None and unique[:3] == b"gw:" and self.late_life is not None:  # a run the leader submitted
+            life = route.life = self.late_life(route.name)
         if life is not None and not life.begin(unique, data):
             reply, outcome = p.work_complete(handle, b""), DONE  # this run ended before: its first answer counts
-        elif self.poison.clear(handle):
-            reply, outcome, fatal = self._execute(link, job, route, handle, started)
         else:
-            reply, outcome, fatal = self._check_poison(link, job, route, handle, started)
+            job = Job(handle, route.name, unique if life is None else life.unique, data, session)
+            if self.poison.clear(handle):
+                reply, outcome, fatal = self._execute(link, job, route, handle, started)
+            else:
+                reply, outcome, fatal = self._check_poison(link, job, route, handle, started)
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
@@ -531,7 +535,7 @@ class Worker:
             self._send(session, reply)
         else:
             log.warning("job %s finished but gearmand %s is gone; gearmand will hand it out again",
-                        job.handle, link.server)
+                        handle.decode(errors="replace"), link.server)
         self.holding_job = False
         if life is not None:
             life.after_answer()

@@ -260,8 +260,9 @@ def _build_control(config: configuration.Config) -> ControlListener | None:
 
 
 def _build_keeper(config: configuration.Config) -> JobKeeper | None:
-    """The job keeper, for a pool with a task whose jobs leave records."""
-    if config.redis_url is None or not any(spec.lifecycle for spec in config.tasks.values()):
+    """The job keeper, for a pool under fleet control: any pool may lead, and
+    the leader submits delayed jobs whatever its own tasks."""
+    if config.redis_url is None:
         return None
     from .jobs import runs  # noqa: F401  loaded once here, not in every child (bootstrap.job_lives)
     from .jobs.keeper import JobKeeper

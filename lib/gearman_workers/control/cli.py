@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ import redis
 
 from .. import __version__
 from .. import config as configuration
-from ..jobs import dead
+from ..jobs import dead, later
 from ..jobs.keys import JobKeys
 from ..jobs.policy import Run
 from ..jobs.results import read_record
@@ -357,6 +358,45 @@ def _cancel_waiting(sender: Sender, client: redis.Redis, conf: Settings, chain: 
                           for ack in answers.values()) else EXIT_FAILED
 
 
+def _submit(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    """A delayed job (jobs/later.py), written to Redis: the jobs leader submits it when due."""
+    if args.host or args.pool or args.all:
+        raise Refused("submit keeps a job for the fleet's jobs leader: --host, --pool and --all do not apply")
+    if (args.payload is None) == (args.payload_file is None):
+        raise Refused("submit: give PAYLOAD or --payload-file FILE, one of them")
+    if (args.delay is None) == (args.at is None):
+        raise Refused("submit: give --in SECONDS or --at TIME, one of them")
+    payload = args.payload.encode("utf-8") if args.payload is not None else _read_payload(args.payload_file)
+    try:
+        chain, due = later.keep(client, JobKeys(conf.prefix), args.task, payload, args.delay,
+                                _unix_time(args.at) if args.at is not None else None, args.unique, args.priority)
+    except later.BadDelayedJob as err:
+        raise Refused(str(err)) from None
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(due))
+    print(f"job {chain}: {args.task} due at {when} ({len(payload)} bytes; gm-ctl cancel --job {chain} cancels it)")
+    return EXIT_OK
+
+
+def _read_payload(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise Refused(f"--payload-file {path}: {err.strerror or err}") from None
+
+
+def _unix_time(text: str) -> float:
+    """--at: Unix seconds, or an ISO 8601 time (without a zone: this host's)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise Refused(f"--at {text!r}: expected Unix seconds or an ISO 8601 time (2026-12-24T18:00:00+01:00)") \
+            from None
+
+
 def _get(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
     if args.host or args.pool or args.all:
         raise Refused("get shows the data of every scope: --host, --pool and --all do not apply to it")
@@ -476,6 +516,12 @@ SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = 
     cancel.NAME: (_cancel, "cancel one job: a running one fails with JobCancelled, a queued one (by handle) is "
                   "dropped from gearmand, one waiting for its retry (by its job id) never runs again",
                   [("--handle", {}), ("--unique", {}), ("--job", {"metavar": "ID"})]),
+    "submit": (_submit, "keep a job to be submitted later, by the fleet's jobs leader, exactly once (docs/jobs.md)",
+               [("task", {}), ("payload", {"nargs": "?", "help": "text; binary or large: --payload-file"}),
+                ("--in", {"dest": "delay", "type": float, "metavar": "SECONDS"}),
+                ("--at", {"metavar": "TIME", "help": "Unix seconds or ISO 8601"}),
+                ("--payload-file", {"type": Path, "metavar": "FILE"}), ("--unique", {}),
+                ("--priority", {"choices": ["high", "normal", "low"], "default": "normal"})]),
     "pools": (_pools, "list live pools from their heartbeats", [JSON_FLAG]),
     "status": (_status, "one row per child of every live pool: state, job, counts, memory", [JSON_FLAG]),
     dead.NAME: (_dead, "the dead letters: list, show ID, retry ID|--all, purge ID|--all (docs/jobs.md)",

@@ -1,8 +1,8 @@
-"""The master's job keeper: one thread per pool that
+"""The master's job keeper: one thread per pool under fleet control that
 - moves the failures its children spooled into Redis (spool.py, store.py),
 - holds or seeks the fleet's leader lease, and
-- as the leader, submits the due runs to gearmand (store.py says how
-  each is submitted exactly once).
+- as the leader, submits the due runs to gearmand, retries and delayed
+  jobs alike (store.py says how each is submitted exactly once).
 
 One leader in the whole fleet: a master takes the lease (LEASE_MS) when it
 is free and renews it every RENEW_INTERVAL; a dead leader's lease lapses and
@@ -54,6 +54,7 @@ class JobKeeper:
         assert config.redis_url is not None
         self.url, self.servers = config.redis_url, config.servers
         self.own_tasks = dict.fromkeys((name for name, spec in config.tasks.items() if spec.retries), 0)
+        self.keeps_jobs = any(spec.lifecycle for spec in config.tasks.values())  # else it only leads
         self.keys = JobKeys(config.key_prefix)
         self.spool = Spool(spool_dir(config))
         self.token = f"{config.hostname}/{config.name}/{os.getpid()}/{secrets.token_hex(4)}"
@@ -132,7 +133,8 @@ class JobKeeper:
         return bool(pending)
 
     def _renew(self, store: JobStore) -> None:
-        self.dead_jobs = self.own_tasks | store.dead_counts()  # ours at 0 until one dies
+        if self.keeps_jobs:
+            self.dead_jobs = self.own_tasks | store.dead_counts()  # ours at 0 until one dies
         leading = store.hold_lease(self.token, LEASE_MS)
         if leading != self.leading:
             log.info("this pool %s the jobs leader", "is now" if leading else "is no longer")
@@ -148,9 +150,9 @@ class JobKeeper:
                 self.leading = False
             return None
         claimed, wait = found
-        for chain, task, payload, attempt in claimed:
+        for chain, task, payload, attempt, priority in claimed:
             try:
-                submitter.submit(task, Run(chain, attempt).unique(), payload)
+                submitter.submit(task, Run(chain, attempt).unique(), payload, priority)
             except SubmitFailed as err:
                 with self._guard:
                     log.warning("run %d of job %s (task %s) not submitted (%s); tried again in %d s",

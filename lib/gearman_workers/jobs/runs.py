@@ -115,7 +115,7 @@ class JobLife:
         except (redis.RedisError, OSError) as err:
             self.link.lost(err)
             return True  # Redis is away: run it (see the module's text)
-        if unique is not None:
+        if unique:  # a delayed job given no unique of its own keeps gw:ID:N
             self.unique = unique
         if not first:
             log.info("run %d of job %s (task %s) ended before; not run again", attempt, chain, self.task)

@@ -1,10 +1,12 @@
 """The job records in Redis, and every change to them as one Lua script,
 so that each is atomic and takes Redis's clock (TIME), whatever host runs it.
 
-A chain (PREFIX:jobs:chain:ID, a hash) is one failed job: task, payload,
-unique (the client's), retries, attempts (runs so far), state (retrying,
-queued, running, dead), created, updated, due, first_error, first_trace,
-last_error, last_trace and runs (JSON: host, pool, times and error of each).
+A chain (PREFIX:jobs:chain:ID, a hash) is one failed job, or one delayed
+job not yet run (schedule.py): task, payload, unique (the client's),
+priority, retries, attempts (runs so far), state (delayed, retrying,
+queued, running, done, dead, cancelled), created, updated, due,
+first_error, first_trace, last_error, last_trace and runs (JSON: host,
+pool, times and error of each).
 
 How a due job moves to gearmand exactly once (keeper.py):
 1. claim: the leader, in one script that checks its lease, moves the due
@@ -96,11 +98,11 @@ local claimed = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', KEYS[2], id)
   local chain = ARGV[4] .. id
-  local fields = redis.call('HMGET', chain, 'task', 'payload', 'attempts')
+  local fields = redis.call('HMGET', chain, 'task', 'payload', 'attempts', 'priority')
   if fields[1] then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), id)
     table.insert(claimed, id) table.insert(claimed, fields[1]) table.insert(claimed, fields[2])
-    table.insert(claimed, tonumber(fields[3] or '0') + 1)
+    table.insert(claimed, tonumber(fields[3] or '0') + 1) table.insert(claimed, fields[4] or 'normal')
   end
 end
 -- first: how long until the next chain is due or a claim lapses (-1: nothing waits)
@@ -117,10 +119,14 @@ return claimed
 """
 
 SETTLE = """
--- KEYS: moving, chain; ARGV: id
+-- KEYS: moving, chain; ARGV: id, chain ttl s once a delayed job is in gearmand
 -- (a chain whose run ended meanwhile, a second submission's, keeps its state)
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and redis.call('HGET', KEYS[2], 'state') == 'retrying' then
-  redis.call('HSET', KEYS[2], 'state', 'queued')
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local state = redis.call('HGET', KEYS[2], 'state')
+  if state == 'retrying' then redis.call('HSET', KEYS[2], 'state', 'queued') end
+  if state == 'delayed' then
+    redis.call('HSET', KEYS[2], 'state', 'queued') redis.call('EXPIRE', KEYS[2], ARGV[2])
+  end
 end
 return 1
 """
@@ -160,8 +166,8 @@ CANCEL = _NOW + """
 -- due and moving sets, and its next run marked ended, so that a submission already made does nothing.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
-if state ~= 'retrying' and state ~= 'queued' then return state end
-if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then return 'changed' end
+if state ~= 'retrying' and state ~= 'queued' and state ~= 'delayed' then return state end
+if (redis.call('HGET', KEYS[1], 'attempts') or '0') ~= ARGV[2] then return 'changed' end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[4], 'cancelled', 'EX', ARGV[3])
@@ -212,20 +218,20 @@ class JobStore:
     def release_lease(self, token: str) -> None:
         self._release(keys=[self.keys.leader], args=[token])
 
-    def claim_due(self, token: str, most: int) -> tuple[list[tuple[str, str, bytes, int]], float | None] | None:
-        """Up to MOST due chains, (id, task, payload, the run to submit),
-        and the seconds until the next one is due or a claim lapses (None:
-        nothing waits); None when TOKEN no longer holds the lease."""
+    def claim_due(self, token: str, most: int) -> tuple[list[tuple[str, str, bytes, int, str]], float | None] | None:
+        """Up to MOST due chains, (id, task, payload, the run to submit,
+        priority), and the seconds until the next one is due or a claim
+        lapses (None: nothing waits); None when TOKEN no longer holds the lease."""
         found = self._claim(keys=[self.keys.leader, self.keys.due, self.keys.moving],
                             args=[token, most, MOVING_MS, self.keys.chain("")])
         if found is None:
             return None
         wait = None if int(found[0]) < 0 else int(found[0]) / 1000
-        return [(_text(found[i]), _text(found[i + 1]), bytes(found[i + 2]), int(found[i + 3]))
-                for i in range(1, len(found), 4)], wait
+        return [(_text(found[i]), _text(found[i + 1]), bytes(found[i + 2]), int(found[i + 3]), _text(found[i + 4]))
+                for i in range(1, len(found), 5)], wait
 
     def settle(self, chain: str) -> None:
-        self._settle(keys=[self.keys.moving, self.keys.chain(chain)], args=[chain])
+        self._settle(keys=[self.keys.moving, self.keys.chain(chain)], args=[chain, CHAIN_TTL_AFTER_DONE])
 
     def begin_run(self, chain: str, attempt: int) -> tuple[bool, bytes | None]:
         """(this run has not ended before, the client's unique)."""
