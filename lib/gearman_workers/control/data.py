@@ -38,7 +38,7 @@ import redis
 from .. import files
 from .command import Pool
 from .messages import BadMessage, Message, encode
-from .store import Keys, pool_scopes, raw_reply, read_stored
+from .store import KeptByKey, Keys, pool_scopes, raw_reply, read_stored
 
 log = logging.getLogger("gearman_workers.control")
 
@@ -47,7 +47,7 @@ MAX_BOOK = 64 * 1024 * 1024
 MAX_KEY = 256
 
 
-class DataCommand:
+class DataCommand(KeptByKey):
     """set or del: the same key, the same record, the same nudge."""
 
     def __init__(self, name: str, takes_value: bool) -> None:
@@ -59,17 +59,8 @@ class DataCommand:
         if self.takes_value and not message.carries_value:
             raise BadMessage(f"{self.name} needs a value")
 
-    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
-        pipe.hset(keys.data(scope), message.key, raw)
-
-    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
-        return client.hget(keys.data(scope), message.key)
-
-    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
-        if raw is None:
-            client.hdel(keys.data(scope), message.key)
-        else:
-            client.hset(keys.data(scope), message.key, raw)
+    def hash(self, keys: Keys, scope: str) -> str:
+        return keys.data(scope)
 
     def apply(self, pool: Pool, message: Message) -> None:
         pool.reload_data()

@@ -22,7 +22,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -30,7 +29,7 @@ from .. import files
 from .command import Pool
 from .data import read_regular_file
 from .messages import BadMessage, Message
-from .store import Keys, pool_scopes, raw_reply, read_stored
+from .store import KeptByKey, Keys, pool_scopes, raw_reply, read_stored
 
 log = logging.getLogger("gearman_workers.control")
 
@@ -38,7 +37,7 @@ MAX_TASK = 256
 BOOK_VERSION = 1
 
 
-class PauseCommand:
+class PauseCommand(KeptByKey):
     def __init__(self, name: str) -> None:
         self.name = name
 
@@ -48,17 +47,8 @@ class PauseCommand:
         if message.ts is None:
             raise BadMessage(f"{self.name} needs a timestamp (ts): the newest pause or resume wins")
 
-    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
-        pipe.hset(keys.pause(scope), message.key, raw)
-
-    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
-        return client.hget(keys.pause(scope), message.key)
-
-    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
-        if raw is None:
-            client.hdel(keys.pause(scope), message.key)
-        else:
-            client.hset(keys.pause(scope), message.key, raw)
+    def hash(self, keys: Keys, scope: str) -> str:
+        return keys.pause(scope)
 
     def apply(self, pool: Pool, message: Message) -> str:
         assert message.key is not None

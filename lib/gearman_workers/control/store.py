@@ -73,6 +73,27 @@ class Keys:
         return (host, pool) if NAME_RE.match(host) and NAME_RE.match(pool) else None
 
 
+class KeptByKey:
+    """What a command kept per scope in a hash, field = its key, does to
+    keep itself (set/del in data.py, pause/resume in pause.py): `hash`
+    names the hash of a scope."""
+
+    def hash(self, keys: Keys, scope: str) -> str:
+        raise NotImplementedError
+
+    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
+        pipe.hset(self.hash(keys, scope), message.key, raw)
+
+    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
+        return client.hget(self.hash(keys, scope), message.key)
+
+    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
+        if raw is None:
+            client.hdel(self.hash(keys, scope), message.key)
+        else:
+            client.hset(self.hash(keys, scope), message.key, raw)
+
+
 def pool_scopes(hostname: str, pool: str) -> list[str]:
     """The scopes that concern one pool, least specific first."""
     return ["all", f"host:{hostname}", f"pool:{pool}", f"host:{hostname}:pool:{pool}"]

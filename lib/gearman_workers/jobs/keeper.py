@@ -26,9 +26,9 @@ from typing import Protocol
 import redis
 
 from .. import inherited
-from ..backoff import Backoff
 from ..config import Config
 from ..control.client import connect, redis_peers, shown_url
+from ..sessions import keep_session
 from .keys import JobKeys
 from .policy import Run
 from .spool import Spool, spool_dir
@@ -83,20 +83,9 @@ class JobKeeper:
     # --- the thread -----------------------------------------------------
 
     def _run(self, stop: threading.Event) -> None:
-        backoff = Backoff(0.1, 5.0)
         submitter = Submitter(self.servers, SUBMIT_TIMEOUT)
-        while not stop.is_set():
-            try:
-                self._session(stop, submitter)
-            except (redis.RedisError, OSError) as err:
-                self._outage(err)
-                stop.wait(backoff.next())
-            except Exception:
-                with self._guard:
-                    log.exception("job keeper failed; restarting it")
-                stop.wait(1.0)
-            else:
-                backoff.reset()
+        keep_session(stop, lambda: self._session(stop, submitter), self._outage, stop.wait, self._guard, log,
+                     "job keeper")
         submitter.close()
 
     def _session(self, stop: threading.Event, submitter: Submitter) -> None:

@@ -33,13 +33,11 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import redis
-
 from .. import inherited
-from ..backoff import Backoff
 from ..commands import Command, OffersChanged
 from ..config import Config
 from ..control.client import connect, redis_peers, shown_url
+from ..sessions import keep_session
 from .steering import Steering
 from .tokens import LocalPermits, TaskKeys, Tokens, share
 
@@ -88,24 +86,13 @@ class Governor:
         inherited.blank_sockets_to(self._peers)
 
     def _run(self, stop: threading.Event) -> None:
-        backoff = Backoff(0.1, 5.0)
-        while not stop.is_set():
-            if not self.steering.governed():  # no Redis connection until a task has a limit
-                stop.wait(IDLE_CHECK)
-                continue
-            try:
-                self._session(stop)
-            except (redis.RedisError, OSError) as err:
-                self._outage(err)
-                self._offline(stop, backoff.next())
-            except Exception:
-                with self._guard:
-                    log.exception("governor failed; restarting it")
-                stop.wait(1.0)
-            else:
-                backoff.reset()
+        keep_session(stop, lambda: self._session(stop), self._outage, lambda seconds: self._offline(stop, seconds),
+                     self._guard, log, "governor")
 
     def _session(self, stop: threading.Event) -> None:
+        if not self.steering.governed():  # no Redis connection until a task has a limit
+            stop.wait(IDLE_CHECK)
+            return
         client = connect(self.url)
         try:
             client.ping()  # connect outside the fork lock
