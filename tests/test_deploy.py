@@ -205,6 +205,13 @@ class Fleet:
         finally:
             shutil.rmtree(control_dir, ignore_errors=True)
 
+    def redis_cli(self, *args: str, tls: bool = True) -> str:
+        """redis-cli on the queue host (over TLS at its advertised address, or on loopback without)."""
+        flags = f"--tls --cacert /etc/redis/tls/ca.pem -h {self.queue.address}" if tls else "-h 127.0.0.1"
+        quoted = " ".join(f"'{arg}'" for arg in args)
+        done = self.queue.run(f"redis-cli {flags} -p {self.redis_port} --no-auth-warning {quoted}")
+        return done.stdout + done.stderr
+
     # --- gearmand's view, from the controller ----------------------------
 
     def admin(self, command: str) -> list[str]:
@@ -361,6 +368,17 @@ def test_an_operator_pauses_a_task_on_one_host_and_resumes_it(fleet: Fleet) -> N
         resumed = worker1.run("gm-ctl resume reverse --host worker1")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     wait_for(lambda: offering("worker1") == 2, timeout=10, what="worker1's children to offer reverse again")
+
+
+def test_an_operator_delays_a_job_and_the_leader_runs_it(fleet: Fleet) -> None:
+    """gm-ctl submit as the operator's Redis user (HSET, EXPIRE, ZADD); the pools' leader submits it."""
+    fleet.wait_serving()
+    delayed = fleet.hosts["worker1"].run("gm-ctl submit reverse hello --in 1")
+    assert delayed.returncode == 0 and "due at" in delayed.stdout, delayed.stdout + delayed.stderr
+    chain = delayed.stdout.split()[1].rstrip(":")
+    operator = ("--user", "operator", "--pass", fleet.secret("redis-operator"))
+    wait_for(lambda: fleet.redis_cli(*operator, "hget", f"gearman-workers:jobs:chain:{chain}", "state").strip()
+             == "done", timeout=30, what="the delayed job to have run")
 
 
 def test_check_diff_changes_nothing_and_shows_no_secret(fleet: Fleet) -> None:
@@ -577,14 +595,7 @@ def test_only_the_inventorys_hosts_reach_gearmand_and_redis(fleet: Fleet) -> Non
 
 
 def test_redis_speaks_tls_only_and_each_user_may_do_only_its_part(fleet: Fleet) -> None:
-    queue = fleet.queue
-
-    def redis_cli(*args: str, tls: bool = True) -> str:
-        flags = f"--tls --cacert /etc/redis/tls/ca.pem -h {queue.address}" if tls else "-h 127.0.0.1"
-        quoted = " ".join(f"'{arg}'" for arg in args)
-        done = queue.run(f"redis-cli {flags} -p {fleet.redis_port} --no-auth-warning {quoted}")
-        return done.stdout + done.stderr
-
+    queue, redis_cli = fleet.queue, fleet.redis_cli
     assert "PONG" not in redis_cli("ping", tls=False)
     assert "NOAUTH" in redis_cli("ping")  # the default user is off
     pool = ("--user", "pool-worker1", "--pass", fleet.secret("redis-pool-worker1"))
