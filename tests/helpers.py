@@ -443,6 +443,25 @@ def control_pool(gearmand: Gearmand, tmp_path: Path, url: str, *extra: str, name
                 name=name, processes=processes)
 
 
+def fleet_pool(gearmand: Gearmand, tmp_path: Path, redis_url: str, module: str, source: str, tasks: str,
+               records: str, *extra: str, name: str, host: str, processes: int = 2, pool: str = "",
+               metrics_port: int = 0) -> Pool:
+    """A pool under fleet control whose tasks are SOURCE, written as MODULE.py
+    beside the test; they write what they record into tmp_path/RECORDS,
+    named to them by GW_TEST_RUNS. TASKS: the [tasks] lines; POOL: more
+    [pool] lines."""
+    (tmp_path / f"{module}.py").write_text(source)
+    directory = tmp_path / records
+    directory.mkdir(exist_ok=True)
+    config = tmp_path / f"{name}.toml"
+    listen = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+    config.write_text(f'[pool]\npython_path = ["{tmp_path}", "{EXAMPLES}"]\n{pool}'
+                      f'[control]\nredis_url = "{redis_url}"\nallow_unsigned = true\n'
+                      f'[tasks]\n{tasks}\n[metrics]\nlisten = "{listen}"\n')
+    return Pool(gearmand, tmp_path, "--hostname", host, *extra, name=name, processes=processes, config=config,
+                env={**os.environ, "GW_TEST_RUNS": str(directory)})
+
+
 def heartbeat_up(redis_server: RedisServer, pool: Pool) -> bool:
     return any(p["name"] == pool.name and p["pid"] == pool.proc.pid  # type: ignore[union-attr]
                for p in pools(redis_server))

@@ -5,7 +5,6 @@ with no help from gearmand's epoch jobs."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import statistics
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import EXAMPLES, Gearmand, Pool, RedisServer, operator_cli, wait_for
+from helpers import Gearmand, Pool, RedisServer, fleet_pool, operator_cli, wait_for
 
 NOTED_TASKS = '''
 import json, os, time, uuid
@@ -29,14 +28,8 @@ def note(worker, job):
 
 
 def noting_pool(gearmand: Gearmand, redis_url: str, tmp_path: Path, name: str, host: str) -> Pool:
-    (tmp_path / "noted.py").write_text(NOTED_TASKS)
-    runs = tmp_path / "runs"
-    runs.mkdir(exist_ok=True)
-    config = tmp_path / f"{name}.toml"
-    config.write_text(f'[pool]\npython_path = ["{tmp_path}", "{EXAMPLES}"]\n'
-                      f'[control]\nredis_url = "{redis_url}"\nallow_unsigned = true\n[tasks]\nnote = "noted:note"\n')
-    return Pool(gearmand, tmp_path, "--hostname", host, name=name, processes=2, config=config,
-                env={**os.environ, "GW_TEST_RUNS": str(runs)})
+    return fleet_pool(gearmand, tmp_path, redis_url, "noted", NOTED_TASKS, 'note = "noted:note"', "runs",
+                      name=name, host=host)
 
 
 def runs(tmp_path: Path) -> list[dict[str, Any]]:

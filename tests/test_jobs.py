@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers import (
-    EXAMPLES,
     Gearmand,
     Pool,
     RedisServer,
+    fleet_pool,
     free_port,
     run_cli,
     running,
@@ -67,15 +66,8 @@ def echo(worker, job):
 
 def job_pool(gearmand: Gearmand, redis_url: str, tmp_path: Path, tasks: str, *extra: str,
              name: str = "jobs", host: str = "host-a", processes: int = 2) -> Pool:
-    (tmp_path / "jobtasks.py").write_text(JOB_TASKS)
-    runs = tmp_path / "runs"
-    runs.mkdir(exist_ok=True)
-    config = tmp_path / f"{name}.toml"
-    config.write_text(f'[pool]\npython_path = ["{tmp_path}", "{EXAMPLES}"]\n'
-                      f'[control]\nredis_url = "{redis_url}"\nallow_unsigned = true\n'
-                      f"[tasks]\n{tasks}\n")
-    return Pool(gearmand, tmp_path, "--hostname", host, *extra, name=name, processes=processes, config=config,
-                env={**os.environ, "GW_TEST_RUNS": str(runs)})
+    return fleet_pool(gearmand, tmp_path, redis_url, "jobtasks", JOB_TASKS, tasks, "runs", *extra, name=name,
+                      host=host, processes=processes)
 
 
 def runs_of(tmp_path: Path, task: str) -> list[dict]:

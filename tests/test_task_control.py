@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from helpers import (
-    EXAMPLES,
     Gearmand,
     Pool,
     RedisServer,
+    fleet_pool,
     free_port,
     operator_cli,
     pid_alive,
@@ -33,7 +33,7 @@ STEERED_TASKS = '''
 import json, os, signal, time, uuid
 from pathlib import Path
 
-MARKS = Path(os.environ["GW_TEST_MARKS"])
+MARKS = Path(os.environ["GW_TEST_RUNS"])
 
 def _mark(kind, **fields):
     name = f"{kind}.{uuid.uuid4().hex}"
@@ -75,16 +75,9 @@ PROMPT = 0.5  # seconds: a pause, a resume's job, a cancel's answer (p99 of the 
 
 def steered_pool(gearmand: Gearmand, redis_url: str, tmp_path: Path, name: str, host: str, processes: int = 2,
                  tasks: str = "", pool: str = "", metrics_port: int = 0) -> Pool:
-    (tmp_path / "steered.py").write_text(STEERED_TASKS)
-    marks = tmp_path / "marks"
-    marks.mkdir(exist_ok=True)
-    config = tmp_path / f"{name}.toml"
-    config.write_text(f'[pool]\npython_path = ["{tmp_path}", "{EXAMPLES}"]\n{pool}'
-                      f'[control]\nredis_url = "{redis_url}"\nallow_unsigned = true\n'
-                      f'[tasks]\nquick = "steered:quick"\nhold = "steered:hold"\nhog = "steered:hog"\n{tasks}\n'
-                      f'[metrics]\nlisten = "{f"127.0.0.1:{metrics_port}" if metrics_port else ""}"\n')
-    return Pool(gearmand, tmp_path, "--hostname", host, name=name, processes=processes, config=config,
-                env={**os.environ, "GW_TEST_MARKS": str(marks)})
+    common = 'quick = "steered:quick"\nhold = "steered:hold"\nhog = "steered:hog"\n'
+    return fleet_pool(gearmand, tmp_path, redis_url, "steered", STEERED_TASKS, common + tasks, "marks", name=name,
+                      host=host, processes=processes, pool=pool, metrics_port=metrics_port)
 
 
 def marks(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
