@@ -38,7 +38,7 @@ import redis
 from .. import files
 from .command import Pool
 from .messages import BadMessage, Message, encode
-from .store import KeptByKey, Keys, pool_scopes, raw_reply, read_stored
+from .store import KeptByKey, Keys, kept_by_key, pool_scopes, read_stored
 
 log = logging.getLogger("gearman_workers.control")
 
@@ -85,14 +85,7 @@ def stored(client: redis.Redis, keys: Keys, hostname: str, pool: str,
            secret: bytes | None) -> list[tuple[str, Message, bytes]]:
     """Every stored set and del that concerns this pool: scope, message, and
     the bytes that carried it."""
-    entries = []
-    for scope in pool_scopes(hostname, pool):
-        for field, raw in client.hgetall(keys.data(scope)).items():
-            name = raw_reply(field).decode("utf-8", "replace")
-            message = read_stored(raw, secret, scope, f"data {name!r} in scope {scope}", SET, DEL)
-            if message is not None and message.key == name:
-                entries.append((scope, message, raw_reply(raw)))
-    return entries
+    return kept_by_key(client, keys, hostname, pool, secret, "data", SET, DEL)
 
 
 class DataBook:

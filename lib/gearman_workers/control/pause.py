@@ -29,7 +29,7 @@ from .. import files
 from .command import Pool
 from .data import read_regular_file
 from .messages import BadMessage, Message
-from .store import KeptByKey, Keys, pool_scopes, raw_reply, read_stored
+from .store import KeptByKey, Keys, kept_by_key, read_stored
 
 log = logging.getLogger("gearman_workers.control")
 
@@ -72,14 +72,7 @@ def message(name: str, task: str, hosts: tuple[str, ...] = (), pool: str | None 
 def stored(client: redis.Redis, keys: Keys, hostname: str, pool: str,
            secret: bytes | None) -> list[tuple[str, Message, bytes]]:
     """Every pause and resume kept for this pool: scope, message, its bytes."""
-    found = []
-    for scope in pool_scopes(hostname, pool):
-        for field, raw in client.hgetall(keys.pause(scope)).items():
-            task = raw_reply(field).decode("utf-8", "replace")
-            kept = read_stored(raw, secret, scope, f"pause state of {task!r} in scope {scope}", PAUSE, RESUME)
-            if kept is not None and kept.key == task:
-                found.append((scope, kept, raw_reply(raw)))
-    return found
+    return kept_by_key(client, keys, hostname, pool, secret, "pause state of", PAUSE, RESUME)
 
 
 class PauseBook:

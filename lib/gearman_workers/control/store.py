@@ -94,6 +94,21 @@ class KeptByKey:
             client.hset(self.hash(keys, scope), message.key, raw)
 
 
+def kept_by_key(client: redis.Redis, keys: Keys, hostname: str, pool: str, secret: bytes | None,
+                what: str, *commands: Any) -> list[tuple[str, Message, bytes]]:
+    """Every message of COMMANDS (KeptByKey, one hash) kept for this pool:
+    scope, message, and the bytes that carried it. One in a field its own
+    key does not name is ignored, like one in a scope it does not name."""
+    found = []
+    for scope in pool_scopes(hostname, pool):
+        for field, raw in client.hgetall(commands[0].hash(keys, scope)).items():
+            name = raw_reply(field).decode("utf-8", "replace")
+            message = read_stored(raw, secret, scope, f"{what} {name!r} in scope {scope}", *commands)
+            if message is not None and message.key == name:
+                found.append((scope, message, raw_reply(raw)))
+    return found
+
+
 def pool_scopes(hostname: str, pool: str) -> list[str]:
     """The scopes that concern one pool, least specific first."""
     return ["all", f"host:{hostname}", f"pool:{pool}", f"host:{hostname}:pool:{pool}"]
