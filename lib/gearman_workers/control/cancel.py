@@ -30,13 +30,11 @@ The message: key = the handle, unique or job id, value = "handle" |
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..commands import CancelJob
 from ..jobs.policy import CHAIN_ID
 from .command import Pool
 from .messages import BadMessage, Message
-from .store import Keys
+from .store import NotKept
 
 NAME = "cancel"
 HANDLE, UNIQUE, JOB = "handle", "unique", "job"
@@ -45,7 +43,7 @@ MAX_ID = 256
 RUNNING_HERE = "cancelling"  # how an answer that found the job begins
 
 
-class Cancel:
+class Cancel(NotKept):
     name = NAME
 
     def check(self, message: Message) -> None:
@@ -57,15 +55,6 @@ class Cancel:
             raise BadMessage("cancel: a job id is 16 hex digits")
         if message.n not in (None, 0, QUEUED) or (message.n == QUEUED and message.value != HANDLE):
             raise BadMessage("cancel of a queued job (n = 1) takes a handle")
-
-    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
-        """Not kept: a cancel is for the job as it is now."""
-
-    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
-        return None
-
-    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
-        """Nothing was kept."""
 
     def apply(self, pool: Pool, message: Message) -> str:
         assert message.key is not None

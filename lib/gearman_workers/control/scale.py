@@ -9,32 +9,21 @@ before it sends 0)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..commands import Scale as ScaleTo
 from ..config import MAX_PROCESSES
 from .command import Pool
 from .messages import BadMessage, Message
-from .store import Keys
+from .store import NotKept
 
 NAME = "scale"
 
 
-class Scale:
+class Scale(NotKept):
     name = NAME
 
     def check(self, message: Message) -> None:
         if message.n is None or not 0 <= message.n <= MAX_PROCESSES:
             raise BadMessage(f"scale needs n from 0 to {MAX_PROCESSES}")
-
-    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
-        """Not kept (see above)."""
-
-    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
-        return None
-
-    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
-        """Nothing was kept."""
 
     def apply(self, pool: Pool, message: Message) -> None:
         if pool.autoscales():

@@ -73,6 +73,20 @@ class Keys:
         return (host, pool) if NAME_RE.match(host) and NAME_RE.match(pool) else None
 
 
+class NotKept:
+    """A command that is for the pools listening now (scale, cancel, dead):
+    nothing of it is kept, so there is nothing to read back or put back."""
+
+    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
+        """Not kept."""
+
+    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
+        return None
+
+    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
+        """Nothing was kept."""
+
+
 class KeptByKey:
     """What a command kept per scope in a hash, field = its key, does to
     keep itself (set/del in data.py, pause/resume in pause.py): `hash`

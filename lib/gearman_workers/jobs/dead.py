@@ -16,7 +16,7 @@ from typing import Any
 
 from ..control.command import Pool
 from ..control.messages import BadMessage, Message
-from ..control.store import Keys
+from ..control.store import NotKept
 from .policy import CHAIN_ID, new_chain
 from .store import JobStore
 
@@ -25,7 +25,7 @@ RETRY, PURGE = "retry", "purge"
 MAX_IDS = 1000
 
 
-class DeadLetters:
+class DeadLetters(NotKept):
     name = NAME
 
     def check(self, message: Message) -> None:
@@ -42,15 +42,6 @@ class DeadLetters:
         elif not isinstance(value.get("task"), (str, type(None))) or not isinstance(
                 value.get("older_than"), (int, float, type(None))) or isinstance(value.get("older_than"), bool):
             raise BadMessage("dead: task must be text and older_than a number of seconds")
-
-    def record(self, pipe: Any, keys: Keys, scope: str, message: Message, raw: bytes) -> None:
-        """Not kept (see above)."""
-
-    def recorded(self, client: Any, keys: Keys, scope: str, message: Message) -> bytes | None:
-        return None
-
-    def restore(self, client: Any, keys: Keys, scope: str, message: Message, raw: bytes | None) -> None:
-        """Nothing was kept."""
 
     def apply(self, pool: Pool, message: Message) -> str:
         store: JobStore = pool.job_store()
