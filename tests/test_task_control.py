@@ -22,6 +22,7 @@ from helpers import (
     RedisServer,
     fleet_pool,
     free_port,
+    heartbeat_up,
     operator_cli,
     pid_alive,
     scrape,
@@ -101,11 +102,13 @@ def p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[98]
 
 
-def started(pools: list[Pool]) -> list[Pool]:
+def started(pools: list[Pool], redis_server: RedisServer) -> list[Pool]:
+    """Registered, and live in Redis: a command is answered by the pools whose heartbeat is there."""
     for pool in pools:
         pool.start(wait=False)
     for pool in pools:
         pool.wait_registered(pool.processes, timeout=20)
+        wait_for(lambda p=pool: heartbeat_up(redis_server, p), what=f"{pool.name}'s heartbeat")
     return pools
 
 
@@ -116,7 +119,7 @@ def fleet(gearmand: Gearmand, redis_server: RedisServer, tmp_path: Path) -> Any:
     def make(*specs: tuple[str, str], **options: Any) -> list[Pool]:
         pools = [steered_pool(gearmand, redis_server.url, tmp_path, name, host, **options) for name, host in specs]
         made.extend(pools)
-        return started(pools)
+        return started(pools, redis_server)
     yield make
     for pool in made:
         pool.stop()
