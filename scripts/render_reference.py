@@ -12,6 +12,7 @@ snapshot that has every optional part). Tests fail when a page is stale
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,8 @@ sys.path.insert(0, str(ROOT / "lib"))
 from gearman_workers import config  # noqa: E402
 from gearman_workers.jobstats import BUCKETS, OUTCOMES, TaskTotals  # noqa: E402
 from gearman_workers.metrics import PoolCollector, Snapshot  # noqa: E402
+from gearman_workers.periodic.firing import Scheduler  # noqa: E402
+from gearman_workers.periodic.spec import SCHEDULE_KEYS, parse  # noqa: E402
 
 CONFIG_INTRO = """# Configuration reference
 
@@ -45,6 +48,17 @@ or a table:
 `--task NAME=module:callable` adds or replaces one (repeatable). What
 `retries` and `keep_results` do is in docs/jobs.md.
 """
+SCHEDULES = """## [schedules]
+
+Periodic jobs, fired once per slot by the fleet's jobs leader (needs
+`[control] redis_url`; how: docs/schedules.md). One entry per schedule,
+`NAME = {{ task = "...", cron = "0 3 * * *" }}` or `every = SECONDS`; a
+NAME is 1 to 40 letters, digits, `.`, `_` or `-`. In the file only.
+
+| key | meaning |
+|---|---|
+{schedule_keys}
+"""
 
 
 def configuration() -> str:
@@ -52,7 +66,7 @@ def configuration() -> str:
     parts = [CONFIG_INTRO]
     sections: dict[str, list[config.Option]] = {}
     for option in config.OPTIONS:
-        if option.dest != "tasks":
+        if option.dest not in config.NAMED_TABLES:
             sections.setdefault(option.section, []).append(option)
     for section, options in sections.items():
         parts.append(f"## [{section}]\n\n| key | flag | default | meaning |\n|---|---|---|---|")
@@ -61,6 +75,8 @@ def configuration() -> str:
             parts.append(f"| `{option.key}` | `{flag}` | `{config.default_text(option)}` | {option.help} |")
         parts.append("")
     parts.append(TASKS.format(task_keys="\n".join(f"| `{key}` | {meaning} |" for key, meaning in config.TASK_KEYS)))
+    parts.append(SCHEDULES.format(schedule_keys="\n".join(f"| `{key}` | {meaning} |"
+                                                            for key, meaning in SCHEDULE_KEYS)))
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -100,7 +116,8 @@ class Sample:
         task = TaskTotals("echo", dict.fromkeys(OUTCOMES, 0), [0] * (len(BUCKETS) + 1), 0.0)
         autoscale = {"min": 1, "max": 4, "waiting": 0, "up": 0, "down": 0, "last": None}
         return Snapshot(1, {}, {}, {"127.0.0.1:4730": 1}, True, [task], {"master": 0, "children": 0}, autoscale,
-                        {("applied", "exit"): 0}, {"echo": 0}, {"echo": (False, 0)})
+                        {("applied", "exit"): 0}, {"echo": 0}, {"echo": (False, 0)}, True,
+                        Scheduler(parse({"nightly": {"task": "echo", "every": 60}}), "host/pool", threading.Lock()))
 
 
 def _series(name: str, kind: str) -> str:

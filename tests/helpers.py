@@ -445,11 +445,11 @@ def control_pool(gearmand: Gearmand, tmp_path: Path, url: str, *extra: str, name
 
 def fleet_pool(gearmand: Gearmand, tmp_path: Path, redis_url: str, module: str, source: str, tasks: str,
                records: str, *extra: str, name: str, host: str, processes: int = 2, pool: str = "",
-               metrics_port: int = 0) -> Pool:
+               metrics_port: int = 0, schedules: str = "") -> Pool:
     """A pool under fleet control whose tasks are SOURCE, written as MODULE.py
     beside the test; they write what they record into tmp_path/RECORDS,
     named to them by GW_TEST_RUNS. TASKS: the [tasks] lines; POOL: more
-    [pool] lines."""
+    [pool] lines; SCHEDULES: the [schedules] lines."""
     (tmp_path / f"{module}.py").write_text(source)
     directory = tmp_path / records
     directory.mkdir(exist_ok=True)
@@ -457,7 +457,8 @@ def fleet_pool(gearmand: Gearmand, tmp_path: Path, redis_url: str, module: str, 
     listen = f"127.0.0.1:{metrics_port}" if metrics_port else ""
     config.write_text(f'[pool]\npython_path = ["{tmp_path}", "{EXAMPLES}"]\n{pool}'
                       f'[control]\nredis_url = "{redis_url}"\nallow_unsigned = true\n'
-                      f'[tasks]\n{tasks}\n[metrics]\nlisten = "{listen}"\n')
+                      f'[tasks]\n{tasks}\n[metrics]\nlisten = "{listen}"\n'
+                      + (f'[schedules]\n{schedules}\n' if schedules else ""))
     return Pool(gearmand, tmp_path, "--hostname", host, *extra, name=name, processes=processes, config=config,
                 env={**os.environ, "GW_TEST_RUNS": str(directory)})
 

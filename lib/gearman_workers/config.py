@@ -21,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .periodic.spec import Schedule
+from .periodic.spec import parse as parse_schedules
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_PROCESSES = 1024
@@ -28,6 +31,9 @@ MAX_CONCURRENCY = 100_000
 MAX_SERVERS = 64  # a child's registrations are one 64-bit mask in the scoreboard
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SPEC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+NAMED_TABLES = ("tasks", "schedules")  # sections whose keys are names the user chose
 
 
 class ConfigError(ValueError):
@@ -109,6 +115,7 @@ class Config:
     python_path: list[str]
     preload: str | None
     tasks: dict[str, TaskSpec]
+    schedules: dict[str, Schedule]
     redis_url: str | None
     channel: str
     secret_file: Path | None
@@ -429,6 +436,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", "python_path", _paths, [], "directories added to sys.path before tasks load"),
     Option("pool", "preload", _optional(callable_spec), None, "module:callable run once before forking"),
     Option("tasks", "", _tasks, {}, "", field="tasks"),
+    Option("schedules", "", parse_schedules, {}, "", field="schedules"),
     Option("control", "redis_url", _optional(redis_url), None, "Redis URL for fleet control (empty: off)"),
     Option("control", "channel", _name, "gearman-workers", "Redis pub/sub channel for commands"),
     Option("control", "secret_file", _optional(_path), None, "file with the shared secret for signed commands"),
@@ -456,8 +464,8 @@ def _file_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
     known = {(o.section, o.key): o for o in OPTIONS}
     values: dict[str, Any] = {}
     for section, table in data.items():
-        if section == "tasks":
-            values["tasks"] = table
+        if section in NAMED_TABLES:
+            values[section] = table
             continue
         if not isinstance(table, dict) or section not in {o.section for o in OPTIONS}:
             raise ConfigError(f"{path}: unknown section [{section}]")
@@ -530,6 +538,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         group = groups[option.section]
         text = f"{option.help} (default: {default_text(option)})"
+        if option.dest == "schedules":
+            continue  # a table of tables: in the file only
         if option.dest == "tasks":
             group.add_argument("--task", action="append", metavar="NAME=module:callable",
                                help="register a task (repeatable)")
@@ -546,7 +556,7 @@ def to_toml(config: Config) -> str:
     --print-config): every key, flags and file merged. A password in the
     Redis URL is shown as ***."""
     lines: list[str] = []
-    for section in dict.fromkeys(o.section for o in OPTIONS if o.dest != "tasks"):
+    for section in dict.fromkeys(o.section for o in OPTIONS if o.dest not in NAMED_TABLES):
         lines.append(f"[{section}]")
         for option in (o for o in OPTIONS if o.section == section):
             value = getattr(config, option.dest)
@@ -561,6 +571,11 @@ def to_toml(config: Config) -> str:
                  if getattr(spec, key) != getattr(TaskSpec, key, None)}
         table = ", ".join([f"call = {_toml_value(spec.call)}",
                            *(f"{k} = {_toml_value(v)}" for k, v in extra.items() if v is not None)])
+        lines.append(f"{_toml_value(name)} = {{ {table} }}")
+    if config.schedules:
+        lines += ["", "[schedules]"]
+    for name, schedule in config.schedules.items():
+        table = ", ".join(f"{key} = {_toml_value(value)}" for key, value in schedule.definition().items())
         lines.append(f"{_toml_value(name)} = {{ {table} }}")
     return "\n".join(lines) + "\n"
 
@@ -577,7 +592,7 @@ def _toml_value(value: Any) -> str:
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {o.dest: getattr(args, o.dest) for o in OPTIONS
-              if o.dest != "tasks" and getattr(args, o.dest, None) is not None}
+              if o.dest not in NAMED_TABLES and getattr(args, o.dest, None) is not None}
     for item in getattr(args, "task", None) or ():
         name, sep, spec = item.partition("=")
         if not sep:
@@ -688,6 +703,9 @@ def _complete(values: dict[str, Any], source: Path | None, require_tasks: bool) 
     if keeping and not values["redis_url"]:
         raise ConfigError(f"[tasks] {keeping[0]}: retries and keep_results keep their records in Redis; "
                           "set [control] redis_url")
+    if values["schedules"] and not values["redis_url"]:
+        raise ConfigError(f"[schedules] {next(iter(values['schedules']))}: schedules are fired by the fleet's "
+                          "jobs leader through Redis; set [control] redis_url")
     governed = [name for name, spec in values["tasks"].items() if spec.governed]
     if governed and not values["redis_url"]:
         raise ConfigError(f"[tasks] {governed[0]}: concurrency and rate are shared by the fleet through Redis; "

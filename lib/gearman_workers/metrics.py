@@ -55,6 +55,28 @@ class Snapshot:
     control_messages: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (outcome, reason)
     dead_jobs: dict[str, int] | None = None  # task -> dead letters in the fleet (None: this pool keeps no jobs)
     tasks: dict[str, tuple[bool, int]] | None = None  # task -> (paused, children withholding it); None: no control
+    leader: bool | None = None  # holds the fleet's jobs lease (None: no fleet control)
+    schedules: Firing | None = None  # the slots this pool fired, and how late (None: no fleet control)
+
+
+class Firing(Protocol):
+    """What the schedules' metrics read (periodic/firing.py's Scheduler)."""
+
+    @property
+    def fired(self) -> dict[str, int]: ...  # schedule -> slots this pool fired
+    @property
+    def lag(self) -> Lag: ...
+
+
+class Lag(Protocol):
+    @property
+    def bounds(self) -> tuple[float, ...]: ...  # the histogram's buckets (upper bounds, seconds)
+    @property
+    def counts(self) -> list[int]: ...  # cumulative, one per bound
+    @property
+    def total(self) -> float: ...
+    @property
+    def observed(self) -> int: ...
 
 
 class Source(Protocol):
@@ -157,6 +179,27 @@ class PoolCollector(Collector):
             yield dead
         if snap.tasks is not None:
             yield from self._task_control(snap.tasks)
+        if snap.leader is not None:
+            leader = self._family(GaugeMetricFamily, "gearman_workers_leader",
+                                  "1 while this pool is the fleet's jobs leader (it submits due jobs and fires the "
+                                  "schedules), else 0.")
+            leader.add_metric(self._values(), 1 if snap.leader else 0)
+            yield leader
+        if snap.schedules is not None:
+            yield from self._schedules(snap.schedules)
+
+    def _schedules(self, firing: Firing) -> Iterator[Metric]:
+        fired = self._family(CounterMetricFamily, "gearman_workers_schedule_fired",
+                             "Slots of the schedule this pool fired as the leader (sum over pools: each slot is "
+                             "fired by one).", "schedule")
+        for name, count in sorted(firing.fired.items()):
+            fired.add_metric(self._values(name), count)
+        yield fired
+        lag = self._family(HistogramMetricFamily, "gearman_workers_schedule_lag_seconds",
+                           "Fire time minus slot time of the slots this pool fired.")
+        buckets = [(str(bound), count) for bound, count in zip(firing.lag.bounds, firing.lag.counts, strict=True)]
+        lag.add_metric(self._values(), [*buckets, ("+Inf", firing.lag.observed)], firing.lag.total)
+        yield lag
 
     def _task_control(self, tasks: dict[str, tuple[bool, int]]) -> Iterator[Metric]:
         paused = self._family(GaugeMetricFamily, "gearman_workers_task_paused",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
 from .config import Config, Server
+from .metrics import Firing
 from .taskctl.switchboard import Switchboard
 from .views import MasterView
 
@@ -94,6 +95,9 @@ class Keeper(Protocol):
     """The job keeper (jobs/keeper.py): failures to Redis, due runs to gearmand."""
 
     dead_jobs: dict[str, int] | None
+    leading: bool
+    @property
+    def scheduler(self) -> Firing: ...
 
     def start(self, master: MasterView) -> None: ...
     def stop(self) -> None: ...

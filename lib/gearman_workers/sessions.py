@@ -14,11 +14,13 @@ from .backoff import Backoff
 
 
 def keep_session(stop: threading.Event, session: Callable[[], None], outage: Callable[[Exception], None],
-                 wait_out: Callable[[float], object], guard: threading.Lock, log: logging.Logger, what: str) -> None:
+                 wait_out: Callable[[float], object], guard: threading.Lock, log: logging.Logger, what: str,
+                 longest_wait: float = 5.0) -> None:
     """Run SESSION until STOP. After a Redis or network failure: OUTAGE(err),
-    then WAIT_OUT(seconds of back-off). After anything else: the traceback,
-    logged holding GUARD (the master's fork lock), and a second's wait."""
-    backoff = Backoff(0.1, 5.0)
+    then WAIT_OUT(seconds of back-off, up to LONGEST_WAIT). After anything
+    else: the traceback, logged holding GUARD (the master's fork lock), and
+    a second's wait."""
+    backoff = Backoff(0.1, longest_wait)
     while not stop.is_set():
         try:
             session()

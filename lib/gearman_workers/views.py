@@ -18,7 +18,7 @@ from .children import Child
 from .commands import Command, Inbox
 from .config import Config
 from .jobstats import JobStats, TaskTotals
-from .metrics import Snapshot
+from .metrics import Firing, Snapshot
 from .scoreboard import ChildState, Scoreboard, SlotInfo
 
 
@@ -38,6 +38,9 @@ class Observed(Protocol):
 
 class Keeping(Protocol):
     dead_jobs: dict[str, int] | None  # task -> dead letters in the fleet (None: not read yet)
+    leading: bool  # holds the fleet's jobs lease
+    @property
+    def scheduler(self) -> Firing: ...  # the schedules it fired as the leader
 
 
 class Steered(Protocol):
@@ -188,6 +191,7 @@ class MasterView:
         found = metrics(snapshot(self._master, self._control))
         if self._keeper is not None:
             found.dead_jobs = self._keeper.dead_jobs
+            found.leader, found.schedules = self._keeper.leading, self._keeper.scheduler
         if self._steering is not None:
             withheld = self._steering.withheld()
             found.tasks = {task: (task in self._steering.paused, withheld.get(task, 0))

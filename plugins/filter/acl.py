@@ -27,7 +27,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a pool's hostname (config.NAME_
 POOL_COMMANDS = ("-@all +ping +hello +auth +client|setname +client|reply +subscribe +unsubscribe +get +mget "
                  "+hgetall +setex +del +time +script|load")
 TOKEN_COMMANDS = "+evalsha +eval +get +psetex +zadd +zrem +zremrangebyscore +zscore +zcard +zrange +pexpire"
-JOB_COMMANDS = ("+evalsha +eval +get +set +exists +del +rename +expire +pexpire +persist +hget +hmget +hset "
+JOB_COMMANDS = ("+evalsha +eval +get +set +exists +del +rename +expire +pexpire +persist +hget +hmget +hset +hdel "
                 "+hgetall +hincrby +zadd +zrem +zrange +zrangebyscore +zcard")
 
 

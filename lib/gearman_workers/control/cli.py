@@ -26,6 +26,7 @@ from ..jobs.keys import JobKeys
 from ..jobs.policy import Run
 from ..jobs.results import read_record
 from ..jobs.store import JobStore
+from ..periodic import listing
 from . import cancel, data, exit, pause, scale, store, tables
 from .client import connect, read_secret
 from .messages import BadMessage, Message, decode
@@ -397,6 +398,13 @@ def _unix_time(text: str) -> float:
             from None
 
 
+def _schedule(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
+    if args.host or args.pool or args.all:
+        raise Refused("schedule list shows the schedules of the whole fleet: --host, --pool and --all do not apply")
+    listing.show(listing.document(client, JobKeys(conf.prefix)), args.json)
+    return EXIT_OK
+
+
 def _get(args: argparse.Namespace, conf: Settings, client: redis.Redis) -> int:
     if args.host or args.pool or args.all:
         raise Refused("get shows the data of every scope: --host, --pool and --all do not apply to it")
@@ -522,6 +530,8 @@ SUBCOMMANDS: dict[str, tuple[Handler, str, list[tuple[str, dict[str, Any]]]]] = 
                 ("--at", {"metavar": "TIME", "help": "Unix seconds or ISO 8601"}),
                 ("--payload-file", {"type": Path, "metavar": "FILE"}), ("--unique", {}),
                 ("--priority", {"choices": ["high", "normal", "low"], "default": "normal"})]),
+    "schedule": (_schedule, "the periodic schedules: list (next due, last slot and who fired it, the leader)",
+                 [("action", {"choices": ["list"]}), JSON_FLAG]),
     "pools": (_pools, "list live pools from their heartbeats", [JSON_FLAG]),
     "status": (_status, "one row per child of every live pool: state, job, counts, memory", [JSON_FLAG]),
     dead.NAME: (_dead, "the dead letters: list, show ID, retry ID|--all, purge ID|--all (docs/jobs.md)",

@@ -2,7 +2,8 @@
 - moves the failures its children spooled into Redis (spool.py, store.py),
 - holds or seeks the fleet's leader lease, and
 - as the leader, submits the due runs to gearmand, retries and delayed
-  jobs alike (store.py says how each is submitted exactly once).
+  jobs alike (store.py says how each is submitted exactly once), and
+  fires the periodic schedules (periodic/firing.py).
 
 One leader in the whole fleet: a master takes the lease (LEASE_MS) when it
 is free and renews it every RENEW_INTERVAL; a dead leader's lease lapses and
@@ -28,6 +29,8 @@ import redis
 from .. import inherited
 from ..config import Config
 from ..control.client import connect, redis_peers, shown_url
+from ..periodic.firing import Scheduler
+from ..periodic.records import Records
 from ..sessions import keep_session
 from .keys import JobKeys
 from .policy import Run
@@ -43,6 +46,7 @@ RENEW_INTERVAL = 1.0
 LEASE_MS = 3000
 CLAIM_BATCH = 100
 SUBMIT_TIMEOUT = 5.0
+OUTAGE_RETRY = 2.0     # the longest wait between two tries to reach Redis: the schedules go on soon after it is back
 
 
 class Master(Protocol):
@@ -62,11 +66,12 @@ class JobKeeper:
         self.dead_jobs: dict[str, int] | None = None  # read at each renewal: the metric's value
         self._stop = threading.Event()
         self._guard = threading.Lock()
+        self.scheduler = Scheduler(config.schedules, f"{config.hostname}/{config.name}", self._guard)
         self._outage_since: float | None = None
         self._peers: frozenset[inherited.Peer] = frozenset()
 
     def start(self, master: Master) -> None:
-        self._guard = master.fork_lock
+        self._guard = self.scheduler.guard = master.fork_lock
         self._peers = redis_peers(self.url) | frozenset().union(
             *(inherited.peers_of(s.host, s.port, None) for s in self.servers))
         self.spool.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -85,29 +90,33 @@ class JobKeeper:
     def _run(self, stop: threading.Event) -> None:
         submitter = Submitter(self.servers, SUBMIT_TIMEOUT)
         keep_session(stop, lambda: self._session(stop, submitter), self._outage, stop.wait, self._guard, log,
-                     "job keeper")
+                     "job keeper", OUTAGE_RETRY)
         submitter.close()
 
     def _session(self, stop: threading.Event, submitter: Submitter) -> None:
         client = connect(self.url)
         try:
             client.ping()  # connect outside the fork lock: a connect may wait seconds
-            store = JobStore(client, self.keys)
+            store, records = JobStore(client, self.keys), Records(client, self.keys)
             next_renewal = next_claim = 0.0
             while not stop.wait(TICK):
                 with self._guard:
                     moved = self._move_spool(store)
                     if time.monotonic() >= next_renewal:
                         self._renew(store)
+                        self.scheduler.renew(records, self.leading, self.token)
                         next_renewal = time.monotonic() + RENEW_INTERVAL
                 if self.leading and (moved or time.monotonic() >= next_claim):
                     wait = self._submit_due(store, submitter)
                     next_claim = time.monotonic() + (CLAIM_PATIENCE if wait is None else min(CLAIM_PATIENCE, wait))
+                if self.leading:
+                    self.scheduler.fire_due(records, submitter, self.token)
                 self._back()
             with self._guard:
                 if self.leading:
                     store.release_lease(self.token)
                     self.leading = False
+                    self.scheduler.stand_down()
         finally:
             client.close()
 
@@ -153,6 +162,8 @@ class JobKeeper:
 
     def _outage(self, err: Exception) -> None:
         self.leading = False
+        with self._guard:
+            self.scheduler.stand_down()
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             refused = isinstance(err, redis.ResponseError)  # reachable, but says no (an ACL, a full Redis)

@@ -8,6 +8,7 @@
     PREFIX:jobs:dead            sorted set: chain id -> when it died (ms)
     PREFIX:jobs:dead-tasks      hash: task -> dead letters of it
     PREFIX:jobs:result:UNIQUE   a job's record and result (JSON, with keep_results as TTL)
+    PREFIX:jobs:schedules:*     the periodic schedules' records (periodic/records.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class JobKeys:
         self.moving = f"{self.base}:moving"
         self.dead = f"{self.base}:dead"
         self.dead_tasks = f"{self.base}:dead-tasks"
+        self.schedules = f"{self.base}:schedules"
 
     def chain(self, chain: str) -> str:
         return f"{self.base}:chain:{chain}"
