@@ -381,6 +381,23 @@ def test_an_operator_delays_a_job_and_the_leader_runs_it(fleet: Fleet) -> None:
              == "done", timeout=30, what="the delayed job to have run")
 
 
+def test_the_fleet_fires_the_schedule_every_pool_publishes(fleet: Fleet) -> None:
+    """Four pools publish the same schedule through their ACL users; the one that leads fires it, and the
+    operator lists it."""
+    fleet.wait_serving()
+
+    def fired() -> dict | None:
+        shown = fleet.hosts["worker2"].run("gm-ctl schedule list --json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        document = json.loads(shown.stdout)
+        rows = document["schedules"]
+        return document if rows and rows[0]["last_submitted"] and len(rows[0]["published_by"]) == 4 else None
+    document = wait_for(fired, timeout=30, what="a slot of the heartbeat schedule fired")
+    row = document["schedules"][0]
+    assert row["name"] == "heartbeat" and row["when"] == "every 5 s" and row["differing"] == []
+    assert document["leader"] in row["published_by"] and row["last_by"] == document["leader"]
+
+
 def test_check_diff_changes_nothing_and_shows_no_secret(fleet: Fleet) -> None:
     check = fleet.playbook("--check", "--diff")
     assert check.returncode == 0, check.stdout[-3000:]

@@ -154,3 +154,22 @@ def test_a_tasks_table_from_the_role_keeps_its_limits(tmp_path: Path) -> None:
     path.write_text(f'[control]\nredis_url = "redis://127.0.0.1:1/0"\n{rendered}')
     spec = configuration.load(path=path).tasks["report"]
     assert (spec.concurrency, spec.rate) == (2, "100/m")
+
+
+def test_the_roles_schedules_reach_the_pool_as_written(tmp_path: Path) -> None:
+    """gearman_workers_schedules renders as [schedules]; the pool reads back every key."""
+    import jinja2
+
+    template = (ROLE / "templates/pool.toml.j2").read_text()
+    section = template[template.index("{% if pool.schedules %}"):template.index("[metrics]")]
+    environment = jinja2.Environment(keep_trailing_newline=True)
+    environment.filters["to_json"] = json.dumps
+    schedules = {"nightly-report": {"task": "nightly_report", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
+                                    "payload": 'say "hi"\n', "catch_up": "once", "priority": "high"},
+                 "heartbeat": {"task": "echo", "every": 30}}
+    rendered = environment.from_string(section).render(pool={"schedules": schedules})
+    path = tmp_path / "pool.toml"
+    path.write_text(f'[control]\nredis_url = "redis://127.0.0.1:1/0"\n[tasks]\necho = "tasks:echo"\n{rendered}')
+    loaded = configuration.load(path=path).schedules
+    assert {name: schedule.definition() for name, schedule in loaded.items()} == schedules
+    assert environment.from_string(section).render(pool={"schedules": {}}).strip() == ""
