@@ -116,11 +116,12 @@ class Records:
         self.last: dict[str, int] = {}
         self.fired: dict[str, dict[str, Any]] = {}
 
-    def sync(self, pool: str, own: dict[str, Any] | None, stale_ms: int) -> Synced:
+    def sync(self, pool: str, own: dict[str, Any] | None, stale_ms: int, leading: bool) -> Synced:
         if own is not None:
             self.published[pool] = own
+        published = {k: _json(v) for k, v in self.published.items()} if leading else {}
         flat = [[item for pair in table.items() for item in pair] for table in (
-            {k: _json(v) for k, v in self.published.items()}, {k: _json(v) for k, v in self.fleet.items()},
+            published, {k: _json(v) for k, v in self.fleet.items()},
             self.last, {k: _json(v) for k, v in self.fired.items()})]
         return Synced([int(self.now * 1000), *flat])
 

@@ -74,7 +74,7 @@ class Scheduler:
         if not (leading or self.own or self.fleet):  # (the caller holds the guard, as for stand_down)
             return
         own = {name: schedule.definition() for name, schedule in self.own.items()} if self.own else None
-        synced = records.sync(self.pool, own, STALE_MS)
+        synced = records.sync(self.pool, own, STALE_MS, leading)
         self.offset = synced.now - time.time()
         for name, slot in synced.last.items():
             self.floors[name] = max(self.floors.get(name, slot), slot)
@@ -102,8 +102,7 @@ class Scheduler:
             self._told.add((name, fired["digest"]))
             log.warning("schedule %s: this pool's (%s, task %s, digest %s) differs from the one the leader fires "
                         "(%s, from %s, digest %s); the leader's is fired, not this one", name, mine.describe(),
-                        mine.task, mine.digest, from_definition(name, fired).describe(), fired.get("from"),
-                        fired["digest"])
+                        mine.task, mine.digest, _described(name, fired), fired.get("from"), fired["digest"])
 
     # --- leading ------------------------------------------------------------
 
@@ -232,6 +231,13 @@ class Scheduler:
                 else "catch_up = skip: not run")
         log.warning("schedule %s: %d slot(s) from %s to %s missed, no leader fired them in time (%s)", name, count,
                     _shown(schedule.after(floor)), _shown(newest), runs)
+
+
+def _described(name: str, definition: dict) -> str:
+    try:
+        return from_definition(name, definition).describe()
+    except ValueError as err:  # a newer version's: said as it is
+        return f"unreadable here: {err}"
 
 
 def _shown(slot: int) -> str:

@@ -28,8 +28,9 @@ from ..jobs.keys import JobKeys
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
 SYNC = _NOW + """
--- KEYS: published, seen, fleet, last, fired; ARGV: pool, its schedules (JSON; '' publishes nothing), stale ms.
--- Every pool with schedules, each renewal: publish ours, forget pools gone quiet, read the rest.
+-- KEYS: published, seen, fleet, last, fired; ARGV: pool, its schedules (JSON; '' publishes nothing), stale ms,
+-- '1' to read what every pool published (the leader). Each renewal: publish ours, forget pools gone quiet,
+-- read the rest.
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) redis.call('HSET', KEYS[2], ARGV[1], now)
 end
@@ -39,8 +40,9 @@ for i = 1, #seen, 2 do
     redis.call('HDEL', KEYS[2], seen[i]) redis.call('HDEL', KEYS[1], seen[i])
   end
 end
-return {now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
-        redis.call('HGETALL', KEYS[5])}
+local published = {}
+if ARGV[4] == '1' then published = redis.call('HGETALL', KEYS[1]) end
+return {now, published, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
 
 ADOPT = """
@@ -102,11 +104,12 @@ class Records:
         self._claim = client.register_script(CLAIM)
         self._submitted = client.register_script(SUBMITTED)
 
-    def sync(self, pool: str, own: dict[str, dict[str, Any]] | None, stale_ms: int) -> Synced:
+    def sync(self, pool: str, own: dict[str, dict[str, Any]] | None, stale_ms: int, leading: bool) -> Synced:
+        """Publish OWN (None: nothing); what every pool published is read only when LEADING."""
         k = self.keys
         published = "" if own is None else json.dumps(own, sort_keys=True)
         return Synced(self._sync(keys=[k.published, k.seen, k.fleet, k.last, k.fired],
-                                 args=[pool, published, stale_ms]))
+                                 args=[pool, published, stale_ms, "1" if leading else "0"]))
 
     def adopt(self, token: str, fleet: dict[str, dict[str, Any]]) -> bool:
         pairs = [item for name, definition in sorted(fleet.items()) for item in (name, json.dumps(definition))]
