@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import config as configuration
-from . import files, runtime, strays, titles
+from . import files, hooks, runtime, strays, titles
 from . import log as logsetup
 from .child import Limits, Worker, run_child
 from .jobstats import JobStats
@@ -47,6 +47,7 @@ class ChildKit:
     def __init__(self, config: configuration.Config, tasks: dict[str, Callable[..., Any]], board: Scoreboard,
                  nudge_fd: int, count_jobs: bool) -> None:
         self.config, self.tasks, self.board = config, tasks, board
+        self.hooks = load_hooks(config)
         self.master_pid = os.getpid()
         self.nudge_fd = nudge_fd  # a child writes here when its registration changes
         self.count_jobs = count_jobs  # metrics are served: children count their jobs
@@ -59,10 +60,10 @@ class ChildKit:
         """Children from now on start from the configuration and tasks on disk."""
         try:
             fresh = configuration.reload(self.config)
-            tasks = load_tasks(fresh)
+            tasks, fresh_hooks = load_tasks(fresh), load_hooks(fresh)
         except (configuration.ConfigError, TaskLoadError) as err:
             raise ReloadFailed(str(err)) from None
-        self.config, self.tasks = fresh, tasks
+        self.config, self.tasks, self.hooks = fresh, tasks, fresh_hooks
         self.stats.add_tasks(tasks)
         return fresh
 
@@ -106,13 +107,21 @@ class ChildKit:
                       self.board.writer(slot, os.getpid()), self.master_pid, self.nudge_fd, limits,
                       self.stats.counter(slot) if self.count_jobs else None, titles.child(slot, config.name, group),
                       StrayLog(strays.forks_file(config.state_dir, config.name, os.getpid())),
-                      *job_lives(config, names), self._row(slot, names))
+                      *job_lives(config, names), self._row(slot, names), self.hooks)
 
     def _row(self, slot: int, names: list[str]) -> Row | None:
         if self.switchboard is None:
             return None
         metered = frozenset(name for name in names if self.config.tasks[name].rate)
         return self.switchboard.reader(slot, names, metered)
+
+
+def load_hooks(config: configuration.Config) -> hooks.Hooks:
+    """[hooks], loaded; TaskLoadError names the hook that does not load."""
+    try:
+        return hooks.load(config.hook_specs(), config.hook_exit_timeout)
+    except TaskLoadError as err:
+        raise TaskLoadError(f"cannot load a hook: {err}", err.temporary) from err.__cause__
 
 
 def job_lives(config: configuration.Config,

@@ -30,8 +30,9 @@ from . import runtime
 from .commands import MEANINGLESS_SIGNALS
 from .config import Config
 from .connection import CONNECTING, DOWN, UP, ConnectionLost, DescriptorsClosed, GearmandConnection
+from .hooks import Hooks
 from .job import Job, encode_result
-from .jobstats import CANCELLED, DONE, FAILED, POISON, TIMEOUT, JobCounter
+from .jobstats import CANCELLED, DONE, FAILED, OUTCOMES, POISON, TIMEOUT, JobCounter
 from .poison import KILLED_FOR_CANCEL, KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
 from .scoreboard import DATA_VERSION, ChildState, Recycle, Scoreboard, SlotWriter
@@ -98,8 +99,12 @@ class Worker:
                  slot: SlotWriter, master_pid: int, events_fd: int, limits: Limits,
                  counter: JobCounter | None = None, title: Title | None = None,
                  stray_log: StrayLog | None = None, lives: dict[str, JobLife] | None = None,
-                 late_life: Callable[[str], JobLife] | None = None, row: Row | None = None) -> None:
+                 late_life: Callable[[str], JobLife] | None = None, row: Row | None = None,
+                 hooks: Hooks | None = None) -> None:
         self.config = config
+        self.hooks = hooks or Hooks()
+        # Looked at on every job: None unless set, so that an unset hook costs one test.
+        self.before_job_hook, self.after_job_hook = self.hooks.before_job, self.hooks.after_job
         lives = lives or {}
         self.stray_log = stray_log
         metered = row.metered if row is not None else frozenset()
@@ -244,8 +249,10 @@ class Worker:
         self.slot.publish(ChildState.STARTING)
         self.title.show("starting")
         self._start_heartbeat()
+        self.hooks.call("post_fork", self)
         try:
             self._loop()
+            self._leave_gracefully()
         finally:
             if not self.holding_job:  # else the slot must go on naming the job (see holding_job)
                 self.slot.publish(ChildState.STOPPING)
@@ -253,6 +260,13 @@ class Worker:
             for session in self.sessions:
                 self._drop(session)
         return EXIT_OK
+
+    def _leave_gracefully(self) -> None:
+        """The loop ended as asked: no job in hand, no GRAB out. Sessions go first (gearmand hands this
+        child nothing more), then the child_exit hook has its bounded time."""
+        for session in self.sessions:
+            self._drop(session)
+        self.hooks.call_bounded("child_exit", self, "recycled" if self.slot.recycle != Recycle.NO else "stopped")
 
     def _accepting(self) -> bool:
         """Taking new jobs: not stopping, and not waiting to be recycled."""
@@ -512,19 +526,9 @@ class Worker:
         route = self.routes[task]
         if route.metered:  # a task with a rate: this job spends the child's permit
             self.offers.spend(route.name)
-        fatal: BaseException | None = None
         started = time.monotonic()
+        job, reply, outcome, fatal = self._answer(session, route, handle, unique, data, started)
         life = route.life
-        if life is None and unique[:3] == b"gw:" and self.late_life is not None:  # a run the leader submitted
-            life = route.life = self.late_life(route.name)
-        if life is not None and not life.begin(unique, data):
-            reply, outcome = p.work_complete(handle, b""), DONE  # this run ended before: its first answer counts
-        else:
-            job = Job(handle, route.name, unique if life is None else life.unique, data, session)
-            if self.poison.clear(handle):
-                reply, outcome, fatal = self._execute(link, job, route, handle, started)
-            else:
-                reply, outcome, fatal = self._check_poison(link, job, route, handle, started)
         finished = time.monotonic()
         if self.recycling_limits:
             self._check_recycling()
@@ -545,8 +549,25 @@ class Worker:
             self.counter.count(task, outcome, finished - started)
         self.slot.between_jobs(ChildState.IDLE, finished)
         self.idle_title_due = True
+        if self.after_job_hook is not None and job is not None:
+            self.hooks.call("after_job", self, job, OUTCOMES[outcome])
         if fatal is not None:
             raise fatal
+
+    def _answer(self, session: Session, route: Route, handle: bytes, unique: bytes, data: bytes,
+                started: float) -> tuple[Job | None, bytes, int, BaseException | None]:
+        """(the job, None for a run that ended before; reply; outcome; exception to re-raise)."""
+        life = route.life
+        if life is None and unique[:3] == b"gw:" and self.late_life is not None:  # a run the leader submitted
+            life = route.life = self.late_life(route.name)
+        if life is not None and not life.begin(unique, data):
+            return None, p.work_complete(handle, b""), DONE, None  # this run ended before: its first answer counts
+        job = Job(handle, route.name, unique if life is None else life.unique, data, session)
+        if self.before_job_hook is not None:
+            self.hooks.call("before_job", self, job)
+        if self.poison.clear(handle):
+            return job, *self._execute(session.link, job, route, handle, started)
+        return job, *self._check_poison(session.link, job, route, handle, started)
 
     def _check_poison(self, link: GearmandConnection, job: Job, route: Route, handle: bytes,
                       started: float) -> tuple[bytes, int, BaseException | None]:
@@ -597,6 +618,7 @@ class Worker:
 
     def _failed(self, job: Job, route: Route, err: BaseException) -> tuple[bytes, int, BaseException | None]:
         """(reply, outcome, exception to re-raise) for a task that raised."""
+        self.hooks.call("on_failure", self, job, err)
         if isinstance(err, JobTimeout):  # the traceback shows where the task was when time ran out
             return self._failure(job, route, err), TIMEOUT, None
         if isinstance(err, JobCancelled):

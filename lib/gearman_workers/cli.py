@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # imported where used: a pool without Redis, autoscaling or m
     from .metrics import MetricsServer
     from .taskctl.governor import Governor
     from .taskctl.steering import Steering
+from .bootstrap import load_hooks
 from .tasks import Task, TaskLoadError, load_tasks, run_preload
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_TASKS, EXIT_LOCKED = 0, 1, 2, 3, 4
@@ -142,6 +143,7 @@ def _configure(args: argparse.Namespace) -> tuple[configuration.Config, ControlL
 def _load_tasks(config: configuration.Config, starting: bool) -> dict[str, Task]:
     try:
         tasks = load_tasks(config)
+        load_hooks(config)  # said now, as a task that does not load is; the master's kit loads them for use
     except TaskLoadError as err:
         if starting and err.temporary:
             start_backoff.wait_before_exit(config, str(err))

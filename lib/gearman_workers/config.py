@@ -123,8 +123,21 @@ class Config:
     key_prefix: str
     allow_unsigned: bool
     metrics_listen: Server | None
+    hook_post_fork: str | None
+    hook_before_job: str | None
+    hook_after_job: str | None
+    hook_on_failure: str | None
+    hook_child_exit: str | None
+    hook_master_ready: str | None
+    hook_master_exit: str | None
+    hook_exit_timeout: float
     source: Path | None = None
     args: argparse.Namespace | None = dataclasses.field(default=None, repr=False)
+
+    def hook_specs(self) -> dict[str, str | None]:
+        """[hooks]: hook name -> "module:callable" (None: not set)."""
+        return {option.key: getattr(self, option.dest) for option in OPTIONS
+                if option.section == "hooks" and option.key != "exit_timeout"}
 
     @property
     def processes_file(self) -> Path:
@@ -446,6 +459,24 @@ OPTIONS: tuple[Option, ...] = (
            "accept unsigned commands (without secret_file): anyone who can publish controls the pool"),
     Option("metrics", "listen", _optional(_listen), None,
            "HOST:PORT to serve Prometheus metrics on (empty: off)", field="metrics_listen"),
+    Option("hooks", "post_fork", _optional(callable_spec), None,
+           "called as (worker) in each new child before it registers (docs/hooks.md)", field="hook_post_fork"),
+    Option("hooks", "before_job", _optional(callable_spec), None,
+           "called as (worker, job) before each job", field="hook_before_job"),
+    Option("hooks", "after_job", _optional(callable_spec), None,
+           "called as (worker, job, outcome) after each job's answer: done, failed, timeout, cancelled, poison",
+           field="hook_after_job"),
+    Option("hooks", "on_failure", _optional(callable_spec), None,
+           "called as (worker, job, exception) when a task raised", field="hook_on_failure"),
+    Option("hooks", "child_exit", _optional(callable_spec), None,
+           "called as (worker, reason) before a child leaves gracefully: recycled or stopped",
+           field="hook_child_exit"),
+    Option("hooks", "master_ready", _optional(callable_spec), None,
+           "called as (pool) in the master once every child is registered", field="hook_master_ready"),
+    Option("hooks", "master_exit", _optional(callable_spec), None,
+           "called as (pool) in the master as it leaves, after its children", field="hook_master_exit"),
+    Option("hooks", "exit_timeout", _seconds, 5.0,
+           "seconds child_exit and master_exit may take; then they are interrupted", field="hook_exit_timeout"),
 )
 
 

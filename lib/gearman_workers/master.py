@@ -43,6 +43,7 @@ from .commands import (
     Upgrade,
 )
 from .gearmand_admin import cancel_job
+from .hooks import Pool
 from .parts import Parts
 from .poison import PoisonLedger
 from .scoreboard import ChildState, Scoreboard, SlotInfo
@@ -77,7 +78,7 @@ class Master:
         self.backoffs = SlotBackoffs()
         self.ledger = PoisonLedger()
         self.generation = 0
-        self.stopping = self.ready = self._orphans_possible = False
+        self.stopping = self.ready = self._orphans_possible = self._ready_hook_called = False
 
     # --- the main loop ------------------------------------------------------
 
@@ -107,6 +108,7 @@ class Master:
                 self._sleep()
         finally:
             self._shutdown()
+            self.kit.hooks.call_bounded("master_exit", self._as_pool())
         log.info("master %d exits with status 0", self.pid)
         return 0  # a stop asked for: every other end is an exception
 
@@ -515,8 +517,14 @@ class Master:
             self.parts.upgrades.announce_ready()
         else:
             self.parts.upgrades.check_taken_over()
+        if not self._ready_hook_called and not self.stopping and registered >= wanted:
+            self._ready_hook_called = True
+            self.kit.hooks.call("master_ready", self._as_pool())
         if not self.stopping:
             self.parts.systemd.status(status_line(seen, self.config.servers, wanted))
+
+    def _as_pool(self) -> Pool:
+        return Pool(self.config.name, self.config.hostname, self.pid, self.config)
 
     def groups_wanted(self) -> int:
         return sum(self.config.groups(self.desired).values())
