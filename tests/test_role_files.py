@@ -173,3 +173,19 @@ def test_the_roles_schedules_reach_the_pool_as_written(tmp_path: Path) -> None:
     loaded = configuration.load(path=path).schedules
     assert {name: schedule.definition() for name, schedule in loaded.items()} == schedules
     assert environment.from_string(section).render(pool={"schedules": {}}).strip() == ""
+
+
+def test_the_roles_hooks_reach_the_pool_as_written(tmp_path: Path) -> None:
+    import jinja2
+
+    template = (ROLE / "templates/pool.toml.j2").read_text()
+    section = template[template.index("{% if pool.hooks %}"):template.index("{% if pool.schedules %}")]
+    environment = jinja2.Environment(keep_trailing_newline=True)
+    environment.filters["to_json"] = json.dumps
+    rendered = environment.from_string(section).render(
+        pool={"hooks": {"post_fork": "tracing:post_fork", "child_exit": "tracing:child_exit", "exit_timeout": 2}})
+    path = tmp_path / "pool.toml"
+    path.write_text(f'[tasks]\necho = "tasks:echo"\n{rendered}')
+    loaded = configuration.load(path=path)
+    assert (loaded.hook_post_fork, loaded.hook_child_exit, loaded.hook_exit_timeout) == (
+        "tracing:post_fork", "tracing:child_exit", 2.0)
