@@ -33,6 +33,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SPEC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024  # a command task's stdout (command_task.py)
 NAMED_TABLES = ("tasks", "schedules")  # sections whose keys are names the user chose
 
 
@@ -56,7 +57,11 @@ class TaskSpec:
     served by the pool's shared children), and what becomes of its jobs
     beyond one attempt (jobs/policy.py)."""
 
-    call: str
+    call: str = ""
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = ""
+    max_output: int = DEFAULT_MAX_OUTPUT
     timeout: float | None = None
     processes: int | None = None
     retries: int = 0
@@ -298,11 +303,17 @@ def callable_spec(value: Any) -> str:
 
 
 MAX_RETRIES = 100
+MAX_OUTPUT = 1024 * 1024 * 1024
 MAX_KEEP_RESULTS = 90 * 86400
 
 # Each key of a task's table: (key, meaning). The reference page is made from it.
 TASK_KEYS: tuple[tuple[str, str], ...] = (
     ("call", "`module:callable`, imported once in the master before the fork"),
+    ("command", 'or: an executable and its arguments, run for each job: `["/usr/local/bin/resize", "-w", "100"]` '
+                "(no shell; docs/command-tasks.md)"),
+    ("env", "a command's environment on top of the pool's: a table of strings"),
+    ("cwd", "the directory a command starts in (default: the pool's)"),
+    ("max_output", f"the most bytes a command's stdout may give (default {DEFAULT_MAX_OUTPUT}: 16 MiB)"),
     ("timeout", "the task's own time limit in seconds (0: none); default: `[pool] job_timeout`"),
     ("processes", "children of its own that register only this task (it leaves the shared children)"),
     ("retries", f"how many times a failed job is run again, 0 to {MAX_RETRIES} (default 0: never; "
@@ -334,22 +345,40 @@ def _task(value: Any) -> TaskSpec:
     unknown = sorted(set(value) - set(known))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(unknown)} (expected {', '.join(known)})")
-    if "call" not in value:
-        raise ValueError('a table needs call = "module:callable"')
+    if ("call" in value) == ("command" in value):
+        raise ValueError('a table needs call = "module:callable" or command = ["program", "arg"...], one of them')
+    if "command" not in value and ({"env", "cwd", "max_output"} & set(value)):
+        raise ValueError("env, cwd and max_output are a command's")
     parsed: dict[str, Any] = {}
     for key, parse in (("timeout", _seconds_or_off), ("processes", _int_range(1, MAX_PROCESSES)),
                        ("retries", _int_range(0, MAX_RETRIES)), ("retry_delay", _seconds),
                        ("retry_max_delay", _seconds), ("keep_results", _int_range(0, MAX_KEEP_RESULTS)),
-                       ("concurrency", _int_range(0, MAX_CONCURRENCY)), ("rate", _rate)):
+                       ("concurrency", _int_range(0, MAX_CONCURRENCY)), ("rate", _rate), ("command", _command),
+                       ("env", _environment), ("cwd", _text), ("max_output", _int_range(1, MAX_OUTPUT))):
         if key in value:
             try:
                 parsed[key] = parse(value[key])
             except ValueError as err:
                 raise ValueError(f"{key}: {err}") from None
-    spec = TaskSpec(callable_spec(value["call"]), **parsed)
+    spec = TaskSpec(callable_spec(value["call"]) if "call" in value else "", **parsed)
     if spec.retry_max_delay < spec.retry_delay:
         raise ValueError(f"retry_max_delay ({spec.retry_max_delay:g}) is below retry_delay ({spec.retry_delay:g})")
     return spec
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(arg, str) and "\0" not in arg for arg in value):
+        raise ValueError(f'expected a list of strings, the program first: ["tr", "a-z", "A-Z"], got {value!r}')
+    if not value[0]:
+        raise ValueError("the program's name is empty")
+    return tuple(value)
+
+
+def _environment(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()) or \
+            not all(k and "=" not in k and "\0" not in k + v for k, v in value.items()):
+        raise ValueError(f'expected a table of NAME = "value" (no = in a name), got {value!r}')
+    return tuple(sorted(value.items()))
 
 
 def _tasks(value: Any) -> dict[str, TaskSpec]:
@@ -598,10 +627,9 @@ def to_toml(config: Config) -> str:
         lines.append("")
     lines.append("[tasks]")
     for name, spec in config.tasks.items():
-        extra = {key: getattr(spec, key) for key, _ in TASK_KEYS[1:]
-                 if getattr(spec, key) != getattr(TaskSpec, key, None)}
-        table = ", ".join([f"call = {_toml_value(spec.call)}",
-                           *(f"{k} = {_toml_value(v)}" for k, v in extra.items() if v is not None)])
+        given = {key: getattr(spec, key) for key, _ in TASK_KEYS if getattr(spec, key) != getattr(TaskSpec, key, None)}
+        given["env"] = dict(spec.env) if spec.env else None
+        table = ", ".join(f"{k} = {_toml_value(v)}" for k, v in given.items() if v is not None)
         lines.append(f"{_toml_value(name)} = {{ {table} }}")
     if config.schedules:
         lines += ["", "[schedules]"]
@@ -616,8 +644,10 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .command_task import Command, CommandTask
 from .config import Config
 
 Task = Callable[[Any, Any], Any]
@@ -66,8 +67,11 @@ def add_python_path(config: Config) -> None:
 
 def load_tasks(config: Config) -> dict[str, Task]:
     add_python_path(config)
-    loaded = {}
+    loaded: dict[str, Task] = {}
     for name, spec in config.tasks.items():
+        if spec.command:
+            loaded[name] = CommandTask(Command(spec.command, spec.env, spec.cwd, spec.max_output))
+            continue
         try:
             loaded[name] = _takes_worker_and_job(spec.call, resolve(spec.call))
         except TaskLoadError as err:
