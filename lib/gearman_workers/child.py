@@ -667,6 +667,7 @@ class Worker:
             slot.recycle = Recycle.MAX_MEMORY
         else:
             return
+        slot.publish_setup()  # before the nudge: the master reads the slot when it wakes
         self._tell_master()
 
     # --- what tasks may call (python-gearman's worker API) --------------

@@ -231,9 +231,13 @@ class SlotWriter:
         """The whole slot, between jobs (starting, registration changed,
         recycling, stopping); NOW (the heartbeat) when the caller has just
         read the clock."""
+        self.publish_setup()
+        self.between_jobs(state, time.monotonic() if now is None else now)
+
+    def publish_setup(self) -> None:
+        """What is not about the job (registration, recycling), alone: a job may be in the slot."""
         self._mem[self._setup] = _SETUP.pack(self.pid, self.registered_once, self.recycle, self.registered_with,
                                              self.started)
-        self.between_jobs(state, time.monotonic() if now is None else now)
 
     def busy(self, since: float, deadline: float, server: int, task: bytes, unique: bytes, handle: bytes) -> None:
         """A job starts (DEADLINE 0: no time limit): the master now counts it as this child's."""
