@@ -116,8 +116,10 @@ class Sample:
         task = TaskTotals("echo", dict.fromkeys(OUTCOMES, 0), [0] * (len(BUCKETS) + 1), 0.0)
         autoscale = {"min": 1, "max": 4, "waiting": 0, "up": 0, "down": 0, "last": None}
         return Snapshot(1, {}, {}, {"127.0.0.1:4730": 1}, True, [task], {"master": 0, "children": 0}, autoscale,
-                        {("applied", "exit"): 0}, {"echo": 0}, {"echo": (False, 0)}, True,
-                        Scheduler(parse({"nightly": {"task": "echo", "every": 60}}), "host/pool", threading.Lock()))
+                        {("applied", "exit"): 0}, {"echo": 0}, {"echo": (False, 0)}, leader=True,
+                        schedules=Scheduler(parse({"nightly": {"task": "echo", "every": 60}}), "host/pool",
+                                            threading.Lock()),
+                        queues={"127.0.0.1:4730": {"echo": (0, 0, 1)}})
 
 
 def _series(name: str, kind: str) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 import gearman
 import pytest
 
-from gearman_workers.autoscale import QueueWatcher
 from gearman_workers.config import Server
+from gearman_workers.queues import QueueWatcher
 from helpers import (
     EXAMPLES,
     Gearmand,
@@ -199,12 +199,12 @@ def test_the_queue_watcher_survives_any_answer_and_logs_one_outage(caplog: pytes
                 conn.sendall(answer)
     server = threading.Thread(target=serve)
     server.start()
-    watcher = QueueWatcher([Server("127.0.0.1", listener.getsockname()[1])], ["echo"])
-    with caplog.at_level(logging.INFO, logger="gearman_workers.autoscale"):
+    watcher = QueueWatcher([Server("127.0.0.1", listener.getsockname()[1])], ["echo"], ["echo"])
+    with caplog.at_level(logging.INFO, logger="gearman_workers.queues"):
         depths = [watcher.poll(threading.Lock()) for _ in answers]
     server.join()
     listener.close()
     assert [(d.answered, d.waiting) for d in depths] == [(0, 0)] * 5 + [(1, 4)]
     messages = [r.getMessage() for r in caplog.records]
     assert sum("does not answer admin status" in m for m in messages) == 1
-    assert sum("answers again" in m for m in messages) == 1
+    assert sum("answers admin status again" in m for m in messages) == 1

@@ -1,10 +1,9 @@
 """Capacity that follows the queue: how many shared children the pool wants.
 
-Two halves. QueueWatcher, a thread of the master, asks every configured
-gearmand once a second how many jobs of the pool's shared tasks wait
-(gearmand_admin.py) and hands the sum to the master's queue; it never
-touches a child or the job path. Autoscaler, plain decisions the master
-takes in its main loop (tests drive it with numbers):
+The queue watcher (queues.py) hands the master, once a second, how many
+jobs of the pool's shared tasks wait in every gearmand. The Autoscaler
+here takes plain decisions on it in the master's main loop (tests drive
+it with numbers):
 
 - up, while jobs wait and no shared child is spare (idle or still
   starting): by as many children as jobs wait, up to max_processes. A
@@ -19,19 +18,8 @@ takes in its main loop (tests drive it with numbers):
 from __future__ import annotations
 
 import dataclasses
-import logging
-import socket
-import threading
-from typing import Protocol
 
-from .commands import Command, QueueSeen
-from .config import Config, Server
-from .gearmand_admin import status
-
-log = logging.getLogger("gearman_workers.autoscale")
-
-POLL_INTERVAL = 1.0
-ADMIN_TIMEOUT = 1.0
+from .config import Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,66 +86,3 @@ def reconfigured(current: Autoscaler | None, config: Config, watching: bool) -> 
     current.low, current.high = config.bounds()
     current.scale_down_after = config.scale_down_after
     return current
-
-
-class Master(Protocol):
-    """What the watcher needs of the master (master.py)."""
-
-    fork_lock: threading.Lock
-
-    def submit(self, command: Command) -> None: ...
-
-
-class QueueWatcher:
-    """The thread that polls gearmand. It survives any answer: whatever goes
-    wrong with one server is that server's outage, logged once until it
-    answers again.
-
-    Names are resolved outside the master's fork lock, so a slow resolver
-    never holds up a fork. The master resolved every configured name
-    before any thread existed (OsProcessTable.prepare in processes.py), so the
-    resolver's modules are loaded and no dlopen can be in flight at a fork;
-    what locks are left in glibc's resolver are reset in the child by fork
-    itself, and a child that hung anyway would be killed as silent."""
-
-    def __init__(self, servers: list[Server], tasks: list[str]) -> None:
-        self.servers, self.tasks = servers, set(tasks)
-        self._stop = threading.Event()
-        self._down: set[Server] = set()
-
-    def start(self, master: Master) -> None:
-        self._stop = stop = threading.Event()
-        threading.Thread(target=self._run, args=(master, stop), name="autoscale", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self, master: Master, stop: threading.Event) -> None:
-        while not stop.wait(POLL_INTERVAL):
-            depth = self.poll(master.fork_lock)
-            if not stop.is_set():
-                master.submit(QueueSeen(depth))
-
-    def poll(self, lock: threading.Lock) -> QueueDepth:
-        waiting = answered = 0
-        for server in self.servers:
-            try:
-                address = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)[0][4]
-                table = status(address, ADMIN_TIMEOUT)
-            except Exception as err:
-                self._outage(server, err, lock)
-                continue
-            if server in self._down:
-                self._down.discard(server)
-                with lock:
-                    log.info("gearmand %s answers again; autoscaling counts its queue", server)
-            answered += 1
-            waiting += sum(row.waiting for name, row in table.items() if name in self.tasks)
-        return QueueDepth(waiting, answered, len(self.servers))
-
-    def _outage(self, server: Server, err: Exception, lock: threading.Lock) -> None:
-        if server not in self._down:
-            self._down.add(server)
-            with lock:
-                log.warning("gearmand %s does not answer admin status (%s); autoscaling decides on the others",
-                            server, err)

@@ -31,10 +31,10 @@ from .processes import OsProcessTable
 from .procfs import resident_bytes
 
 if TYPE_CHECKING:  # imported where used: a pool without Redis, autoscaling or metrics loads none of them
-    from .autoscale import QueueWatcher
     from .control.listener import ControlListener
     from .jobs.keeper import JobKeeper
     from .metrics import MetricsServer
+    from .queues import QueueWatcher
     from .taskctl.governor import Governor
     from .taskctl.steering import Steering
 from .bootstrap import load_hooks
@@ -292,12 +292,12 @@ def _build_governor(config: configuration.Config, steering: Steering | None) -> 
 
 
 def _build_watcher(config: configuration.Config) -> QueueWatcher | None:
-    """The thread that polls gearmand's queues, for an autoscaling pool."""
-    if not config.autoscaling:
+    """The thread that polls gearmand's queues, for an autoscaling pool or one that serves metrics."""
+    if not (config.autoscaling or config.metrics_listen):
         return None
-    from .autoscale import QueueWatcher
+    from .queues import QueueWatcher
 
-    return QueueWatcher(config.servers, config.shared_tasks())
+    return QueueWatcher(config.servers, config.shared_tasks(), list(config.tasks))
 
 
 class MetricsUnavailable(Exception):

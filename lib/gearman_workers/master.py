@@ -69,7 +69,7 @@ class Master:
         self.kit.switchboard = self.steering.board
         self.stats = self.kit.stats
         self.view = MasterView(self, self.inbox, parts.processes.fork_lock, parts.upgrades.control_since,
-                               parts.control, parts.keeper, parts.steering)
+                               parts.control, parts.keeper, parts.steering, parts.watcher)
         self.children: dict[int, Child] = {}
         self.child_exits = dict.fromkeys(EXIT_REASONS, 0)
         self.desired = config.processes  # shared children; dedicated ones are config.dedicated()
@@ -275,7 +275,7 @@ class Master:
             self.desired = fresh.processes
         self.autoscaler = reconfigured(self.autoscaler, fresh, watching=watcher is not None)
         if watcher is not None:
-            watcher.servers, watcher.tasks = fresh.servers, set(fresh.shared_tasks())
+            watcher.configure(fresh.servers, fresh.shared_tasks(), list(fresh.tasks))
         self.generation += 1
         log.info("configuration reloaded; replacing the children one at a time")
 

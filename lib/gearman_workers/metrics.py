@@ -56,6 +56,8 @@ class Snapshot:
     dead_jobs: dict[str, int] | None = None  # task -> dead letters in the fleet (None: this pool keeps no jobs)
     tasks: dict[str, tuple[bool, int]] | None = None  # task -> (paused, children withholding it); None: no control
     leader: bool | None = None  # holds the fleet's jobs lease (None: no fleet control)
+    # gearmand host:port -> task -> (queued, running, workers) as last polled (None: no queue watcher)
+    queues: dict[str, dict[str, tuple[int, int, int]]] | None = None
     schedules: Firing | None = None  # the slots this pool fired, and how late (None: no fleet control)
 
 
@@ -187,6 +189,21 @@ class PoolCollector(Collector):
             yield leader
         if snap.schedules is not None:
             yield from self._schedules(snap.schedules)
+        if snap.queues is not None:
+            yield from self._queues(snap.queues)
+
+    def _queues(self, queues: dict[str, dict[str, tuple[int, int, int]]]) -> Iterator[Metric]:
+        said = ("Jobs of the task waiting in this gearmand's queue (not running), as its admin status said at "
+                "the last poll (once a second); every pool serving the task says the same: aggregate with max.",
+                "Jobs of the task this gearmand has handed to a worker and not seen end.",
+                "Workers registered with this gearmand for the task (of every pool and client library).")
+        families = [self._family(GaugeMetricFamily, f"gearman_workers_gearmand_{name}", text, "server", "task")
+                    for name, text in zip(("queued", "running", "workers"), said, strict=True)]
+        for server, table in sorted(queues.items()):
+            for task, row in sorted(table.items()):
+                for family, value in zip(families, row, strict=True):
+                    family.add_metric(self._values(server, task), value)
+        yield from families
 
     def _schedules(self, firing: Firing) -> Iterator[Metric]:
         fired = self._family(CounterMetricFamily, "gearman_workers_schedule_fired",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
 from .config import Config, Server
+from .gearmand_admin import FunctionStatus
 from .metrics import Firing
 from .taskctl.switchboard import Switchboard
 from .views import MasterView
@@ -73,11 +74,12 @@ class Control(Protocol):
 
 
 class Watcher(Protocol):
-    """The queue watcher (autoscale.py)."""
+    """The queue watcher (queues.py)."""
 
-    servers: list[Server]
-    tasks: set[str]
+    @property
+    def seen(self) -> dict[str, dict[str, FunctionStatus]]: ...  # server -> task -> its queue, as last polled
 
+    def configure(self, servers: list[Server], shared: list[str], tasks: list[str]) -> None: ...
     def start(self, master: MasterView) -> None: ...
     def stop(self) -> None: ...
 

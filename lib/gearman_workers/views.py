@@ -17,6 +17,7 @@ from .autoscale import Autoscaler
 from .children import Child
 from .commands import Command, Inbox
 from .config import Config
+from .gearmand_admin import FunctionStatus
 from .jobstats import JobStats, TaskTotals
 from .metrics import Firing, Snapshot
 from .scoreboard import ChildState, Scoreboard, SlotInfo
@@ -48,6 +49,11 @@ class Steered(Protocol):
     def paused(self) -> frozenset[str]: ...  # the tasks paused for this pool
 
     def withheld(self) -> dict[str, int]: ...  # task -> children that do not offer it now
+
+
+class Watching(Protocol):
+    @property
+    def seen(self) -> dict[str, dict[str, FunctionStatus]]: ...  # server -> task -> its queue, as last polled
 
 
 class Listening(Protocol):
@@ -173,9 +179,9 @@ class MasterView:
 
     def __init__(self, master: Observed, inbox: Inbox, fork_lock: threading.Lock, control_since: float,
                  control: Listening | None = None, keeper: Keeping | None = None,
-                 steering: Steered | None = None) -> None:
+                 steering: Steered | None = None, watcher: Watching | None = None) -> None:
         self._master, self._inbox, self._control, self._keeper = master, inbox, control, keeper
-        self._steering = steering
+        self._steering, self._watcher = steering, watcher
         self.pid = master.pid
         self.fork_lock = fork_lock  # held by a thread whenever it is not just waiting (processes.py)
         self.control_since = control_since  # commands stamped before this are not for this master
@@ -192,6 +198,9 @@ class MasterView:
         if self._keeper is not None:
             found.dead_jobs = self._keeper.dead_jobs
             found.leader, found.schedules = self._keeper.leading, self._keeper.scheduler
+        if self._watcher is not None:
+            found.queues = {server: {task: (row.waiting, row.running, row.workers) for task, row in table.items()}
+                            for server, table in self._watcher.seen.items()}
         if self._steering is not None:
             withheld = self._steering.withheld()
             found.tasks = {task: (task in self._steering.paused, withheld.get(task, 0))
