@@ -155,6 +155,57 @@ def gearmand_status(lines: list[str]) -> dict[str, tuple[int, int, int]]:
     return table
 
 
+class FailoverStream:
+    """A client that submits foreground echo jobs one after another and,
+    when a server fails it, submits the same job to the other: what a
+    client with two servers does. Counts what never came back right."""
+
+    def __init__(self, addresses: list[str], task: str = "echo") -> None:
+        self.clients = [gearman.GearmanClient([address]) for address in addresses]
+        self.task = task
+        self.done = self.lost = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        number = 0
+        while not self.stopping.is_set():
+            payload = f"job {number}".encode()
+            for attempt in range(10):
+                client = self.clients[(number + attempt) % len(self.clients)]
+                try:
+                    request = client.submit_job(self.task, payload, poll_timeout=5, max_retries=0)
+                except Exception:
+                    continue  # that server is down: the other one
+                if request.complete and request.result == payload:
+                    self.done += 1
+                    break
+            else:
+                self.lost += 1
+            number += 1
+
+    def __enter__(self) -> FailoverStream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+
+def submit_background_raw(host: str, port: int, task: bytes, data: bytes) -> bytes:
+    """SUBMIT_JOB_BG (DATA as its unique too) on a connection of its own: JOB_CREATED, or ERROR and its code."""
+    import struct
+
+    body = task + b"\0" + data + b"\0" + data
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"\0REQ" + struct.pack(">II", 18, len(body)) + body)
+        header = sock.recv(12, socket.MSG_WAITALL)
+        kind, size = struct.unpack(">II", header[4:])
+        answer = sock.recv(size, socket.MSG_WAITALL) if size else b""
+    return b"JOB_CREATED" if kind == 8 else b"ERROR " + answer.split(b"\0")[0]
+
+
 class JobStream:
     """While a `with` block runs: one client thread sending jobs back to back
     (at most one per PACE seconds), each checked by `job`, and a thread

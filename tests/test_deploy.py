@@ -1,8 +1,9 @@
-"""The deployment, end to end, on a fleet: three fresh systemd-booted
+"""The deployment, end to end, on a fleet: four fresh systemd-booted
 Debian 12 hosts (systemd-nspawn) on a private network of their own with no
-way out, one for gearmand and Redis and two for the pools, deployed by the
-real `ansible-playbook site.yml` over ssh with an inventory shaped like the
-production one, then checked as an operator would."""
+way out, two gearmands (Redis beside the first) and two hosts for the
+pools, deployed by the real `ansible-playbook site.yml` over ssh with an
+inventory shaped like the production one, then checked as an operator
+would."""
 
 from __future__ import annotations
 
@@ -21,10 +22,22 @@ from pathlib import Path
 import gearman
 import pytest
 
-from helpers import ROOT, JobStream, children_of, free_port, gearmand_admin, gearmand_status, metric_samples, wait_for
+from helpers import (
+    ROOT,
+    FailoverStream,
+    JobStream,
+    children_of,
+    free_port,
+    gearmand_admin,
+    gearmand_status,
+    metric_samples,
+    submit_background_raw,
+    wait_for,
+)
 
 ROOTFS = Path(os.environ.get("GW_ROOTFS_CACHE", "/var/cache/gearman-workers-tests/rootfs-bookworm-v3.tar.zst"))
 WORKERS = ("worker1", "worker2")
+QUEUES = ("queue", "queue2")  # the gearmand hosts
 POOLS = {"default": 2, "batch": 1}
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-nspawn"),
@@ -154,7 +167,7 @@ class Fleet:
         self.key = workdir / "id_ed25519"
         self.tls, self.credentials = workdir / "tls", workdir / "credentials"
         self.hosts: dict[str, SystemdHost] = {}
-        for name, octet in (("queue", 10), ("worker1", 21), ("worker2", 22)):
+        for name, octet in (("queue", 10), ("queue2", 11), ("worker1", 21), ("worker2", 22)):
             address = f"{self.network.prefix}.{octet}"
             self.hosts[name] = SystemdHost(name, address, self.network.attach(name, octet), workdir)
 
@@ -189,7 +202,7 @@ class Fleet:
         """A password or secret the playbook generated on the controller."""
         return (self.credentials / name).read_text().strip()
 
-    def playbook(self, *flags: str) -> subprocess.CompletedProcess:
+    def playbook(self, *flags: str, play: str = "site.yml") -> subprocess.CompletedProcess:
         control_dir = tempfile.mkdtemp(prefix="gwcp", dir="/tmp")
         env = os.environ | {
             "GW_TEST_NET": self.network.prefix, "GW_TEST_SSH_KEY": str(self.key),
@@ -200,7 +213,7 @@ class Fleet:
             "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "True",
             "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
         try:
-            return subprocess.run(["ansible-playbook", "-i", "inventory/test", "site.yml", *flags], cwd=ROOT, env=env,
+            return subprocess.run(["ansible-playbook", "-i", "inventory/test", play, *flags], cwd=ROOT, env=env,
                                   capture_output=True, text=True, timeout=900)
         finally:
             shutil.rmtree(control_dir, ignore_errors=True)
@@ -214,13 +227,13 @@ class Fleet:
 
     # --- gearmand's view, from the controller ----------------------------
 
-    def admin(self, command: str) -> list[str]:
-        return gearmand_admin(self.queue.address, self.gearmand_port, command)
+    def admin(self, command: str, server: str = "queue") -> list[str]:
+        return gearmand_admin(self.hosts[server].address, self.gearmand_port, command)
 
-    def registered(self, pool: str = "default") -> dict[str, set[int]]:
-        """Host name -> PIDs of the registered workers of POOL (gearadmin --workers)."""
+    def registered(self, pool: str = "default", server: str = "queue") -> dict[str, set[int]]:
+        """Host name -> PIDs of the registered workers of POOL on SERVER's gearmand (gearadmin --workers)."""
         found: dict[str, set[int]] = {name: set() for name in WORKERS}
-        for line in self.admin("workers"):
+        for line in self.admin("workers", server):
             head, _, functions = line.partition(" : ")
             parts = head.split()[-1].split(":")
             if functions.strip() and len(parts) == 3 and parts[1] == pool:
@@ -228,18 +241,19 @@ class Fleet:
         return found
 
     def wait_serving(self, exclude: set[int] = frozenset()) -> dict[str, set[int]]:
+        """Every pool of both worker hosts registered on both gearmands; the default pool's PIDs."""
         def ready() -> dict[str, set[int]] | None:
-            views = {pool: self.registered(pool) for pool in POOLS}
-            full = all(len(views[pool][host]) == count for pool, count in POOLS.items() for host in WORKERS)
+            views = {(pool, server): self.registered(pool, server) for pool in POOLS for server in QUEUES}
+            full = all(len(view[host]) == POOLS[pool] for (pool, _), view in views.items() for host in WORKERS)
             pids = {pid for view in views.values() for pids in view.values() for pid in pids}
-            return views["default"] if full and not pids & exclude else None
-        return wait_for(ready, timeout=60, what="every pool registered on both worker hosts")
+            return views["default", "queue"] if full and not pids & exclude else None
+        return wait_for(ready, timeout=60, what="every pool registered on both worker hosts, on both gearmands")
 
-    def client(self) -> gearman.GearmanClient:
-        return gearman.GearmanClient([f"{self.queue.address}:{self.gearmand_port}"])
+    def client(self, server: str = "queue") -> gearman.GearmanClient:
+        return gearman.GearmanClient([f"{self.hosts[server].address}:{self.gearmand_port}"])
 
-    def status(self) -> dict[str, tuple[int, int, int]]:
-        return gearmand_status(self.admin("status"))
+    def status(self, server: str = "queue") -> dict[str, tuple[int, int, int]]:
+        return gearmand_status(self.admin("status", server))
 
     def job(self, task: str, data: str) -> str:
         request = self.client().submit_job(task, data, poll_timeout=30)
@@ -252,7 +266,7 @@ def recap(result: subprocess.CompletedProcess) -> dict[str, int]:
     found = {m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
              for m in re.finditer(r"^(\w+)\s*: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
                                   result.stdout, re.M)}
-    assert set(found) == {"queue", *WORKERS}, result.stdout[-3000:] + result.stderr[-2000:]
+    assert set(found) == {*QUEUES, *WORKERS}, result.stdout[-3000:] + result.stderr[-2000:]
     assert all(u == f == 0 for _, u, f in found.values()), result.stdout[-5000:] + result.stderr[-2000:]
     return {host: changed for host, (changed, _, _) in found.items()}
 
@@ -264,7 +278,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         the_fleet.boot()
         started = time.monotonic()
         first = the_fleet.playbook()
-        print(f"\nfirst deployment of 3 fresh hosts: {time.monotonic() - started:.0f} s")
+        print(f"\nfirst deployment of 4 fresh hosts: {time.monotonic() - started:.0f} s")
         assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
         assert all(recap(first).values())
         yield the_fleet
@@ -292,11 +306,14 @@ pytestmark = [pytestmark, pytest.mark.usefixtures("journal_on_failure")]
 
 
 def test_each_host_runs_what_its_groups_say(fleet: Fleet) -> None:
-    queue = fleet.queue
+    queue, queue2 = fleet.queue, fleet.hosts["queue2"]
     for unit in ("gearman-job-server", "redis-server"):
         assert queue.out(f"systemctl is-active {unit}") == "active"
         assert queue.out(f"systemctl is-enabled {unit}") == "enabled"
-    assert queue.run("systemctl is-active gearman-workers@default").stdout.strip() != "active"
+    assert queue2.out("systemctl is-active gearman-job-server") == "active"
+    assert queue2.run("systemctl is-active redis-server").stdout.strip() != "active"
+    for host in (queue, queue2):
+        assert host.run("systemctl is-active gearman-workers@default").stdout.strip() != "active"
     for name in WORKERS:
         host = fleet.hosts[name]
         for unit in ("gearman-workers", "gearman-workers@default", "gearman-workers@batch"):
@@ -401,7 +418,7 @@ def test_the_fleet_fires_the_schedule_every_pool_publishes(fleet: Fleet) -> None
 def test_check_diff_changes_nothing_and_shows_no_secret(fleet: Fleet) -> None:
     check = fleet.playbook("--check", "--diff")
     assert check.returncode == 0, check.stdout[-3000:]
-    assert recap(check) == {"queue": 0, "worker1": 0, "worker2": 0}, check.stdout[-5000:]
+    assert recap(check) == {"queue": 0, "queue2": 0, "worker1": 0, "worker2": 0}, check.stdout[-5000:]
     for name in ("control.secret", "redis-pool-worker1", "redis-pool-worker2", "redis-operator"):
         assert fleet.secret(name) not in check.stdout + check.stderr, name
 
@@ -409,7 +426,7 @@ def test_check_diff_changes_nothing_and_shows_no_secret(fleet: Fleet) -> None:
 def test_second_playbook_run_changes_nothing(fleet: Fleet) -> None:
     second = fleet.playbook()
     assert second.returncode == 0, second.stdout[-3000:]
-    assert recap(second) == {"queue": 0, "worker1": 0, "worker2": 0}, second.stdout[-5000:]
+    assert recap(second) == {"queue": 0, "queue2": 0, "worker1": 0, "worker2": 0}, second.stdout[-5000:]
 
 
 class Stream(JobStream):
@@ -691,3 +708,108 @@ def test_a_pool_removed_from_the_list_is_stopped_and_removed(fleet: Fleet) -> No
         assert host.run("test -e /etc/gearman-workers/batch.toml").returncode != 0
         assert host.out("systemctl is-active gearman-workers@default") == "active"
     wait_for(lambda: not any(fleet.registered("batch").values()), what="the batch pool to leave gearmand")
+
+
+class RegistrationWatch:
+    """Samples, from the controller, how many children of the default pool
+    each gearmand has registered (0 while one does not answer)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet, self.samples = fleet, []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _count(self, server: str) -> int:
+        try:
+            return sum(len(pids) for pids in self.fleet.registered("default", server).values())
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        while not self.stopping.wait(0.05):
+            self.samples.append(tuple(self._count(server) for server in QUEUES))
+
+    def __enter__(self) -> RegistrationWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def pause_tally(fleet: Fleet) -> None:
+    """No pool takes tally jobs: those submitted wait in gearmand's (persistent) queue."""
+    paused = fleet.hosts["worker1"].run("gm-ctl pause tally")
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    wait_for(lambda: all(fleet.status(server).get("tally", (0, 0, 0))[2] == 0 for server in QUEUES),
+             what="no tally worker left on either gearmand")
+
+
+def resume_tally_and_count_runs(fleet: Fleet, payloads: list[str]) -> list[str]:
+    since = {name: fleet.hosts[name].now() for name in WORKERS}
+    resumed = fleet.hosts["worker1"].run("gm-ctl resume tally")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    wait_for(lambda: all(fleet.status(server).get("tally", (1, 0, 0))[0] == 0 for server in QUEUES), timeout=60,
+             what="the tally jobs to drain")
+    return [line.rsplit(" ", 1)[-1] for name in WORKERS for line in fleet.hosts[name].journal(since[name]).splitlines()
+            if " tally tally-" in line and line.rsplit(" ", 1)[-1] in payloads]
+
+
+def test_a_gearmand_killed_under_a_failing_over_stream_loses_nothing(fleet: Fleet) -> None:
+    """kill -9 of the second gearmand: a client that fails over loses no job, the pools keep every child
+    registered on the first, and the background jobs the second had persisted run once when it is back."""
+    fleet.wait_serving()
+    second = fleet.hosts["queue2"]
+    pause_tally(fleet)
+    payloads = [f"tally-{os.getpid()}-kill-{i}" for i in range(30)]
+    client = fleet.client("queue2")
+    for payload in payloads:
+        client.submit_job("tally", payload, background=True, wait_until_complete=False)
+    assert fleet.status("queue2")["tally"][0] == 30
+    addresses = [f"{fleet.hosts[server].address}:{fleet.gearmand_port}" for server in QUEUES]
+    with FailoverStream(addresses) as stream, RegistrationWatch(fleet) as watch:
+        wait_for(lambda: stream.done > 100, what="the stream to flow")
+        old = int(second.out("systemctl show -p MainPID --value gearman-job-server"))
+        second.out(f"kill -9 {old}")
+        wait_for(lambda: int(second.out("systemctl show -p MainPID --value gearman-job-server")) not in (0, old)
+                 and reachable(second.address, fleet.gearmand_port), timeout=30, what="systemd to restart it")
+        assert fleet.status("queue2")["tally"][0] == 30  # read back from its queue (libsqlite3)
+        fleet.wait_serving()
+        seen = stream.done
+        wait_for(lambda: stream.done > seen + 100, what="the stream to go on")
+    first_counts = [first for first, _ in watch.samples]
+    print(f"kill -9 of a gearmand: {stream.done} jobs, {stream.lost} lost; the other had {min(first_counts)} "
+          f"to {max(first_counts)} children registered in {len(watch.samples)} samples")
+    assert stream.lost == 0 and min(first_counts) == 2 * len(WORKERS)
+    assert sorted(resume_tally_and_count_runs(fleet, payloads)) == sorted(payloads)  # each once
+
+
+def test_the_rolling_restart_keeps_a_server_and_every_job_and_applies_the_queue_limit(fleet: Fleet) -> None:
+    """gearmand_restart.yml under a stream: never both servers without a worker, no job lost, the persisted
+    background jobs kept; after it, gearmand_maxqueue holds again (nothing serves `flood`)."""
+    fleet.wait_serving()
+    pause_tally(fleet)
+    payloads = {server: [f"tally-{os.getpid()}-roll-{server}-{i}" for i in range(10)] for server in QUEUES}
+    for server, batch in payloads.items():
+        client = fleet.client(server)
+        for payload in batch:
+            client.submit_job("tally", payload, background=True, wait_until_complete=False)
+    addresses = [f"{fleet.hosts[server].address}:{fleet.gearmand_port}" for server in QUEUES]
+    with FailoverStream(addresses) as stream, RegistrationWatch(fleet) as watch:
+        wait_for(lambda: stream.done > 100, what="the stream to flow")
+        # The paused tally jobs never drain: each server is restarted after the (shortened) drain timeout.
+        rolled = fleet.playbook("-e", "gearmand_drain_timeout=5", play="gearmand_restart.yml")
+        assert rolled.returncode == 0, rolled.stdout[-5000:] + rolled.stderr[-2000:]
+        seen = stream.done
+        wait_for(lambda: stream.done > seen + 100, what="the stream to go on")
+    print(f"rolling restart: {stream.done} jobs, {stream.lost} lost; {len(watch.samples)} samples, the fewest "
+          f"registered on either: {min(max(sample) for sample in watch.samples)}")
+    assert stream.lost == 0
+    assert all(max(sample) > 0 for sample in watch.samples)  # never no worker on both at once
+    assert {server: fleet.status(server)["tally"][0] for server in QUEUES} == {server: 10 for server in QUEUES}
+    answers = [submit_background_raw(fleet.queue.address, fleet.gearmand_port, b"flood", f"{n}".encode())
+               for n in range(7)]
+    assert answers == [b"JOB_CREATED"] * 5 + [b"ERROR QUEUE_ERROR"] * 2
+    everything = [payload for batch in payloads.values() for payload in batch]
+    assert sorted(resume_tally_and_count_runs(fleet, everything)) == sorted(everything)

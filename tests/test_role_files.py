@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gearman_workers import config as configuration
-from helpers import ROOT, Gearmand, load_script
+from helpers import ROOT, Gearmand, load_script, submit_background_raw
 
 ROLE = ROOT / "roles/gearman_workers"
 
@@ -204,20 +204,6 @@ def test_the_queue_limit_script_makes_gearmand_refuse_a_flood_at_once(gearmand: 
         gearmand_port=gearmand.port))
     applied = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
     assert applied.returncode == 0 and "2 queue limit(s) applied" in applied.stdout, applied
-    handles = [submit_background_raw(gearmand.port, b"flood", f"{n}".encode()) for n in range(5)]
+    handles = [submit_background_raw("127.0.0.1", gearmand.port, b"flood", f"{n}".encode()) for n in range(5)]
     assert handles[:3] == [b"JOB_CREATED"] * 3 and handles[3:] == [b"ERROR QUEUE_ERROR"] * 2
     assert gearmand.status()["flood"][0] == 3
-
-
-def submit_background_raw(port: int, task: bytes, data: bytes) -> bytes:
-    """SUBMIT_JOB_BG on a connection of its own: JOB_CREATED, or ERROR and its code."""
-    import socket
-    import struct
-
-    body = task + b"\0" + data + b"\0" + data
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"\0REQ" + struct.pack(">II", 18, len(body)) + body)
-        header = sock.recv(12, socket.MSG_WAITALL)
-        kind, size = struct.unpack(">II", header[4:])
-        answer = sock.recv(size, socket.MSG_WAITALL) if size else b""
-    return b"JOB_CREATED" if kind == 8 else b"ERROR " + answer.split(b"\0")[0]

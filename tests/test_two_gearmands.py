@@ -4,14 +4,12 @@ does when one of them dies or restarts (issue 26's figures, kept true)."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
-import gearman
 import pytest
 
-from helpers import EXAMPLES, Gearmand, Pool, free_port, port_open, scrape, value, wait_for
+from helpers import EXAMPLES, FailoverStream, Gearmand, Pool, free_port, port_open, scrape, value, wait_for
 
 
 @pytest.fixture
@@ -56,43 +54,6 @@ def test_queues_per_server_and_task_are_metrics(two_gearmands: list[Gearmand], t
         pool.stop()
 
 
-class FailoverStream:
-    """A client that submits foreground echo jobs one after another and,
-    when a server fails it, submits the same job to the other: what a
-    client with two servers does. Counts what never came back right."""
-
-    def __init__(self, servers: list[Gearmand]) -> None:
-        self.clients = [gearman.GearmanClient([server.address]) for server in servers]
-        self.done = self.lost = 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        number = 0
-        while not self.stopping.is_set():
-            payload = f"job {number}".encode()
-            for attempt in range(10):
-                client = self.clients[(number + attempt) % len(self.clients)]
-                try:
-                    request = client.submit_job("echo", payload, poll_timeout=5, max_retries=0)
-                except Exception:
-                    continue  # that server is down: the other one
-                if request.complete and request.result == payload:
-                    self.done += 1
-                    break
-            else:
-                self.lost += 1
-            number += 1
-
-    def __enter__(self) -> FailoverStream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(30)
-
-
 def test_a_killed_gearmand_loses_no_job_and_the_other_keeps_every_worker(two_gearmands: list[Gearmand],
                                                                          tmp_path: Path) -> None:
     pool = pool_on(two_gearmands, tmp_path)
@@ -101,7 +62,7 @@ def test_a_killed_gearmand_loses_no_job_and_the_other_keeps_every_worker(two_gea
     try:
         wait_for(lambda: all(len(s.workers("both")) == 4 for s in two_gearmands), what="4 registered on both")
         fewest = []
-        with FailoverStream(two_gearmands) as stream:
+        with FailoverStream([s.address for s in two_gearmands]) as stream:
             wait_for(lambda: stream.done > 200, what="the stream to flow")
             killed.stop(signal.SIGKILL)
             gone = time.monotonic()
@@ -127,7 +88,7 @@ def test_a_graceful_rolling_restart_of_both_loses_no_job(two_gearmands: list[Gea
     pool.start()
     try:
         wait_for(lambda: all(len(s.workers("both")) == 4 for s in two_gearmands), what="4 registered on both")
-        with FailoverStream(two_gearmands) as stream:
+        with FailoverStream([s.address for s in two_gearmands]) as stream:
             for server in two_gearmands:
                 target = stream.done + 200
                 wait_for(lambda n=target: stream.done > n, what="the stream to flow")
