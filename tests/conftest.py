@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import Gearmand, RedisServer, needs_program
 
 # fixture -> the tier of a test that uses it
-NEEDS = {"gearmand": "gearmand", "redis_server": "redis"}
+NEEDS = {"gearmand": "gearmand", "two_gearmands": "gearmand", "redis_server": "redis"}
 # module -> the tier of every test in it
 MODULE_NEEDS = {"test_deploy": "deploy", "test_monitoring": "promtool"}
 
@@ -36,6 +36,21 @@ def gearmand(tmp_path: Path) -> Iterator[Gearmand]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def two_gearmands(tmp_path: Path) -> Iterator[list[Gearmand]]:
+    """Two gearmands of our own, independent, as a fleet with no single point of failure has them."""
+    needs_program("gearmand", "gearman-job-server")
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        server = Gearmand(tmp_path / name)
+        server.start()
+        servers.append(server)
+    yield servers
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

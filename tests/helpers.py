@@ -85,8 +85,9 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
-def children_of(parent: int) -> set[int]:
-    found = set()
+def process_table() -> dict[int, tuple[str, int, int]]:
+    """Every process now: pid -> (state, parent, process group), from /proc."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -94,9 +95,23 @@ def children_of(parent: int) -> set[int]:
             except (FileNotFoundError, ProcessLookupError):
                 continue
             fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[1]) == parent and fields[0] not in "ZX":
-                found.add(int(entry.name))
+            found[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]))
     return found
+
+
+def descendants(roots: set[int]) -> list[int]:
+    """Every process below ROOTS, zombies too (an unreaped child is still in the table)."""
+    table = process_table()
+    found, frontier = [], set(roots)
+    while frontier:
+        below = [pid for pid, (_, parent, _) in table.items() if parent in frontier]
+        found += below
+        frontier = set(below)
+    return found
+
+
+def children_of(parent: int) -> set[int]:
+    return {pid for pid, (state, ppid, _) in process_table().items() if ppid == parent and state not in "ZX"}
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:

@@ -34,25 +34,13 @@ def client_commands(tmp_path: Path) -> dict[str, list[str]]:
             "python-gearman": [sys.executable, "-c", PYTHON_CLIENT]}
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> list[Gearmand]:
-    started = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        server = Gearmand(tmp_path / name)
-        server.start()
-        started.append(server)
-    yield started
-    for server in started:
-        server.stop()
-
-
 def submit(command: list[str], servers: str, task: str, payload: str) -> subprocess.CompletedProcess:
     return subprocess.run([*command, servers, task, payload], capture_output=True, text=True, timeout=60)
 
 
-def test_every_client_given_both_servers_submits_to_the_live_one(servers: list[Gearmand], tmp_path: Path) -> None:
+def test_every_client_given_both_servers_submits_to_the_live_one(two_gearmands: list[Gearmand], tmp_path: Path) -> None:
     commands = client_commands(tmp_path)
+    servers = two_gearmands
     live = servers[1]
     pool = Pool(live, tmp_path, name="failover", processes=2, config=EXAMPLES / "gearman-workers.toml")
     pool.start()
@@ -67,9 +55,10 @@ def test_every_client_given_both_servers_submits_to_the_live_one(servers: list[G
         pool.stop()
 
 
-def test_a_server_that_dies_with_a_job_in_it_fails_that_job_in_every_client(servers: list[Gearmand],
+def test_a_server_that_dies_with_a_job_in_it_fails_that_job_in_every_client(two_gearmands: list[Gearmand],
                                                                             tmp_path: Path) -> None:
     commands = client_commands(tmp_path)
+    servers = two_gearmands
     both = ",".join(server.address for server in servers)
     for name, command in commands.items():
         for server in servers:

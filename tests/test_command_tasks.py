@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Gearmand, Pool, pid_alive, submit, wait_for
+from helpers import Gearmand, Pool, descendants, pid_alive, process_table, submit, wait_for
 
 COMMANDS = '''
 upper = { command = ["tr", "a-z", "A-Z"] }
@@ -84,29 +84,4 @@ def test_many_short_commands_leave_no_zombie_and_no_stray(gearmand: Gearmand, co
 
 
 def in_group(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
-                return True
-    return False
-
-
-def descendants(roots: set[int]) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    found, frontier = [], set(roots)
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = set(children)
-    return found
+    return any(group == pgid for _, _, group in process_table().values())

@@ -7,22 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from helpers import EXAMPLES, FailoverStream, Gearmand, Pool, free_port, port_open, scrape, value, wait_for
-
-
-@pytest.fixture
-def two_gearmands(tmp_path: Path) -> list[Gearmand]:
-    servers = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        server = Gearmand(tmp_path / name)
-        server.start()
-        servers.append(server)
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def pool_on(servers: list[Gearmand], tmp_path: Path, *extra: str, processes: int = 4) -> Pool:
