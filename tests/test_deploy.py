@@ -513,7 +513,9 @@ def test_metrics_status_and_journal_priorities_on_the_hosts(fleet: Fleet) -> Non
             samples = scrape(host, pool)
             assert sample(samples, "gearman_workers_children_desired", pool=pool, host=name) == count
             assert sample(samples, "gearman_workers_children", state="idle", pool=pool, host=name) == count
-            assert sample(samples, "gearman_workers_gearmand_up") == 1
+            for server in QUEUES:  # registered on both gearmands
+                address = f"{fleet.hosts[server].address}:{fleet.gearmand_port}"
+                assert sample(samples, "gearman_workers_gearmand_up", server=address) == 1
             assert sample(samples, "gearman_workers_control_up") == 1
             if pool == "default":
                 failed += sample(samples, "gearman_workers_jobs_total", task="fail", outcome="failed")
