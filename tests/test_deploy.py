@@ -701,19 +701,6 @@ def test_the_role_deploys_autoscaling_and_dedicated_children(fleet: Fleet) -> No
     assert fleet.job("reverse", "abc") == "cba"
 
 
-def test_a_pool_removed_from_the_list_is_stopped_and_removed(fleet: Fleet) -> None:
-    only_default = '{"gearman_workers_pools": [{"name": "default", "processes": 2}]}'
-    done = fleet.playbook("-e", only_default)
-    assert done.returncode == 0, done.stdout[-5000:]
-    recap(done)
-    for name in WORKERS:
-        host = fleet.hosts[name]
-        assert host.run("systemctl is-active gearman-workers@batch").stdout.strip() != "active"
-        assert host.run("test -e /etc/gearman-workers/batch.toml").returncode != 0
-        assert host.out("systemctl is-active gearman-workers@default") == "active"
-    wait_for(lambda: not any(fleet.registered("batch").values()), what="the batch pool to leave gearmand")
-
-
 class RegistrationWatch:
     """Samples, from the controller, how many children of the default pool
     each gearmand has registered (0 while one does not answer)."""
@@ -817,3 +804,17 @@ def test_the_rolling_restart_keeps_a_server_and_every_job_and_applies_the_queue_
     assert answers == [b"JOB_CREATED"] * 5 + [b"ERROR QUEUE_ERROR"] * 2
     everything = [payload for batch in payloads.values() for payload in batch]
     assert sorted(resume_tally_and_count_runs(fleet, everything)) == sorted(everything)
+
+
+# Last: it removes the batch pool the tests above expect.
+def test_a_pool_removed_from_the_list_is_stopped_and_removed(fleet: Fleet) -> None:
+    only_default = '{"gearman_workers_pools": [{"name": "default", "processes": 2}]}'
+    done = fleet.playbook("-e", only_default)
+    assert done.returncode == 0, done.stdout[-5000:]
+    recap(done)
+    for name in WORKERS:
+        host = fleet.hosts[name]
+        assert host.run("systemctl is-active gearman-workers@batch").stdout.strip() != "active"
+        assert host.run("test -e /etc/gearman-workers/batch.toml").returncode != 0
+        assert host.out("systemctl is-active gearman-workers@default") == "active"
+    wait_for(lambda: not any(fleet.registered("batch").values()), what="the batch pool to leave gearmand")
