@@ -676,31 +676,6 @@ def test_background_jobs_survive_a_kill_9_of_gearmand_and_run_exactly_once(fleet
     fleet.wait_serving()
 
 
-def test_the_role_deploys_autoscaling_and_dedicated_children(fleet: Fleet) -> None:
-    pools = {"gearman_workers_pools": [
-        {"name": "default", "processes": 2},
-        {"name": "batch", "min_processes": 1, "max_processes": 3, "scale_down_after": 5,
-         "tasks": {"slow": "tasks:slow", "reverse": {"call": "tasks:reverse", "processes": 1}}}]}
-    done = fleet.playbook("-e", json.dumps(pools))
-    assert done.returncode == 0, done.stdout[-5000:]
-    for name in WORKERS:
-        config = fleet.hosts[name].out("cat /etc/gearman-workers/batch.toml")
-        assert "min_processes = 1\nmax_processes = 3\nscale_down_after = 5" in config
-        assert '"reverse" = { call = "tasks:reverse", processes = 1 }' in config
-
-    def batch_workers() -> list[list[str]]:
-        found = []
-        for line in fleet.admin("workers"):
-            head, _, functions = line.partition(" : ")
-            if ":batch:" in head.split()[-1] and functions.strip():
-                found.append(sorted(functions.split()))
-        return sorted(found)
-
-    wait_for(lambda: batch_workers() == [["reverse"], ["reverse"], ["slow"], ["slow"]],
-             what="per host: one child only for reverse, one shared")
-    assert fleet.job("reverse", "abc") == "cba"
-
-
 class RegistrationWatch:
     """Samples, from the controller, how many children of the default pool
     each gearmand has registered (0 while one does not answer)."""
@@ -804,6 +779,32 @@ def test_the_rolling_restart_keeps_a_server_and_every_job_and_applies_the_queue_
     assert answers == [b"JOB_CREATED"] * 5 + [b"ERROR QUEUE_ERROR"] * 2
     everything = [payload for batch in payloads.values() for payload in batch]
     assert sorted(resume_tally_and_count_runs(fleet, everything)) == sorted(everything)
+
+
+# From here on the pools differ from POOLS.
+def test_the_role_deploys_autoscaling_and_dedicated_children(fleet: Fleet) -> None:
+    pools = {"gearman_workers_pools": [
+        {"name": "default", "processes": 2},
+        {"name": "batch", "min_processes": 1, "max_processes": 3, "scale_down_after": 5,
+         "tasks": {"slow": "tasks:slow", "reverse": {"call": "tasks:reverse", "processes": 1}}}]}
+    done = fleet.playbook("-e", json.dumps(pools))
+    assert done.returncode == 0, done.stdout[-5000:]
+    for name in WORKERS:
+        config = fleet.hosts[name].out("cat /etc/gearman-workers/batch.toml")
+        assert "min_processes = 1\nmax_processes = 3\nscale_down_after = 5" in config
+        assert '"reverse" = { call = "tasks:reverse", processes = 1 }' in config
+
+    def batch_workers() -> list[list[str]]:
+        found = []
+        for line in fleet.admin("workers"):
+            head, _, functions = line.partition(" : ")
+            if ":batch:" in head.split()[-1] and functions.strip():
+                found.append(sorted(functions.split()))
+        return sorted(found)
+
+    wait_for(lambda: batch_workers() == [["reverse"], ["reverse"], ["slow"], ["slow"]],
+             what="per host: one child only for reverse, one shared")
+    assert fleet.job("reverse", "abc") == "cba"
 
 
 # Last: it removes the batch pool the tests above expect.
