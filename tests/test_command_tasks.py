@@ -85,3 +85,17 @@ def test_many_short_commands_leave_no_zombie_and_no_stray(gearmand: Gearmand, co
 
 def in_group(pgid: int) -> bool:
     return any(group == pgid for _, _, group in process_table().values())
+
+
+def test_a_stop_past_graceful_timeout_ends_the_whole_group(gearmand: Gearmand, tmp_path: Path) -> None:
+    """The master kills the child; the command's group, adopted by the master (a subreaper), goes too."""
+    config = tmp_path / "stop.toml"
+    config.write_text('[tasks]\nnap = { command = ["sh", "-c", "echo $$ > ' + str(tmp_path) +
+                      '/group; sleep 300 & sleep 300"] }\n')
+    pool = Pool(gearmand, tmp_path, "--graceful-timeout", "1", name="stopping", processes=1, config=config)
+    pool.start()
+    gearmand.client().submit_job("nap", "", background=True, wait_until_complete=False)
+    group = int(wait_for(lambda: (tmp_path / "group").exists() and (tmp_path / "group").read_text().strip(),
+                         what="the command to start"))
+    pool.stop()
+    wait_for(lambda: not in_group(group), timeout=5, what="the command's group to be gone")
