@@ -47,15 +47,16 @@ def test_every_pool_key_the_role_renders_is_one_the_pool_knows() -> None:
     assert rendered <= set(pool_keys), rendered - set(pool_keys)
 
 
-def _run_role(tmp_path: Path, role: str, *extra_vars: str) -> subprocess.CompletedProcess:
-    """ROLE run for real against this machine, with EXTRA_VARS."""
+def _run_role(tmp_path: Path, role: str, *extra_vars: str, tags: str = "all") -> subprocess.CompletedProcess:
+    """ROLE run for real against this machine, with EXTRA_VARS (TAGS: only those tasks, and the `always` ones)."""
     playbook = tmp_path / "play.yml"
     playbook.write_text(f"- hosts: localhost\n  gather_facts: false\n  roles: [{role}]\n")
     env = os.environ | {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_HOME": str(tmp_path / "ansible"),
                         "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "False"}
     extra = [arg for value in extra_vars for arg in ("-e", value)]
     return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           str(playbook), *extra], capture_output=True, text=True, env=env, timeout=120)
+                           "--tags", tags, str(playbook), *extra], capture_output=True, text=True, env=env,
+                          timeout=120)
 
 
 def test_a_wrong_queue_type_fails_before_any_task(tmp_path: Path) -> None:
@@ -207,3 +208,14 @@ def test_the_queue_limit_script_makes_gearmand_refuse_a_flood_at_once(gearmand: 
     handles = [submit_background_raw("127.0.0.1", gearmand.port, b"flood", f"{n}".encode()) for n in range(5)]
     assert handles[:3] == [b"JOB_CREATED"] * 3 and handles[3:] == [b"ERROR QUEUE_ERROR"] * 2
     assert gearmand.status()["flood"][0] == 3
+
+
+def test_the_role_takes_command_tasks_and_refuses_a_command_that_is_no_list(tmp_path: Path) -> None:
+    """The preflight (tagged always) alone: nothing else runs with a tag no task has."""
+    taken = _run_role(tmp_path, "gearman_workers", "gearman_workers_servers=['127.0.0.1:1']",
+                      '{"gearman_workers_tasks": {"upper": {"command": ["tr", "a-z", "A-Z"]}, "echo": "tasks:echo"}}',
+                      tags="preflight_only")
+    assert taken.returncode == 0 and "failed=0" in taken.stdout, taken.stdout[-3000:]
+    refused = _run_role(tmp_path, "gearman_workers", "gearman_workers_servers=['127.0.0.1:1']",
+                        '{"gearman_workers_tasks": {"upper": {"command": "tr a-z A-Z"}}}', tags="preflight_only")
+    assert refused.returncode != 0 and "(wrong: upper)" in refused.stdout, refused.stdout[-3000:]
