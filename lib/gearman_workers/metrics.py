@@ -36,6 +36,7 @@ CHILD_STATES = ("starting", "idle", "busy", "stopping")
 log = logging.getLogger("gearman_workers.metrics")
 # The families this collector makes; each has add_metric (Metric itself has not).
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
+Countable = TypeVar("Countable", CounterMetricFamily, GaugeMetricFamily)
 SCRAPE_TIMEOUT = 10.0  # seconds a client may take over its whole request
 MAX_CONNECTIONS = 16  # served at once; past that a connection is closed unanswered
 
@@ -96,6 +97,14 @@ class PoolCollector(Collector):
 
     def _family(self, kind: type[Family], name: str, documentation: str, *labels: str) -> Family:
         return kind(name, documentation, labels=[*self.labels, *labels])
+
+    def _by_label(self, kind: type[Countable], name: str, documentation: str, label: str,
+                  counts: dict[str, int]) -> Countable:
+        """One series per key of COUNTS, labelled LABEL."""
+        family = self._family(kind, name, documentation, label)
+        for key, count in sorted(counts.items()):
+            family.add_metric(self._values(key), count)
+        return family
 
     def _values(self, *extra: str) -> list[str]:
         return [*self.labels.values(), *extra]
@@ -173,12 +182,9 @@ class PoolCollector(Collector):
                 messages.add_metric(self._values(outcome, reason), count)
             yield messages
         if snap.dead_jobs is not None:
-            dead = self._family(GaugeMetricFamily, "gearman_workers_dead_jobs",
-                                "Dead letters in the whole fleet, by task (every pool with retries reports the "
-                                "same count: aggregate with max, not sum).", "task")
-            for task, count in sorted(snap.dead_jobs.items()):
-                dead.add_metric(self._values(task), count)
-            yield dead
+            yield self._by_label(GaugeMetricFamily, "gearman_workers_dead_jobs",
+                                 "Dead letters in the whole fleet, by task (every pool with retries reports the "
+                                 "same count: aggregate with max, not sum).", "task", snap.dead_jobs)
         if snap.tasks is not None:
             yield from self._task_control(snap.tasks)
         if snap.leader is not None:
@@ -206,12 +212,9 @@ class PoolCollector(Collector):
         yield from families
 
     def _schedules(self, firing: Firing) -> Iterator[Metric]:
-        fired = self._family(CounterMetricFamily, "gearman_workers_schedule_fired",
+        yield self._by_label(CounterMetricFamily, "gearman_workers_schedule_fired",
                              "Slots of the schedule this pool fired as the leader (sum over pools: each slot is "
-                             "fired by one).", "schedule")
-        for name, count in sorted(firing.fired.items()):
-            fired.add_metric(self._values(name), count)
-        yield fired
+                             "fired by one).", "schedule", firing.fired)
         lag = self._family(HistogramMetricFamily, "gearman_workers_schedule_lag_seconds",
                            "Fire time minus slot time of the slots this pool fired.")
         buckets = [(str(bound), count) for bound, count in zip(firing.lag.bounds, firing.lag.counts, strict=True)]
