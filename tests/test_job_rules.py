@@ -78,13 +78,14 @@ def test_the_dead_command_refuses_what_it_cannot_act_on(value: dict, problem: st
 
 def test_a_record_is_json_with_every_field_a_reader_expects() -> None:
     fixed = results.fixed_fields('re"size', "h\u00e9", "p")
-    done = json.loads(results.record(fixed, results.DONE, 2, 1.5, (3, 4), b"\x00\xff"))
+    done = json.loads(results.record(fixed, results.DONE, 2, 1.5, 2.25, (3, 4), b"\x00\xff"))
     assert done["task"] == 're"size' and done["host"] == "h\u00e9" and done["state"] == "done"
     assert done["attempt"] == 2 and done["started"] == 1.5 and done["progress"] == [3, 4]
-    assert base64.b64decode(done["result"]) == b"\x00\xff" and done["ended"] >= 1.5
-    failed = json.loads(results.record(fixed, results.RETRYING, 1, 1.0, None, error='E: "x"\n', retry_in=2.5))
+    assert base64.b64decode(done["result"]) == b"\x00\xff" and done["ended"] == 2.25
+    failed = json.loads(results.record(fixed, results.RETRYING, 1, 1.0, 2.0, None,
+                                       fields={"error": 'E: "x"\n', "retry_in": 2.5}))
     assert failed["error"] == 'E: "x"\n' and failed["retry_in"] == 2.5 and failed["progress"] is None
-    running = json.loads(results.record(fixed, results.RUNNING, 1, 1.0, None))
+    running = json.loads(results.record(fixed, results.RUNNING, 1, 1.0, None, None))
     assert "ended" not in running and "result" not in running
-    big = json.loads(results.record(fixed, results.DONE, 1, 1.0, None, b"x" * (results.MAX_RESULT + 1)))
+    big = json.loads(results.record(fixed, results.DONE, 1, 1.0, 2.0, None, b"x" * (results.MAX_RESULT + 1)))
     assert big["result_size"] == results.MAX_RESULT + 1 and "result" not in big

@@ -24,7 +24,7 @@ BATCH_AGE = 0.05
 BATCH_SIZE = 100
 TIMEOUT = 1.0  # seconds a child waits on Redis, per step
 
-Record = Callable[[], bytes]  # makes a record's JSON when its batch goes
+Maker = Callable[..., bytes]  # makes a record's JSON from its arguments when its batch goes
 
 
 class Outage(Protocol):
@@ -40,22 +40,22 @@ class RecordBatch:
         self.url, self.outage = url, outage
         self._connection: Any = None  # a redis-py Connection: its handshake (AUTH, SELECT) is redis-py's
         self._proven = False
-        self._batch: dict[bytes, tuple[Record, int]] = {}  # key -> (record, seconds to keep it)
-        self._since = 0.0  # monotonic time of the oldest record waiting
+        self._batch: dict[bytes, tuple[Maker, tuple[Any, ...], int]] = {}  # key -> (maker, its args, seconds kept)
+        # When the batch must go (monotonic): BATCH_AGE after its oldest
+        # record, at once when it is full; never while it is empty.
+        self.due_at = float("inf")
 
-    def stage(self, key: bytes, record: Record, ttl: int, now: float) -> None:
-        """SET KEY to RECORD() for TTL seconds, with its batch."""
-        if not self._batch:
-            self._since = now
-        self._batch[key] = (record, ttl)
-
-    def flush_due(self, now: float) -> None:
-        """Send the batch if it is old or big enough."""
-        if self._batch and (now - self._since >= BATCH_AGE or len(self._batch) >= BATCH_SIZE):
-            self.flush()
+    def stage(self, key: bytes, make: Maker, args: tuple[Any, ...], ttl: int, now: float) -> None:
+        """SET KEY to MAKE(*ARGS) for TTL seconds, with its batch."""
+        batch = self._batch
+        if not batch:
+            self.due_at = now + BATCH_AGE
+        batch[key] = (make, args, ttl)
+        if len(batch) >= BATCH_SIZE:
+            self.due_at = now
 
     def flush(self) -> None:
-        batch, self._batch = self._batch, {}
+        batch, self._batch, self.due_at = self._batch, {}, float("inf")
         if not batch or not self.outage.reachable():
             return
         try:
@@ -63,7 +63,7 @@ class RecordBatch:
                 self._connection = redis.ConnectionPool.from_url(
                     self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT).make_connection()
                 self._connection.connect()
-            packed = b"".join(_set(key, record(), ttl) for key, (record, ttl) in batch.items())
+            packed = b"".join(_set(key, make(*args), ttl) for key, (make, args, ttl) in batch.items())
             self._connection.send_packed_command([packed], check_health=False)
             if not self._proven:
                 for _ in batch:

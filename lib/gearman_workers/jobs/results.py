@@ -20,8 +20,8 @@ A client reads it with::
 from __future__ import annotations
 
 import base64
+import binascii
 import json
-import time
 from typing import Any
 
 import redis
@@ -38,22 +38,24 @@ def fixed_fields(task: str, host: str, pool: str) -> bytes:
     return b"{" + json.dumps({"task": task, "host": host, "pool": pool})[1:-1].encode() + b","
 
 
-def record(fixed: bytes, state: str, attempt: int, started: float, progress: tuple[int, int] | None,
-           result: bytes | None = None, **fields: Any) -> bytes:
+def record(fixed: bytes, state: str, attempt: int, started: float, ended: float | None,
+           progress: tuple[int, int] | None, result: bytes | None = None, fields: dict[str, Any] | None = None,
+           ) -> bytes:
     """The record as the child writes it: JSON, formatted here (every job of
     a task with keep_results makes one, and json.dumps of the same dict
-    costs three times as much); FIELDS (errors, names) go through json."""
+    costs three times as much); FIELDS (errors, names) go through json.
+    STARTED and ENDED (None: still running) are Unix seconds."""
     shown = b"null" if progress is None else b"[%d,%d]" % progress
-    text = b'%s"state":"%s","attempt":%d,"started":%.6f,"progress":%s' % (
-        fixed, state.encode(), attempt, started, shown)
-    if state != RUNNING:
-        text += b',"ended":%.6f' % time.time()
-    if result is not None:
-        text += (b',"result":"%s"' % base64.b64encode(result) if len(result) <= MAX_RESULT
-                 else b',"result_size":%d' % len(result))
-    if fields:
-        text += b"," + json.dumps(fields)[1:-1].encode()
-    return text + b"}"
+    end = b"" if ended is None else b',"ended":%.6f' % ended
+    if result is None:
+        answer = b""
+    elif len(result) <= MAX_RESULT:
+        answer = b',"result":"%s"' % binascii.b2a_base64(result, newline=False)
+    else:
+        answer = b',"result_size":%d' % len(result)
+    more = b"," + json.dumps(fields)[1:-1].encode() if fields else b""
+    return b'%s"state":"%s","attempt":%d,"started":%.6f,"progress":%s%s%s%s}' % (
+        fixed, state.encode(), attempt, started, shown, end, answer, more)
 
 
 def read_record(client: redis.Redis, keys: JobKeys, unique: str) -> dict[str, Any] | None:

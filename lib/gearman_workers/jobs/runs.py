@@ -91,21 +91,24 @@ class JobLife:
         self.result_prefix = link.keys.result("").encode()
         self.fixed = fixed_fields(task, host, pool)
         self.begun = 0.0    # monotonic start of the job (keep_results)
+        self.key: bytes | None = None  # the job's record's key; None: no record (keep_results off, no unique)
         self.typical = 1.0  # a moving average of the task's job durations (keep_results): long until shown fast
 
     def begin(self, unique: bytes, payload: bytes) -> bool:
         """Before the task runs; False when this run began before (do not run it)."""
-        self.run, self.unique, self.payload = policy.Run.of(unique), unique, payload
-        self.started, self.progress = time.time(), None
-        if self.run.chain is not None and not self._claim(self.run.chain, self.run.attempt):
+        self.unique, self.payload, self.progress, self.started = unique, payload, None, time.time()
+        self.run = run = policy.Run.of(unique) if unique[:3] == b"gw:" else policy.FIRST_RUN
+        if run.chain is not None and not self._claim(run.chain, run.attempt):
             return False
         if self.keep:
-            now = self.begun = time.monotonic()
+            self.begun = now = time.monotonic()
+            # A delayed job given no unique of its own (gw:ID:N) leaves no record.
+            unique = self.unique
+            self.key = self.result_prefix + unique if unique and unique[:3] != b"gw:" else None
             if self.typical > LONG_JOB:  # a job worth watching: say at once that it runs
                 self._record(RUNNING, now)
                 self.link.records.flush()
-            else:  # a fast one: its end is its first record
-                self.link.records.flush_due(now)
+            # a fast one: its end is its first record, and after_answer sends the batch when due
         return True
 
     def _claim(self, chain: str, attempt: int) -> bool:
@@ -175,11 +178,14 @@ class JobLife:
         if self.keep:
             now = time.monotonic()
             self.typical += (now - self.begun - self.typical) / 8
-            self.link.records.flush_due(now)
+            records = self.link.records
+            if now >= records.due_at:  # a comparison, not a call: this is every job's path
+                records.flush()
 
-    def _record(self, state: str, now: float, **fields: Any) -> None:
-        """Stage the job's record; it is made (JSON) only if its batch goes
+    def _record(self, state: str, now: float, result: bytes | None = None, **fields: Any) -> None:
+        """Stage the job's record; its JSON is made only if its batch goes
         before a later record of the same job replaces it."""
-        if self.keep and self.unique and not self.unique.startswith(b"gw:"):
-            made = (self.fixed, state, self.run.attempt, self.started, self.progress)
-            self.link.records.stage(self.result_prefix + self.unique, lambda: record(*made, **fields), self.keep, now)
+        if self.key is not None:
+            ended = None if state == RUNNING else time.time()
+            self.link.records.stage(self.key, record, (self.fixed, state, self.run.attempt, self.started, ended,
+                                                       self.progress, result, fields), self.keep, now)
