@@ -1,5 +1,6 @@
-/* C libgearman client: keeps BATCH foreground echo jobs of PAYLOAD_BYTES
- * (default 1) outstanding for SECONDS and prints how many completed. */
+/* C libgearman client: keeps BATCH foreground jobs of PAYLOAD_BYTES
+ * (default 1) for FUNCTION (default echo) outstanding for SECONDS and
+ * prints how many completed. */
 #include <libgearman/gearman.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,8 +25,8 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-  if (argc != 5 && argc != 6) {
-    fprintf(stderr, "usage: %s HOST PORT SECONDS BATCH [PAYLOAD_BYTES]\n", argv[0]);
+  if (argc < 5 || argc > 7) {
+    fprintf(stderr, "usage: %s HOST PORT SECONDS BATCH [PAYLOAD_BYTES [FUNCTION]]\n", argv[0]);
     return 2;
   }
   gearman_client_st *client = gearman_client_create(NULL);
@@ -38,7 +39,8 @@ int main(int argc, char **argv)
   gearman_client_set_complete_fn(client, on_complete);
   double seconds = atof(argv[3]);
   int batch = atoi(argv[4]);
-  size_t size = argc == 6 ? (size_t)atol(argv[5]) : 1;
+  size_t size = argc >= 6 ? (size_t)atol(argv[5]) : 1;
+  const char *function = argc == 7 ? argv[6] : "echo";
   char *payload = malloc(size ? size : 1);
   if (payload == NULL) return 1;
   memset(payload, 'x', size ? size : 1);
@@ -46,7 +48,7 @@ int main(int argc, char **argv)
   while (now() - start < seconds) {
     for (int i = 0; i < batch; i++) {
       gearman_return_t ret;
-      if (gearman_client_add_task(client, NULL, NULL, "echo", NULL, payload, size, &ret) == NULL) {
+      if (gearman_client_add_task(client, NULL, NULL, function, NULL, payload, size, &ret) == NULL) {
         fprintf(stderr, "%s\n", gearman_client_error(client));
         return 1;
       }
