@@ -132,6 +132,21 @@ def test_after_a_job_the_child_leaves_the_no_job_unread_until_the_next_noop(gear
                      what="the NO_JOB to wait unread in the child's socket")
 
 
+def test_children_that_lose_a_job_to_another_sleep_through_their_no_job(gearmand: Gearmand,
+                                                                       tmp_path: Path) -> None:
+    # gearmand's NOOP wakes every idle child; each grabs with its PRE_SLEEP
+    # in the same write, so the NO_JOB of those that lost the job (and the
+    # winner's after its job) waits unread: no child wakes for it.
+    with running(Pool(gearmand, tmp_path, processes=2)) as pool:
+        assert submit(gearmand, "echo", "first").result == b"first"  # both children have slept once since
+        children = pool.children()
+        for number in range(3):
+            assert submit(gearmand, "echo", str(number)).result == str(number).encode()
+            for child in children:
+                wait_for(lambda child=child: unread_from(child, gearmand.port) == p.HEADER_SIZE,
+                         what=f"child {child}'s NO_JOB to wait unread")
+
+
 def test_term_right_after_a_job_stops_at_once(gearmand: Gearmand, tmp_path: Path) -> None:
     # After a job the child dozes through gearmand's NO_JOB; a stopping child
     # must still read it at once rather than wait connect_timeout (here 30 s,

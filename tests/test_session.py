@@ -25,11 +25,12 @@ def test_the_first_answer_confirms_the_registration_once(session: Session) -> No
     assert session.registered
 
 
-def test_no_job_is_followed_by_pre_sleep_and_a_noop_by_a_grab(session: Session) -> None:
+def test_no_job_is_followed_by_pre_sleep_and_a_noop_by_a_grab_that_sleeps_too(session: Session) -> None:
     assert session.no_job() == PRE_SLEEP
     assert not session.awaiting_grab
-    assert session.noop(accepting=True) == GRAB
+    assert session.noop(accepting=True) == GRAB_THEN_SLEEP
     assert session.noop(accepting=True) == NOTHING  # one GRAB out at a time
+    assert session.no_job() == NOTHING  # the job went elsewhere: gearmand has the PRE_SLEEP already
 
 
 def test_a_job_woken_by_a_noop_sends_its_pre_sleep_with_the_next_grab(session: Session) -> None:

@@ -16,9 +16,12 @@ from .connection import UP, GearmandConnection
 
 GRAB = p.request(p.GRAB_JOB_UNIQ)
 PRE_SLEEP = p.request(p.PRE_SLEEP)
-# After a job that a NOOP woke us for: the next job most likely comes alone
-# too, so the PRE_SLEEP goes with the GRAB instead of after its NO_JOB. It
-# reaches gearmand with the result, before the client can send the next job.
+# Jobs that come one at a time: the GRAB a NOOP calls for, and the one after
+# such a job, carry the PRE_SLEEP too, instead of sending it after their
+# NO_JOB. It reaches gearmand before the client can send the next job, and
+# the socket's low-water mark stays raised from one job to the next: a lone
+# NO_JOB (the job went to another worker, or there is no next one) wakes
+# nobody, and no system call per job moves the mark.
 # (A GRAB clears gearmand's sleep flag and a PRE_SLEEP that finds a job
 # waiting is answered with a NOOP at once: the pair is safe either way.)
 GRAB_THEN_SLEEP = GRAB + PRE_SLEEP
@@ -70,12 +73,12 @@ class Session:
         return PRE_SLEEP
 
     def noop(self, accepting: bool) -> bytes:
-        """NOOP, gearmand's wake-up: grab, unless one is out or we take no jobs."""
+        """NOOP, gearmand's wake-up: grab (and sleep, see GRAB_THEN_SLEEP),
+        unless a GRAB is out or we take no jobs."""
         if not accepting or self.awaiting_grab:
             return NOTHING
-        self.awaiting_grab = self.grabbed_on_noop = True
-        self.sleep_sent = False
-        return GRAB
+        self.awaiting_grab = self.grabbed_on_noop = self.sleep_sent = True
+        return GRAB_THEN_SLEEP
 
     def offered_again(self, accepting: bool) -> bytes:
         """Our CAN_DO for a task went out again (taskctl/offers.py). gearmand
