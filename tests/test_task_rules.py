@@ -15,7 +15,7 @@ from gearman_workers.connection import UP, GearmandConnection
 from gearman_workers.control import cancel, pause
 from gearman_workers.control.messages import BadMessage, Message, encode
 from gearman_workers.scoreboard import ChildState, Scoreboard
-from gearman_workers.session import GRAB, Session
+from gearman_workers.session import GRAB, GRAB_THEN_SLEEP, Session
 from gearman_workers.taskctl.offers import Offers
 from gearman_workers.taskctl.switchboard import NO_TOKEN, PAUSED, Switchboard
 from gearman_workers.taskctl.tokens import LocalPermits, share
@@ -63,7 +63,7 @@ def test_a_can_do_grabs_at_once_or_once_the_grab_out_is_answered() -> None:
     session = Session(GearmandConnection(Server("127.0.0.1", 4730), 0, 1.0))
     session.link.status = UP
     session.no_job()  # asleep: nothing out
-    assert session.offered_again(accepting=True) == GRAB and session.awaiting_grab
+    assert session.offered_again(accepting=True) == GRAB_THEN_SLEEP and session.awaiting_grab
     assert session.offered_again(accepting=True) == b"" and session.regrab  # a GRAB is out: after its answer
     assert session.no_job() == GRAB and not session.regrab and session.awaiting_grab
     assert session.offered_again(accepting=False) == b""
