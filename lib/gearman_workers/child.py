@@ -600,7 +600,7 @@ class Worker:
                     timer.disarm()
                 self.in_task = False
                 timer.reclaim()
-            if limit:
+            if limit and timer.expired:
                 timer.check()  # the task caught JobTimeout and returned anyway
             if type(result) is not bytes:
                 result = encode_result(result)
