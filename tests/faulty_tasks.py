@@ -10,9 +10,10 @@ import sys
 import time
 
 from gearman_workers.procfs import resident_bytes
+from gearman_workers.timelimit import JobTimeout
 
 TASKS = ("pid", "sleep", "spin", "stubborn", "gil_hog", "leak", "segfault", "grandchild", "daemon", "ledger",
-         "close_fds", "own_alarm", "stubborn_ledger", "blocked_ledger", "fork_and_exit")
+         "close_fds", "own_alarm", "stubborn_ledger", "blocked_ledger", "fork_and_exit", "shrugs")
 LEAKED: list[bytearray] = []
 
 
@@ -39,6 +40,15 @@ def stubborn(worker, job):
             time.sleep(3600)
         except BaseException:  # swallowing everything is the point of this task
             pass
+
+
+def shrugs(worker, job):
+    """Catches its time limit's JobTimeout and returns as if nothing happened."""
+    try:
+        time.sleep(float(job.data))
+    except JobTimeout:
+        pass
+    return "finished anyway"
 
 
 def gil_hog(worker, job):

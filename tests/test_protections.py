@@ -76,7 +76,7 @@ class RegisteredSampler:
 def test_soft_time_limit_fails_the_job_and_the_child_goes_on(gearmand: Gearmand, tmp_path: Path) -> None:
     with running(faulty_pool(gearmand, tmp_path, "--job-timeout", "1", processes=1)) as pool:
         (child,) = pool.children()
-        for task in ("sleep", "spin"):
+        for task in ("sleep", "spin", "shrugs"):  # shrugs catches JobTimeout and returns: failed all the same
             request = submit(gearmand, task, "30")
             assert request.state == "FAILED"
             assert f"JobTimeout: task {task} exceeded its time limit of 1 s" in warnings_of(request)
@@ -87,10 +87,13 @@ def test_soft_time_limit_fails_the_job_and_the_child_goes_on(gearmand: Gearmand,
 def test_a_task_table_sets_its_own_time_limit(gearmand: Gearmand, tmp_path: Path) -> None:
     config = tmp_path / "pool.toml"
     config.write_text(f'[pool]\npython_path = ["{TESTS}"]\njob_timeout = 60\n'
-                      '[tasks]\nsleep = { call = "faulty_tasks:sleep", timeout = 0.5 }\npid = "faulty_tasks:pid"\n')
+                      '[tasks]\nsleep = { call = "faulty_tasks:sleep", timeout = 0.5 }\n'
+                      'unlimited = { call = "faulty_tasks:shrugs", timeout = 0 }\n')
     with running(Pool(gearmand, tmp_path, config=config, processes=1)):
         request = submit(gearmand, "sleep", "30")
         assert "exceeded its time limit of 0.5 s" in warnings_of(request)
+        # the next job, of a task without a limit, does not inherit the timeout
+        assert submit(gearmand, "unlimited", "0.6").result == b"finished anyway"
 
 
 # (C code holding the GIL is not among them: CPython's regex engine, the usual
