@@ -26,7 +26,7 @@ def test_packet_reader_takes_one_whole_read_as_is_and_falls_back_otherwise() -> 
 
     def received(reader: p.PacketReader, data: bytes) -> list[tuple[int, bytes]]:
         buffer[:len(data)] = data
-        return reader.feed_received(view, len(data))
+        return list(reader.feed_received(view, len(data)))
 
     assert received(p.PacketReader(), assign) == [(p.JOB_ASSIGN_UNIQ, b"H:1\0f\0u\0d")]
     assert received(p.PacketReader(), noop + assign) == [(p.NOOP, b""), (p.JOB_ASSIGN_UNIQ, b"H:1\0f\0u\0d")]
@@ -38,6 +38,13 @@ def test_packet_reader_takes_one_whole_read_as_is_and_falls_back_otherwise() -> 
     assert received(reader, assign[15:] + noop) == [(p.JOB_ASSIGN_UNIQ, b"H:1\0f\0u\0d"), (p.NOOP, b"")]
     with pytest.raises(p.ProtocolError):
         received(p.PacketReader(), noop + b"\0REQ" + b"\0" * 8)
+    # The wake-up of a child that sleeps between jobs, and reads of its size that are not it.
+    no_job = p.HEADER.pack(p.RES, p.NO_JOB, 0)
+    assert received(p.PacketReader(), no_job + noop) == [(p.NO_JOB, b""), (p.NOOP, b"")]
+    assert received(p.PacketReader(), no_job + no_job) == [(p.NO_JOB, b""), (p.NO_JOB, b"")]
+    assert received(p.PacketReader(), noop + no_job) == [(p.NOOP, b""), (p.NO_JOB, b"")]
+    with pytest.raises(p.ProtocolError):
+        received(p.PacketReader(), no_job + b"\0REQ" + noop[4:])
 
 
 def test_encode_result() -> None:

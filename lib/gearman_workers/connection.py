@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 
 from . import protocol as p
 from .backoff import Backoff
@@ -116,7 +117,7 @@ class GearmandConnection:
         except OSError as err:
             raise _lost(err, "send") from None
 
-    def receive(self, buffer: bytearray, view: memoryview) -> list[tuple[int, bytes]]:
+    def receive(self, buffer: bytearray, view: memoryview) -> Sequence[tuple[int, bytes]]:
         try:
             size = self.sock.recv_into(buffer)  # type: ignore[union-attr]  # connected: sock is set; a check would cost every job
         except OSError as err:

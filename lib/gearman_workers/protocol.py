@@ -8,6 +8,7 @@ what recv() returned, copying only when a packet spans two reads.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 REQ = b"\0REQ"
 RES = b"\0RES"
@@ -48,8 +49,14 @@ def request(kind: int, *args: bytes) -> bytes:
 
 
 def work_complete(handle: bytes, result: bytes) -> bytes:
-    """request(WORK_COMPLETE, handle, result), without the join: every job's answer."""
-    return HEADER.pack(REQ, WORK_COMPLETE, len(handle) + 1 + len(result)) + handle + b"\0" + result
+    """request(WORK_COMPLETE, handle, result) in one copy: every job's answer."""
+    return b"".join((HEADER.pack(REQ, WORK_COMPLETE, len(handle) + 1 + len(result)), handle, b"\0", result))
+
+
+# What wakes a child that sleeps between jobs: gearmand's NO_JOB to its
+# GRAB and the NOOP after it, in one read (see session.py, GRAB_THEN_SLEEP).
+_NO_JOB_THEN_NOOP = HEADER.pack(RES, NO_JOB, 0) + HEADER.pack(RES, NOOP, 0)
+_WOKEN = ((NO_JOB, b""), (NOOP, b""))
 
 
 class PacketReader:
@@ -61,17 +68,20 @@ class PacketReader:
         self._pending = bytearray()
         self._need = HEADER_SIZE
 
-    def feed_received(self, view: memoryview, size: int) -> list[tuple[int, bytes]]:
+    def feed_received(self, view: memoryview, size: int) -> Sequence[tuple[int, bytes]]:
         """The SIZE bytes one recv_into(VIEW) returned. The usual read holds
-        whole packets only (a NOOP; a JOB_ASSIGN; a NO_JOB and the NOOP after
-        it) with nothing pending: those are cut straight out of the receive
-        buffer, without copying the read first."""
+        whole packets only (a JOB_ASSIGN; a NO_JOB and the NOOP after it; a
+        NOOP) with nothing pending: those are cut straight out of the
+        receive buffer, without copying the read first, and the wake-up
+        (NO_JOB and NOOP) is one comparison."""
         if self._pending:
             return self.feed(view[:size].tobytes())
         if size >= HEADER_SIZE:  # the usual read: one whole packet (else the general case below)
             magic, kind, length = HEADER.unpack_from(view, 0)
             if HEADER_SIZE + length == size and magic == RES:
                 return [(kind, bytes(view[HEADER_SIZE:size]))]
+            if size == 2 * HEADER_SIZE and view[:size] == _NO_JOB_THEN_NOOP:
+                return _WOKEN
         return self._packets(view, size)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
