@@ -35,7 +35,7 @@ from .job import Job, encode_result
 from .jobstats import CANCELLED, DONE, FAILED, OUTCOMES, POISON, TIMEOUT, JobCounter
 from .poison import KILLED_FOR_CANCEL, KILLED_FOR_TIME, PoisonCheck
 from .procfs import resident_bytes
-from .scoreboard import DATA_VERSION, ChildState, Recycle, Scoreboard, SlotWriter
+from .scoreboard import DATA_VERSION, IDLE, ChildState, Recycle, Scoreboard, SlotWriter
 from .session import Session
 from .strays import StrayLog
 from .taskctl.cancelled import JobCancelled, cancel_message
@@ -547,7 +547,7 @@ class Worker:
         # Counted before the slot says idle, so that idle means counted.
         if self.counter is not None:
             self.counter.count(task, outcome, finished - started)
-        self.slot.between_jobs(ChildState.IDLE, finished)
+        self.slot.between_jobs(IDLE, finished)
         self.idle_title_due = True
         if self.after_job_hook is not None and job is not None:
             self.hooks.call("after_job", self, job, OUTCOMES[outcome])
@@ -560,16 +560,18 @@ class Worker:
         life = route.life
         if life is None and unique[:3] == b"gw:" and self.late_life is not None:  # a run the leader submitted
             life = route.life = self.late_life(route.name)
-        if life is not None and not life.begin(unique, data):
-            return None, p.work_complete(handle, b""), DONE, None  # this run ended before: its first answer counts
-        job = Job(handle, route.name, unique if life is None else life.unique, data, session)
+        if life is not None:
+            if not life.begin(unique, data):
+                return None, p.work_complete(handle, b""), DONE, None  # this run ended before: its first answer counts
+            unique = life.unique
+        job = Job(handle, route.name, unique, data, session)
         if self.before_job_hook is not None:
             self.hooks.call("before_job", self, job)
         if self.poison.clear(handle):
-            return job, *self._execute(session.link, job, route, handle, started)
-        return job, *self._check_poison(session.link, job, route, handle, started)
+            return job, *self._execute(session.link, job, route, handle, unique, started)
+        return job, *self._check_poison(session.link, job, route, handle, unique, started)
 
-    def _check_poison(self, link: GearmandConnection, job: Job, route: Route, handle: bytes,
+    def _check_poison(self, link: GearmandConnection, job: Job, route: Route, handle: bytes, unique: bytes,
                       started: float) -> tuple[bytes, int, BaseException | None]:
         """A job that some child died holding: refused, or run once more."""
         kills, why = self.poison.kills(link.index, handle)
@@ -580,13 +582,14 @@ class Worker:
             return self._fail_reply(job, route, f"JobCancelled: {err}", err), CANCELLED, None
         if kills and kills >= self.limits.poison_kills > 0:
             return self._refuse_poison(job, route, kills, why), POISON, None
-        return self._execute(link, job, route, handle, started)
+        return self._execute(link, job, route, handle, unique, started)
 
-    def _execute(self, link: GearmandConnection, job: Job, route: Route, handle: bytes,
+    def _execute(self, link: GearmandConnection, job: Job, route: Route, handle: bytes, unique: bytes,
                  started: float) -> tuple[bytes, int, BaseException | None]:
-        """Run the task under its time limit: (reply, outcome, exception to re-raise)."""
+        """Run the task under its time limit: (reply, outcome, exception to re-raise).
+        HANDLE and UNIQUE are the job's, as gearmand sent them (job.handle decodes)."""
         limit = route.limit
-        self.slot.busy(started, started + limit if limit else 0.0, link.index, route.field, job.unique_bytes, handle)
+        self.slot.busy(started, started + limit if limit else 0.0, link.index, route.field, unique, handle)
         self.title.show(route.title)
         timer = self.timer
         try:

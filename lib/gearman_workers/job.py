@@ -36,12 +36,6 @@ class Job:
         unique = self._unique
         return unique if isinstance(unique, str) else unique.decode("utf-8", "replace")
 
-    @property
-    def unique_bytes(self) -> bytes:
-        """The unique as gearmand sent it (the scoreboard keeps it for cancel)."""
-        unique = self._unique
-        return unique.encode("utf-8") if isinstance(unique, str) else unique
-
     def __repr__(self) -> str:
         return f"<Job {self.task} handle={self.handle} unique={self.unique!r} {len(self.data)} bytes>"
 
