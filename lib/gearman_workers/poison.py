@@ -73,11 +73,11 @@ class PoisonCheck:
         (on any server): the job runs without further ado."""
         # The slots first, then the table: the master records a death
         # before it clears the dead child's slot, so one of them shows it.
-        if self.board.names_job(handle):
+        if self.board.may_name_job(handle):
             return False
         if self._words[POISON_VERSION] != self._version:
             self._reload()
-        return handle not in self._handles
+        return not self._handles or handle not in self._handles
 
     def kills(self, server: int, handle: bytes) -> tuple[int, str]:
         """(children killed, why the last one died) for job HANDLE of SERVER."""

@@ -158,10 +158,13 @@ class Scoreboard:
                 table[server, handle] = Poisoned(server, handle, kills, last_pid, _text(why))
         return table
 
-    def names_job(self, handle: bytes) -> bool:
-        """Does some slot in use name job HANDLE? One search in C, made
-        before every job; only a match needs busy_with."""
-        return self._find(_needle(handle), self._slots_at) >= 0
+    def may_name_job(self, handle: bytes) -> bool:
+        """Might some slot in use name job HANDLE? One search in C for the
+        handle as a slot keeps it, made before every job; a match (now and
+        then a longer handle that starts with it, or bytes of another field)
+        is settled by busy_with."""
+        start = self._slots_at
+        return self._mem.find(handle[:HANDLE_FIELD], start, start + self.words[SLOTS_IN_USE] * _SLOT_SIZE) >= 0
 
     def busy_with(self, server: int, handle: bytes) -> list[int]:
         """PIDs of the slots that say they run job HANDLE of SERVER: a
