@@ -384,6 +384,19 @@ def test_poison_accounting_counts_each_death_once(tmp_path: Path, clock: Clock) 
     assert check.clear(b"H:gm:10") and not check.clear(b"H:gm:9")
 
 
+def test_a_job_whose_handle_begins_a_dead_child_s_handle_is_not_counted_against(
+        tmp_path: Path, clock: Clock) -> None:
+    master = make(tmp_path, heartbeat_timeout=0)
+    master.step()
+    check = PoisonCheck(master.board)
+    first, _ = sorted(master.pids())
+    master.runs(first, b"H:gm:100")
+    master.dies(first, SEGV)  # not yet reaped: its slot still names H:gm:100
+    assert not check.clear(b"H:gm:10")  # the one search before a job finds H:gm:10 in it ...
+    assert check.kills(0, b"H:gm:10") == (0, "")  # ... and the exact look says it is another job
+    assert check.kills(0, b"H:gm:100") == (1, "died while running it")
+
+
 def test_graceful_stop_terms_every_child_then_kills_stragglers(tmp_path: Path, clock: Clock) -> None:
     master = make(tmp_path, graceful_timeout=30, heartbeat_timeout=0)
     master.step()
