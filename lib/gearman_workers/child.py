@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gearman_workers.child")
 
 JOB_ASSIGN_UNIQ, NO_JOB, NOOP = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP  # compared on every packet
-NOT_RECYCLING = int(Recycle.NO)  # a plain int: compared on every job
 RECV_BUFFER = 256 * 1024
 # The title says "idle" once the child has waited this long for a job: a
 # child fed one job at a time keeps "busy TASK" between them instead of
@@ -125,6 +124,10 @@ class Worker:
                          for i, server in enumerate(config.servers)]
         self.by_fd: dict[int, Session] = {}
         self.stopping = False
+        # Taking new jobs: not stopping, and not waiting to be recycled. Read
+        # on every job, so an attribute kept by the two that end it (_stop,
+        # _check_recycling), not a method.
+        self.accepting = True
         self.in_task = False
         # From a job's arrival until its answer is written: a death in
         # between leaves the job in the slot, where the master counts it.
@@ -187,7 +190,12 @@ class Worker:
             self.stray_log.record_self()
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        """Take no more jobs, and leave once the GRABs out are answered."""
         self.stopping = True
+        self.accepting = False
 
     def _on_noted_signal(self, signum: int, frame: object) -> None:
         self.noted_signals.append(signum)  # acted on by the loop, between jobs: list.append is safe here
@@ -268,10 +276,6 @@ class Worker:
             self._drop(session)
         self.hooks.call_bounded("child_exit", self, "recycled" if self.slot.recycle != Recycle.NO else "stopped")
 
-    def _accepting(self) -> bool:
-        """Taking new jobs: not stopping, and not waiting to be recycled."""
-        return not self.stopping and self.slot.recycle == NOT_RECYCLING
-
     # --- the loop ---------------------------------------------------------
 
     def _loop(self) -> None:
@@ -343,7 +347,7 @@ class Worker:
             self.job_records.flush()
         if os.getppid() != self.master_pid:
             log.warning("master %d is gone; stopping", self.master_pid)
-            self.stopping = True
+            self._stop()
         self._apply_runtime_data()
         self._show_idle()
         now = time.monotonic()
@@ -364,7 +368,7 @@ class Worker:
                 log.debug("%s task(s) %s", verb, ", ".join(sorted(tasks)))
         for session in self.sessions:
             if session.link.status == UP and self._send(session, change) and back:
-                grab = session.offered_again(self._accepting())
+                grab = session.offered_again(self.accepting)
                 if grab:
                     self._send(session, grab)
                 self._settle_low_water(session)
@@ -465,7 +469,7 @@ class Worker:
             elif kind == NO_JOB:
                 self._on_no_job(session)
             elif kind == NOOP:
-                grab = session.noop(self._accepting())
+                grab = session.noop(self.accepting)
                 if grab:
                     self._send(session, grab)
             elif kind == p.ERROR:
@@ -534,7 +538,7 @@ class Worker:
             self._check_recycling()
         if route.metered:
             reply += self.offers.withdraw(route.name)
-        reply += session.after_job(fatal is None and self._accepting())
+        reply += session.after_job(fatal is None and self.accepting)
         if link.status == UP:
             self._send(session, reply)
         else:
@@ -670,6 +674,7 @@ class Worker:
             slot.recycle = Recycle.MAX_MEMORY
         else:
             return
+        self.accepting = False
         slot.publish_setup()  # before the nudge: the master reads the slot when it wakes
         self._tell_master()
 
