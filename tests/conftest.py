@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import Gearmand, RedisServer, needs_program
 
 # fixture -> the tier of a test that uses it
-NEEDS = {"gearmand": "gearmand", "two_gearmands": "gearmand", "redis_server": "redis"}
+NEEDS = {"gearmand": "gearmand", "two_gearmands": "gearmand", "redis_server": "redis", "valgrind": "valgrind"}
 # module -> the tier of every test in it
 MODULE_NEEDS = {"test_deploy": "deploy", "test_monitoring": "promtool"}
 
@@ -51,6 +51,11 @@ def two_gearmands(tmp_path: Path) -> Iterator[list[Gearmand]]:
     yield servers
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def valgrind() -> None:
+    needs_program("valgrind", "valgrind")
 
 
 @pytest.fixture

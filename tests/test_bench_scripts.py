@@ -9,15 +9,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 ROW = re.compile(r"^  (\S.*?)\s+(\d+\.\d+)\b", re.MULTILINE)
 
 
-def test_jobpath_times_every_variant_it_knows() -> None:
-    # Its own list of variants, each in a process of its own, a few jobs each.
-    out = subprocess.run([sys.executable, str(BENCH / "jobpath"), "--jobs", "50", "--repeats", "1",
-                          "--processes", "1"], capture_output=True, text=True, timeout=120)
+def jobpath(*args: str, timeout: float = 120) -> dict[str, float]:
+    """bench/jobpath ARGS: its figure per variant. Its own list of variants,
+    each in a process of its own."""
+    out = subprocess.run([sys.executable, str(BENCH / "jobpath"), *args], capture_output=True, text=True,
+                         timeout=timeout)
     assert out.returncode == 0, out.stderr
     rows = dict((name, float(figure)) for name, figure in ROW.findall(out.stdout))
     assert {"all on", "none", "floor"} <= rows.keys() and len(rows) >= 4
     assert all(figure > 0 for figure in rows.values())
+    return rows
+
+
+@pytest.mark.parametrize("woken", [False, True], ids=["back to back", "after a wake-up each"])
+def test_jobpath_times_every_variant_it_knows(woken: bool) -> None:
+    jobpath("--jobs", "50", "--repeats", "1", "--processes", "1", *(["--woken"] if woken else []))
+
+
+def test_jobpath_counts_instructions_and_a_protection_taken_away_saves_some(valgrind: None) -> None:
+    rows = jobpath("--instructions", "--woken", timeout=600)
+    assert rows["none"] < rows["all on"] and rows["floor"] < rows["none"]
