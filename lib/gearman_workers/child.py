@@ -591,7 +591,7 @@ class Worker:
     def _execute(self, link: GearmandConnection, job: Job, route: Route, handle: bytes, unique: bytes,
                  started: float) -> tuple[bytes, int, BaseException | None]:
         """Run the task under its time limit: (reply, outcome, exception to re-raise).
-        HANDLE and UNIQUE are the job's, as gearmand sent them (job.handle decodes)."""
+        HANDLE and UNIQUE are the job's as bytes (job.handle and job.unique decode them)."""
         limit = route.limit
         self.slot.busy(started, started + limit if limit else 0.0, link.index, route.field, unique, handle)
         self.title.show(route.title)
