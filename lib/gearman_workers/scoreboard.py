@@ -163,7 +163,7 @@ class Scoreboard:
         handle as a slot keeps it, made before every job; a match (now and
         then a longer handle that starts with it, or bytes of another field)
         is settled by busy_with."""
-        start = self._slots_at
+        start = self._slots_at  # _find written out: a call less on every job's path
         return self._mem.find(handle[:HANDLE_FIELD], start, start + self.words[SLOTS_IN_USE] * _SLOT_SIZE) >= 0
 
     def busy_with(self, server: int, handle: bytes) -> list[int]:
