@@ -57,3 +57,31 @@ def test_a_lost_connection_starts_over(session: Session) -> None:
     session.no_job()
     session.reset()
     assert not (session.registered or session.awaiting_grab or session.sleep_sent or session.dozing)
+
+
+STATE = ("awaiting_grab", "registered", "grabbed_on_noop", "sleep_sent", "dozing", "regrab")
+
+
+@pytest.mark.parametrize("flags", range(1 << len(STATE)))
+@pytest.mark.parametrize("accepting", [True, False])
+def test_a_wake_up_read_is_answered_as_its_no_job_then_its_noop(flags: int, accepting: bool) -> None:
+    """woken() is the shortcut for NO_JOB and NOOP read together: in every
+    state, the same bytes out and the same state after as the two rules."""
+    def in_state() -> Session:
+        made = Session(GearmandConnection(Server("127.0.0.1", 1), 0, 1.0))
+        for bit, name in enumerate(STATE):
+            setattr(made, name, bool(flags >> bit & 1))
+        return made
+
+    by_rules, shortcut = in_state(), in_state()
+    sent = by_rules.no_job() + by_rules.noop(accepting)
+    assert shortcut.woken(accepting) == sent
+    assert [getattr(shortcut, name) for name in STATE] == [getattr(by_rules, name) for name in STATE]
+
+
+def test_the_usual_wake_up_grabs_and_sleeps_again(session: Session) -> None:
+    session.no_job()
+    session.noop(accepting=True)
+    session.after_job(accepting=True)  # a job came; its answer carries GRAB and PRE_SLEEP
+    assert session.woken(accepting=True) == GRAB_THEN_SLEEP
+    assert session.awaiting_grab and session.sleep_sent and session.grabbed_on_noop

@@ -20,6 +20,14 @@ class Alarm:
         monkeypatch.setattr(timelimit.signal, "setitimer", lambda which, seconds: self.set_to.append(seconds))
         monkeypatch.setattr(timelimit.time, "monotonic", lambda: self.now)
         monkeypatch.setattr(JobTimer, "unblock", staticmethod(lambda: self.count_unblock()))
+        # Whatever the timer asks, its own handler is the one installed (nobody took it).
+        monkeypatch.setattr(timelimit._signal, "getsignal", lambda signum: self.installed)
+        self.installed: object = None
+
+    def timer(self) -> JobTimer:
+        timer = JobTimer()
+        self.installed = timer._handler
+        return timer
 
     def count_unblock(self) -> None:
         self.unblocked += 1
@@ -36,11 +44,11 @@ def alarm(monkeypatch: pytest.MonkeyPatch) -> Alarm:
 def run_job(timer: JobTimer, alarm: Alarm, limit: float, seconds: float) -> None:
     timer.arm("resize", limit, alarm.now)
     alarm.now += seconds
-    timer.disarm()
+    timer.job_over()
 
 
 def test_a_stream_of_short_jobs_sets_the_timer_once_per_limit(alarm: Alarm) -> None:
-    timer = JobTimer()
+    timer = alarm.timer()
     for _ in range(100):
         run_job(timer, alarm, 30, 0.1)  # ten seconds of jobs
     assert alarm.set_to == [30] and alarm.unblocked == 0  # no system call per job
@@ -51,7 +59,7 @@ def test_a_stream_of_short_jobs_sets_the_timer_once_per_limit(alarm: Alarm) -> N
 
 
 def test_an_earlier_jobs_alarm_moves_on_to_the_running_jobs_deadline(alarm: Alarm) -> None:
-    timer = JobTimer()
+    timer = alarm.timer()
     run_job(timer, alarm, 1, 0.5)
     timer.arm("resize", 1, alarm.now)  # deadline 101.5; the pending alarm comes at 101
     assert alarm.set_to == [1]
@@ -65,14 +73,14 @@ def test_an_earlier_jobs_alarm_moves_on_to_the_running_jobs_deadline(alarm: Alar
 
 
 def test_a_shorter_limit_than_the_pending_alarm_sets_its_own(alarm: Alarm) -> None:
-    timer = JobTimer()
+    timer = alarm.timer()
     run_job(timer, alarm, 30, 0.1)
     timer.arm("resize", 1, alarm.now)
     assert alarm.set_to == [30, 1]
 
 
 def test_an_alarm_overdue_and_not_delivered_is_unblocked_and_set_again(alarm: Alarm) -> None:
-    timer = JobTimer()
+    timer = alarm.timer()
     run_job(timer, alarm, 1, 0.1)
     alarm.now += 5  # the alarm came at 101 and nobody saw it: a task had blocked it
     run_job(timer, alarm, 1, 0.1)
@@ -80,7 +88,7 @@ def test_an_alarm_overdue_and_not_delivered_is_unblocked_and_set_again(alarm: Al
 
 
 def test_a_task_that_caught_its_timeout_is_answered_timeout_and_the_next_job_starts_clean(alarm: Alarm) -> None:
-    timer = JobTimer()
+    timer = alarm.timer()
     timer.arm("resize", 1, alarm.now)
     alarm.now += 1
     with pytest.raises(JobTimeout):

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gearman_workers.child")
 
-JOB_ASSIGN_UNIQ, NO_JOB, NOOP = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP  # compared on every packet
+JOB_ASSIGN_UNIQ, NO_JOB, NOOP, WOKEN = p.JOB_ASSIGN_UNIQ, p.NO_JOB, p.NOOP, p.WOKEN  # compared on every read
 RECV_BUFFER = 256 * 1024
 # The title says "idle" once the child has waited this long for a job: a
 # child fed one job at a time keeps "busy TASK" between them instead of
@@ -461,21 +461,24 @@ class Worker:
         except ConnectionLost as err:
             self._lost(session, str(err))
             return
-        for kind, body in packets:
-            if kind == JOB_ASSIGN_UNIQ:
-                if not session.registered:
-                    self._confirm_registration(session)
-                self._run_job(session, body)
-            elif kind == NO_JOB:
-                self._on_no_job(session)
-            elif kind == NOOP:
-                grab = session.noop(self.accepting)
-                if grab:
-                    self._send(session, grab)
-            elif kind == p.ERROR:
-                self._on_error(link, body)
-            if link.status != UP:
-                return
+        if packets is WOKEN:  # NO_JOB and NOOP, the wake-up of a child that sleeps between jobs
+            self._on_woken(session)
+        else:
+            for kind, body in packets:
+                if kind == JOB_ASSIGN_UNIQ:
+                    if not session.registered:
+                        self._confirm_registration(session)
+                    self._run_job(session, body)
+                elif kind == NO_JOB:
+                    self._on_no_job(session)
+                elif kind == NOOP:
+                    grab = session.noop(self.accepting)
+                    if grab:
+                        self._send(session, grab)
+                elif kind == p.ERROR:
+                    self._on_error(link, body)
+                if link.status != UP:
+                    return
         try:  # here, not in _settle_low_water: this is every job's path
             session.settle_low_water(self.stopping)
         except ConnectionLost as err:
@@ -485,6 +488,12 @@ class Worker:
         # PRE_SLEEP first: whatever we do before it delays the next job.
         sleep = session.no_job()
         if (not sleep or self._send(session, sleep)) and not session.registered:
+            self._confirm_registration(session)
+
+    def _on_woken(self, session: Session) -> None:
+        """NO_JOB and NOOP in one read: _on_no_job and the NOOP's GRAB, in one send."""
+        grab = session.woken(self.accepting)
+        if (not grab or self._send(session, grab)) and not session.registered:
             self._confirm_registration(session)
 
     @staticmethod
@@ -603,10 +612,8 @@ class Worker:
                     timer.arm(route.name, limit, started)
                 result = route.call(self, job)
             finally:
-                if limit:
-                    timer.disarm()
+                timer.job_over()
                 self.in_task = False
-                timer.reclaim()
             if limit and timer.expired:
                 timer.check()  # the task caught JobTimeout and returned anyway
             if type(result) is not bytes:

@@ -56,7 +56,7 @@ def work_complete(handle: bytes, result: bytes) -> bytes:
 # What wakes a child that sleeps between jobs: gearmand's NO_JOB to its
 # GRAB and the NOOP after it, in one read (see session.py, GRAB_THEN_SLEEP).
 _NO_JOB_THEN_NOOP = HEADER.pack(RES, NO_JOB, 0) + HEADER.pack(RES, NOOP, 0)
-_WOKEN = ((NO_JOB, b""), (NOOP, b""))
+WOKEN = ((NO_JOB, b""), (NOOP, b""))  # feed_received returns this very object: `is` tells it
 
 
 class PacketReader:
@@ -81,7 +81,7 @@ class PacketReader:
             if HEADER_SIZE + length == size and magic == RES:
                 return [(kind, bytes(view[HEADER_SIZE:size]))]
             if size == 2 * HEADER_SIZE and view[:size] == _NO_JOB_THEN_NOOP:
-                return _WOKEN
+                return WOKEN
         return self._packets(view, size)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:

@@ -80,6 +80,15 @@ class Session:
         self.awaiting_grab = self.grabbed_on_noop = self.sleep_sent = True
         return GRAB_THEN_SLEEP
 
+    def woken(self, accepting: bool) -> bytes:
+        """NO_JOB and the NOOP after it, read together: what no_job() and
+        then noop() send, in one call (this is the wake-up of every job
+        that comes one at a time)."""
+        if self.sleep_sent and not self.regrab and self.awaiting_grab and accepting:
+            self.grabbed_on_noop = True  # the usual case: asleep with a GRAB out, which the NOOP renews
+            return GRAB_THEN_SLEEP
+        return self.no_job() + self.noop(accepting)
+
     def offered_again(self, accepting: bool) -> bytes:
         """Our CAN_DO for a task went out again (taskctl/offers.py). gearmand
         wakes nobody for the jobs of it that it already holds: grab now, or,

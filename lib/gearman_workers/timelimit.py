@@ -71,9 +71,13 @@ class JobTimer:
         self._set(deadline - now, deadline)
         return deadline
 
-    def disarm(self) -> None:
-        """The job is over: a pending alarm stays, and finds no job."""
+    def job_over(self) -> None:
+        """After every job, limited or not: a pending alarm stays, and finds
+        no job; our handler is back, and no alarm of the task's is left."""
         self.deadline = 0.0
+        if _signal.getsignal(signal.SIGALRM) is not self._handler:
+            self._set(0.0, 0.0)
+            signal.signal(signal.SIGALRM, self._handler)
 
     @staticmethod
     def unblock() -> None:
@@ -85,12 +89,6 @@ class JobTimer:
         """The master's UNBLOCK_SIGNAL: an alarm that came while blocked is
         delivered now, and its handler ends the task if its time is up."""
         self.unblock()
-
-    def reclaim(self) -> None:
-        """Our handler back, and no alarm of the task's left pending."""
-        if _signal.getsignal(signal.SIGALRM) is not self._handler:
-            self._set(0.0, 0.0)
-            signal.signal(signal.SIGALRM, self._handler)
 
     def check(self) -> None:
         """Raise JobTimeout if the limit passed (for a task that caught it)."""
