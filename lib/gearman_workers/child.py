@@ -571,7 +571,7 @@ class Worker:
                 started: float) -> tuple[Job | None, bytes, int, BaseException | None]:
         """(the job, None for a run that ended before; reply; outcome; exception to re-raise)."""
         life = route.life
-        if life is None and unique[:3] == b"gw:" and self.late_life is not None:  # a run the leader submitted
+        if life is None and self.late_life is not None and unique[:3] == b"gw:":  # a run the leader submitted
             life = route.life = self.late_life(route.name)
         if life is not None:
             if not life.begin(unique, data):
