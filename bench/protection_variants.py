@@ -40,3 +40,60 @@ def without_any() -> None:
     without_poison_check()
     without_slot_writes()
     without_title()
+
+
+def floor_job_path() -> None:
+    """Once a child sleeps between jobs, its reads are handled as the bare
+    Python floor (python_floor_worker.py) handles them: the job's task run
+    and answered with nothing around it, the wake-up answered at once. What
+    is left of the pool is the child process and its loop: bench/hops
+    --variant floor_job_path tells what the job path costs from what the
+    rest does."""
+    from gearman_workers import protocol as p
+    from gearman_workers.child import Worker
+    from gearman_workers.job import Job
+    from gearman_workers.session import Session
+
+    general = Worker._on_readable
+    wake_up = p.HEADER.pack(p.RES, p.NO_JOB, 0) + p.HEADER.pack(p.RES, p.NOOP, 0)
+
+    def like_the_floor(self: Worker, session: Session) -> None:
+        if not (session.registered and session.dozing):  # registering, or stopping: the pool's own way
+            general(self, session)
+            return
+        sock, view = session.link.sock, self._view
+        assert sock is not None  # registered: connected
+        size = sock.recv_into(self._buffer)
+        _, kind, length = p.HEADER.unpack_from(view, 0)
+        if kind == p.JOB_ASSIGN_UNIQ and p.HEADER_SIZE + length == size:
+            handle, task, unique, data = bytes(view[p.HEADER_SIZE:size]).split(b"\0", 3)
+            route = self.routes[task]
+            result = route.call(self, Job(handle, route.name, unique, data, session))
+            sock.sendall(p.work_complete(handle, result) + session.after_job(True))
+        elif view[:size] == wake_up:
+            sock.sendall(session.woken(True))
+        else:
+            raise RuntimeError(f"floor_job_path: a read it was not made for: {bytes(view[:size])!r}")
+
+    Worker._on_readable = like_the_floor  # type: ignore[method-assign]
+
+
+def floor_in_child() -> None:
+    """Each child runs the bare Python floor's own loop
+    (python_floor_worker.py) on a connection of its own, in place of the
+    pool's: the floor's code in a pool child's process (forked from the
+    master, with its memory, title and signal handlers). Against the floor,
+    it tells what the process costs from what the code does."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from gearman_workers.child import Worker
+
+    def run_the_floor(self: Worker) -> int:
+        server, task = self.config.servers[0], next(iter(self.routes)).decode()
+        sys.argv = ["python_floor_worker.py", f"{server.host}:{server.port}", task]
+        runpy.run_path(str(Path(__file__).with_name("python_floor_worker.py")))["main"]()
+        return 0
+
+    Worker.run = run_the_floor  # type: ignore[method-assign]
