@@ -82,8 +82,9 @@ def floor_in_child() -> None:
     """Each child runs the bare Python floor's own loop
     (python_floor_worker.py) on a connection of its own, in place of the
     pool's: the floor's code in a pool child's process (forked from the
-    master, with its memory, title and signal handlers). Against the floor,
-    it tells what the process costs from what the code does."""
+    master, with its memory and title; the loop's signal handlers are not
+    installed). Against the floor, it tells what the process costs from
+    what the code does."""
     import runpy
     import sys
     from pathlib import Path
