@@ -612,8 +612,11 @@ class Worker:
                     timer.arm(route.name, limit, started)
                 result = route.call(self, job)
             finally:
-                timer.job_over()
+                # in_task first: a cancel that came during job_over would
+                # raise past the line clearing it, and a stale in_task lets
+                # the next job's cancel raise before its task runs.
                 self.in_task = False
+                timer.job_over()
             if limit and timer.expired:
                 timer.check()  # the task caught JobTimeout and returned anyway
             if type(result) is not bytes:
