@@ -55,7 +55,6 @@ def floor_job_path() -> None:
     from gearman_workers.session import Session
 
     general = Worker._on_readable
-    wake_up = p.HEADER.pack(p.RES, p.NO_JOB, 0) + p.HEADER.pack(p.RES, p.NOOP, 0)
 
     def like_the_floor(self: Worker, session: Session) -> None:
         if not (session.registered and session.dozing):  # registering, or stopping: the pool's own way
@@ -70,7 +69,7 @@ def floor_job_path() -> None:
             route = self.routes[task]
             result = route.call(self, Job(handle, route.name, unique, data, session))
             sock.sendall(p.work_complete(handle, result) + session.after_job(True))
-        elif view[:size] == wake_up:
+        elif view[:size] == p.NO_JOB_THEN_NOOP:
             sock.sendall(session.woken(True))
         else:
             raise RuntimeError(f"floor_job_path: a read it was not made for: {bytes(view[:size])!r}")

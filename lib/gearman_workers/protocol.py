@@ -55,8 +55,8 @@ def work_complete(handle: bytes, result: bytes) -> bytes:
 
 # What wakes a child that sleeps between jobs: gearmand's NO_JOB to its
 # GRAB and the NOOP after it, in one read (see session.py, GRAB_THEN_SLEEP).
-_NO_JOB_THEN_NOOP = HEADER.pack(RES, NO_JOB, 0) + HEADER.pack(RES, NOOP, 0)
-_WAKE_UP_SIZE = len(_NO_JOB_THEN_NOOP)
+NO_JOB_THEN_NOOP = HEADER.pack(RES, NO_JOB, 0) + HEADER.pack(RES, NOOP, 0)
+_WAKE_UP_SIZE = len(NO_JOB_THEN_NOOP)
 WOKEN = ((NO_JOB, b""), (NOOP, b""))  # feed_received returns this very object: `is` tells it
 
 
@@ -77,7 +77,7 @@ class PacketReader:
         (NO_JOB and NOOP) is one comparison."""
         if self._pending:
             return self.feed(view[:size].tobytes())
-        if size == _WAKE_UP_SIZE and view[:size] == _NO_JOB_THEN_NOOP:  # first: the one read before every job
+        if size == _WAKE_UP_SIZE and view[:size] == NO_JOB_THEN_NOOP:  # first: the one read before every job
             return WOKEN
         if size >= HEADER_SIZE:  # the usual read: one whole packet (else the general case below)
             magic, kind, length = HEADER.unpack_from(view, 0)
