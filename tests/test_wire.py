@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 
 from gearman_workers import protocol as p
+from gearman_workers.config import Server
+from gearman_workers.connection import UP, ConnectionLost, GearmandConnection
 from gearman_workers.job import TaskResultError, encode_result
 
 
@@ -45,6 +50,61 @@ def test_packet_reader_takes_one_whole_read_as_is_and_falls_back_otherwise() -> 
     assert received(p.PacketReader(), noop + no_job) == [(p.NOOP, b""), (p.NO_JOB, b"")]
     with pytest.raises(p.ProtocolError):
         received(p.PacketReader(), no_job + b"\0REQ" + noop[4:])
+
+
+@pytest.fixture
+def linked() -> Iterator[tuple[GearmandConnection, socket.socket]]:
+    """A connected GearmandConnection and the far end of its socket (a
+    loopback pair the test made; no gearmand)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        link = GearmandConnection(Server("127.0.0.1", listener.getsockname()[1]), 0, 5.0)
+        link.start_connect()
+        far, _ = listener.accept()
+        link.finish_connect()
+        assert link.status == UP
+        yield link, far
+        link.close()
+        far.close()
+
+
+def test_the_wake_up_is_peeked_and_read_only_when_skipped(
+        linked: tuple[GearmandConnection, socket.socket]) -> None:
+    link, far = linked
+    assign = p.HEADER.pack(p.RES, p.JOB_ASSIGN_UNIQ, 9) + b"H:1\0f\0u\0d"
+    buffer = bytearray(64)
+    view = memoryview(buffer)
+    far.sendall(p.NO_JOB_THEN_NOOP + assign)
+    link.sock.recv(1, socket.MSG_PEEK | socket.MSG_WAITALL)  # type: ignore[union-attr]  # the bytes are here
+    assert link.peek_woken(buffer, view)
+    assert link.peek_woken(buffer, view)  # still there: a peek takes nothing
+    link.skip_woken(buffer)  # the wake-up, and nothing after it
+    assert not link.peek_woken(buffer, view)  # a job waits now, not a wake-up
+    assert list(link.receive(buffer, view)) == [(p.JOB_ASSIGN_UNIQ, b"H:1\0f\0u\0d")]
+
+
+def test_no_wake_up_is_seen_in_the_middle_of_a_packet(linked: tuple[GearmandConnection, socket.socket]) -> None:
+    link, far = linked
+    buffer = bytearray(64)
+    view = memoryview(buffer)
+    no_job = p.HEADER.pack(p.RES, p.NO_JOB, 0)
+    far.sendall(p.HEADER.pack(p.RES, p.WORK_DATA, len(no_job) * 2)[:8])  # a header cut short
+    assert list(link.receive(buffer, view)) == []
+    far.sendall(p.HEADER.pack(p.RES, p.WORK_DATA, len(no_job) * 2)[8:] + p.NO_JOB_THEN_NOOP)
+    link.sock.recv(1, socket.MSG_PEEK | socket.MSG_WAITALL)  # type: ignore[union-attr]
+    assert not link.peek_woken(buffer, view)  # these bytes end the packet begun before
+    assert list(link.receive(buffer, view)) == [(p.WORK_DATA, p.NO_JOB_THEN_NOOP)]
+
+
+def test_a_wake_up_cut_short_loses_the_connection(
+        linked: tuple[GearmandConnection, socket.socket]) -> None:
+    link, far = linked
+    buffer = bytearray(64)
+    far.sendall(p.NO_JOB_THEN_NOOP[:12])
+    far.close()
+    link.sock.recv(1, socket.MSG_PEEK | socket.MSG_WAITALL)  # type: ignore[union-attr]
+    assert not link.peek_woken(buffer, memoryview(buffer))
+    with pytest.raises(ConnectionLost):
+        link.skip_woken(buffer)
 
 
 def test_encode_result() -> None:

@@ -457,6 +457,11 @@ class Worker:
     def _on_readable(self, session: Session) -> None:
         link = session.link
         try:
+            # Dozing after a job's answer, the read is almost always gearmand's
+            # wake-up: answered before it is read (see GearmandConnection.peek_woken).
+            if session.dozing and not session.grabbed_on_noop and link.peek_woken(self._buffer, self._view):
+                self._on_woken_unread(session)
+                return
             packets = link.receive(self._buffer, self._view)
         except ConnectionLost as err:
             self._lost(session, str(err))
@@ -469,20 +474,25 @@ class Worker:
                     if not session.registered:
                         self._confirm_registration(session)
                     self._run_job(session, body)
-                elif kind == NO_JOB:
-                    self._on_no_job(session)
-                elif kind == NOOP:
-                    grab = session.noop(self.accepting)
-                    if grab:
-                        self._send(session, grab)
-                elif kind == p.ERROR:
-                    self._on_error(link, body)
+                else:
+                    self._on_other_packet(session, kind, body)
                 if link.status != UP:
                     return
         try:  # here, not in _settle_low_water: this is every job's path
             session.settle_low_water(self.stopping)
         except ConnectionLost as err:
             self._lost(session, str(err))
+
+    def _on_other_packet(self, session: Session, kind: int, body: bytes) -> None:
+        """Any packet but a job (a kind the worker side never gets is ignored)."""
+        if kind == NO_JOB:
+            self._on_no_job(session)
+        elif kind == NOOP:
+            grab = session.noop(self.accepting)
+            if grab:
+                self._send(session, grab)
+        elif kind == p.ERROR:
+            self._on_error(session.link, body)
 
     def _on_no_job(self, session: Session) -> None:
         # PRE_SLEEP first: whatever we do before it delays the next job.
@@ -495,6 +505,14 @@ class Worker:
         grab = session.woken(self.accepting)
         if (not grab or self._send(session, grab)) and not session.registered:
             self._confirm_registration(session)
+
+    def _on_woken_unread(self, session: Session) -> None:
+        """The wake-up, still in the socket: answered, then read."""
+        self._on_woken(session)
+        link = session.link
+        if link.status == UP:  # else the answer found the connection lost, and the wake-up went with it
+            link.skip_woken(self._buffer)
+            session.settle_low_water(self.stopping)
 
     @staticmethod
     def _on_error(link: GearmandConnection, body: bytes) -> None:

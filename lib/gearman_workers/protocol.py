@@ -56,17 +56,17 @@ def work_complete(handle: bytes, result: bytes) -> bytes:
 # What wakes a child that sleeps between jobs: gearmand's NO_JOB to its
 # GRAB and the NOOP after it, in one read (see session.py, GRAB_THEN_SLEEP).
 NO_JOB_THEN_NOOP = HEADER.pack(RES, NO_JOB, 0) + HEADER.pack(RES, NOOP, 0)
-_WAKE_UP_SIZE = len(NO_JOB_THEN_NOOP)
+WAKE_UP_SIZE = len(NO_JOB_THEN_NOOP)
 WOKEN = ((NO_JOB, b""), (NOOP, b""))  # feed_received returns this very object: `is` tells it
 
 
 class PacketReader:
     """Turns the bytes of one connection into (type, body) packets."""
 
-    __slots__ = ("_need", "_pending")
+    __slots__ = ("_need", "pending")
 
     def __init__(self) -> None:
-        self._pending = bytearray()
+        self.pending = bytearray()  # the start of a packet that the next read continues
         self._need = HEADER_SIZE
 
     def feed_received(self, view: memoryview, size: int) -> Sequence[tuple[int, bytes]]:
@@ -75,9 +75,9 @@ class PacketReader:
         NOOP) with nothing pending: those are cut straight out of the
         receive buffer, without copying the read first, and the wake-up
         (NO_JOB and NOOP) is one comparison."""
-        if self._pending:
+        if self.pending:
             return self.feed(view[:size].tobytes())
-        if size == _WAKE_UP_SIZE and view[:size] == NO_JOB_THEN_NOOP:  # first: the one read before every job
+        if size == WAKE_UP_SIZE and view[:size] == NO_JOB_THEN_NOOP:  # first: the one read before every job
             return WOKEN
         if size >= HEADER_SIZE:  # the usual read: one whole packet (else the general case below)
             magic, kind, length = HEADER.unpack_from(view, 0)
@@ -86,12 +86,12 @@ class PacketReader:
         return self._packets(view, size)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        if self._pending:
-            self._pending += data
-            if len(self._pending) < self._need:
+        if self.pending:
+            self.pending += data
+            if len(self.pending) < self._need:
                 return []
-            data = bytes(self._pending)
-            self._pending = bytearray()
+            data = bytes(self.pending)
+            self.pending = bytearray()
         return self._packets(data, len(data))
 
     def _packets(self, data: bytes | memoryview, end: int) -> list[tuple[int, bytes]]:
@@ -112,6 +112,6 @@ class PacketReader:
             packets.append((kind, bytes(data[pos + HEADER_SIZE:stop])))  # bytes of bytes: no copy
             pos = stop
         if pos < end:
-            self._pending = bytearray(data[pos:end])
+            self.pending = bytearray(data[pos:end])
             self._need = need
         return packets
