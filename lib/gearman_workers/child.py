@@ -478,10 +478,10 @@ class Worker:
                     self._on_other_packet(session, kind, body)
                 if link.status != UP:
                     return
-        try:  # here, not in _settle_low_water: this is every job's path
-            session.settle_low_water(self.stopping)
-        except ConnectionLost as err:
-            self._lost(session, str(err))
+        # The mark moves only around a PRE_SLEEP: a child fed jobs back to back
+        # (neither dozing nor asleep) skips the call on every job's path.
+        if session.dozing or session.sleep_sent:
+            self._settle_low_water(session)
 
     def _on_other_packet(self, session: Session, kind: int, body: bytes) -> None:
         """Any packet but a job (a kind the worker side never gets is ignored)."""
