@@ -97,3 +97,13 @@ def floor_in_child() -> None:
         return 0
 
     Worker.run = run_the_floor  # type: ignore[method-assign]
+
+
+def read_first() -> None:
+    """The wake-up (NO_JOB and NOOP) read before it is answered, as the
+    pool did before stop 37: the read empties the socket, and Linux sends
+    a bare ACK for the two segments from inside it, ahead of the GRAB
+    (bench/hops --variant read_first shows the ACK and its microseconds)."""
+    from gearman_workers.connection import GearmandConnection
+
+    GearmandConnection.peek_woken = lambda self, buffer, view: False  # type: ignore[method-assign]
