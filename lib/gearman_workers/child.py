@@ -479,9 +479,13 @@ class Worker:
                 if link.status != UP:
                     return
         # The mark moves only around a PRE_SLEEP: a child fed jobs back to back
-        # (neither dozing nor asleep) skips the call on every job's path.
+        # (neither dozing nor asleep) skips the call on every job's path. A
+        # sleeping child makes it here, not in _settle_low_water: a call less.
         if session.dozing or session.sleep_sent:
-            self._settle_low_water(session)
+            try:
+                session.settle_low_water(self.stopping)
+            except ConnectionLost as err:
+                self._lost(session, str(err))
 
     def _on_other_packet(self, session: Session, kind: int, body: bytes) -> None:
         """Any packet but a job (a kind the worker side never gets is ignored)."""
