@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -174,6 +176,87 @@ def test_children_that_lose_a_job_to_another_sleep_through_their_no_job(gearmand
             for child in children:
                 wait_for(lambda child=child: unread_from(child, gearmand.port) == p.HEADER_SIZE,
                          what=f"child {child}'s NO_JOB to wait unread")
+
+
+class TailHoldingRelay:
+    """Between one child and gearmand: every JOB_ASSIGN reaches the child
+    without its last bytes until the child has read the rest, as the last
+    segment of a big job can trail the others across a real network."""
+
+    TAIL = 5  # fewer bytes than any packet but a bare header: below a dozing socket's low-water mark
+
+    def __init__(self, gearmand_port: int) -> None:
+        self.gearmand_port = gearmand_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held = 0  # JOB_ASSIGNs whose tail was held back
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                child, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.gearmand_port))
+                threading.Thread(target=self._pipe, args=(child, upstream), daemon=True).start()
+                threading.Thread(target=self._hold_tails, args=(upstream, child), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def _hold_tails(self, upstream: socket.socket, child: socket.socket) -> None:
+        child_port = child.getpeername()[1]
+        stream = b""
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                stream += data
+                while len(stream) >= p.HEADER_SIZE:
+                    _, kind, length = p.HEADER.unpack_from(stream)
+                    end = p.HEADER_SIZE + length
+                    if len(stream) < end:
+                        break
+                    packet, stream = stream[:end], stream[end:]
+                    if kind != p.JOB_ASSIGN_UNIQ:
+                        child.sendall(packet)
+                        continue
+                    child.sendall(packet[:-self.TAIL])
+                    wait_for(lambda: unread_at(child_port, self.port) == 0, what="the child to read the head")
+                    self.held += 1
+                    child.sendall(packet[-self.TAIL:])
+        with contextlib.suppress(OSError):
+            child.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def unread_at(local_port: int, remote_port: int) -> int | None:
+    """Bytes waiting unread in the loopback socket from LOCAL_PORT to REMOTE_PORT."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == local_port and int(fields[2].split(":")[1], 16) == remote_port:
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def test_a_job_whose_last_bytes_come_late_is_still_run(gearmand: Gearmand, tmp_path: Path) -> None:
+    # A child that sleeps between jobs raises its socket's low-water mark, so
+    # that a lone NO_JOB does not wake it. A job read in part must lower it
+    # again: else a last segment shorter than the mark never wakes the child,
+    # and the job hangs with it until the connection drops.
+    relay = TailHoldingRelay(gearmand.port)
+    try:
+        with running(Pool(gearmand, tmp_path, "--servers", f"127.0.0.1:{relay.port}", processes=1)):
+            for number, size in enumerate((1, 3000, 70_000)):
+                payload = bytes([number]) * size
+                assert submit(gearmand, "echo", payload).result == payload
+            assert relay.held == 3
+    finally:
+        relay.close()
 
 
 def test_term_right_after_a_job_stops_at_once(gearmand: Gearmand, tmp_path: Path) -> None:

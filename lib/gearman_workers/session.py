@@ -123,8 +123,11 @@ class Session:
         """Doze while the answer to GRAB + PRE_SLEEP is pending (a lone
         NO_JOB then does not wake us: see GearmandConnection.doze), not
         otherwise, and not when stopping: then that answer is what we wait
-        for. Raises ConnectionLost."""
-        wanted = self.awaiting_grab and self.sleep_sent and not stopping and not self.regrab
+        for. Nor with a packet read in part: the rest of it (the last
+        segment of a big job, say) may be shorter than the raised mark, and
+        would never wake us. Raises ConnectionLost."""
+        wanted = self.awaiting_grab and self.sleep_sent and not stopping and not self.regrab \
+            and not self.link.reader.pending
         if wanted != self.dozing and self.link.status == UP:
             if wanted:
                 self.link.doze()
