@@ -8,9 +8,16 @@ that protection. For measuring only; never for running jobs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from gearman_workers.child import IDLE_TITLE_AFTER
 from gearman_workers.poison import PoisonCheck
 from gearman_workers.scoreboard import SlotWriter
 from gearman_workers.titles import Title
+
+if TYPE_CHECKING:
+    from gearman_workers.child import Worker
+    from gearman_workers.session import Session
 
 
 def without_poison_check() -> None:
@@ -52,7 +59,6 @@ def floor_job_path() -> None:
     from gearman_workers import protocol as p
     from gearman_workers.child import Worker
     from gearman_workers.job import Job
-    from gearman_workers.session import Session
 
     general = Worker._on_readable
 
@@ -75,6 +81,7 @@ def floor_job_path() -> None:
             raise RuntimeError(f"floor_job_path: a read it was not made for: {bytes(view[:size])!r}")
 
     Worker._on_readable = like_the_floor  # type: ignore[method-assign]
+    Worker._wait_dozing = _poll_then_read  # type: ignore[method-assign]  # the floor's reads: nothing peeked
 
 
 def floor_in_child() -> None:
@@ -107,3 +114,24 @@ def read_first() -> None:
     from gearman_workers.connection import GearmandConnection
 
     GearmandConnection.peek_woken = lambda self, buffer, view: False  # type: ignore[method-assign]
+
+
+def wait_in_poll() -> None:
+    """A dozing child waits for its next job in poll, then reads, as the
+    pool did before stop 38: a system call more per wait, two per job fed
+    one at a time (bench/hops --variant wait_in_poll)."""
+    from gearman_workers.child import Worker
+
+    Worker._wait_dozing = _poll_then_read  # type: ignore[method-assign]
+
+
+def _poll_then_read(self: Worker, session: Session) -> None:
+    """Worker._wait_dozing as poll, then the read it reports."""
+    events = self.poller.poll(int(IDLE_TITLE_AFTER * 1000))
+    if not events:
+        self._on_idle_tick()
+    for fd, _mask in events:
+        if fd == session.link.sock.fileno():  # type: ignore[union-attr]  # up: sock is set
+            self._on_readable(session)
+        else:
+            self._drain_wakeups()

@@ -163,21 +163,6 @@ def test_a_child_fed_one_job_at_a_time_answers_the_wake_up_before_reading_it(gea
         assert bare_acks_from(child, gearmand.port) - before < jobs // 3
 
 
-def test_children_that_lose_a_job_to_another_sleep_through_their_no_job(gearmand: Gearmand,
-                                                                       tmp_path: Path) -> None:
-    # gearmand's NOOP wakes every idle child; each grabs with its PRE_SLEEP
-    # in the same write, so the NO_JOB of those that lost the job (and the
-    # winner's after its job) waits unread: no child wakes for it.
-    with running(Pool(gearmand, tmp_path, processes=2)) as pool:
-        assert submit(gearmand, "echo", "first").result == b"first"  # both children have slept once since
-        children = pool.children()
-        for number in range(3):
-            assert submit(gearmand, "echo", str(number)).result == str(number).encode()
-            for child in children:
-                wait_for(lambda child=child: unread_from(child, gearmand.port) == p.HEADER_SIZE,
-                         what=f"child {child}'s NO_JOB to wait unread")
-
-
 class TailHoldingRelay:
     """Between one child and gearmand: every JOB_ASSIGN reaches the child
     without its last bytes until the child has read the rest, as the last

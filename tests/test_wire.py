@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
 
 from gearman_workers import protocol as p
 from gearman_workers.config import Server
-from gearman_workers.connection import UP, ConnectionLost, GearmandConnection
+from gearman_workers.connection import DOZING_TIMEOUT, NOTHING_READ, UP, ConnectionLost, GearmandConnection
 from gearman_workers.job import TaskResultError, encode_result
 
 
@@ -105,6 +106,35 @@ def test_a_wake_up_cut_short_loses_the_connection(
     assert not link.peek_woken(buffer, memoryview(buffer))
     with pytest.raises(ConnectionLost):
         link.skip_woken(buffer)
+
+
+def receive_timeout(link: GearmandConnection) -> float:
+    """The socket's SO_RCVTIMEO, in seconds."""
+    seconds, micros = struct.unpack("ll", link.sock.getsockopt(  # type: ignore[union-attr]
+        socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.calcsize("ll")))
+    return seconds + micros / 1e6
+
+
+def test_a_dozing_read_waits_briefly_and_not_for_a_lone_no_job(
+        linked: tuple[GearmandConnection, socket.socket]) -> None:
+    # A dozing child waits for its next job in the read itself: the read
+    # gives up after DOZING_TIMEOUT (the child then says "idle"), and the
+    # NO_JOB it dozes through neither ends the wait nor is taken by it.
+    link, far = linked
+    buffer = bytearray(64)
+    view = memoryview(buffer)
+    link.doze()
+    assert receive_timeout(link) == pytest.approx(DOZING_TIMEOUT, abs=0.01)  # the kernel counts in ticks
+    assert link.peek_woken(buffer, view) is None  # nothing came
+    assert link.receive(buffer, view) is NOTHING_READ
+    no_job, noop = p.NO_JOB_THEN_NOOP[:p.HEADER_SIZE], p.NO_JOB_THEN_NOOP[p.HEADER_SIZE:]
+    far.sendall(no_job)
+    assert link.peek_woken(buffer, view) is None  # below the low-water mark: still asleep
+    far.sendall(noop)
+    assert link.peek_woken(buffer, view) is True  # the NO_JOB waited, and the wake-up is whole
+    link.skip_woken(buffer)
+    link.undoze()
+    assert receive_timeout(link) == pytest.approx(link.connect_timeout, abs=0.01)  # awake: what gearmand may take
 
 
 def test_encode_result() -> None:

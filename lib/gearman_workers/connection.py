@@ -31,6 +31,17 @@ DOWN, CONNECTING, UP = 0, 1, 2
 # holds a handle, a function name and three NULs), an ERROR (a code and a
 # text) or the connection's end all do.
 DOZING_LOW_WATER = p.HEADER_SIZE + 1
+# A dozing socket's blocking read gives up after this long: the child waits
+# for its next job in the read itself, not in poll (see Worker._wait_dozing),
+# and says "idle" when nothing came by then.
+DOZING_TIMEOUT = 0.05
+
+
+class _NothingRead(tuple):
+    """What receive() returns when its timeout passed: no packets, and told apart by `is`."""
+
+
+NOTHING_READ: Sequence[tuple[int, bytes]] = _NothingRead()
 
 
 class ConnectionLost(Exception):
@@ -41,6 +52,12 @@ class DescriptorsClosed(Exception):
     """Task code closed this child's socket under it (os.closerange, say):
     the child cannot answer its job and must leave, so that the job counts
     against the task (poison.py) instead of being taken and lost again."""
+
+
+def _timeval(seconds: float) -> bytes:
+    """SECONDS as the struct timeval that SO_RCVTIMEO and SO_SNDTIMEO take."""
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
 
 def _lost(err: OSError, doing: str) -> Exception:
@@ -57,6 +74,7 @@ class GearmandConnection:
         "down_since",
         "index",
         "reader",
+        "receive_timeouts",
         "retry_at",
         "server",
         "sock",
@@ -67,6 +85,8 @@ class GearmandConnection:
         self.server = server
         self.index = index  # position in the pool's server list (names the server in the scoreboard)
         self.connect_timeout = connect_timeout
+        # SO_RCVTIMEO awake (see finish_connect) and dozing (see doze).
+        self.receive_timeouts = (_timeval(connect_timeout), _timeval(DOZING_TIMEOUT))
         self.sock: socket.socket | None = None
         self.reader = p.PacketReader()
         self.status = DOWN
@@ -100,8 +120,7 @@ class GearmandConnection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Blocking sends and receives, but never forever: a gearmand that
         # stays silent for connect_timeout while it owes us an answer is gone.
-        seconds = int(self.connect_timeout)
-        timeout = struct.pack("ll", seconds, int((self.connect_timeout - seconds) * 1e6))
+        timeout = self.receive_timeouts[0]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         self.status = UP
@@ -118,8 +137,12 @@ class GearmandConnection:
             raise _lost(err, "send") from None
 
     def receive(self, buffer: bytearray, view: memoryview) -> Sequence[tuple[int, bytes]]:
+        """The packets read (blocking); none when nothing came before the
+        socket's receive timeout (connect_timeout, or dozing DOZING_TIMEOUT)."""
         try:
             size = self.sock.recv_into(buffer)  # type: ignore[union-attr]  # connected: sock is set; a check would cost every job
+        except BlockingIOError:
+            return NOTHING_READ
         except OSError as err:
             raise _lost(err, "receive") from None
         if not size:
@@ -129,9 +152,12 @@ class GearmandConnection:
         except p.ProtocolError as err:
             raise ConnectionLost(str(err)) from None
 
-    def peek_woken(self, buffer: bytearray, view: memoryview) -> bool:
+    def peek_woken(self, buffer: bytearray, view: memoryview) -> bool | None:
         """Whether the bytes waiting begin with gearmand's wake-up (NO_JOB
-        and NOOP), which stays in the socket until skip_woken().
+        and NOOP), which stays in the socket until skip_woken(). Waits for
+        bytes if none are there: None when nothing that wakes a dozing
+        child came before the socket's receive timeout (DOZING_TIMEOUT):
+        no bytes, or a lone NO_JOB below the low-water mark.
 
         Why answer before reading: the read that empties the socket makes
         Linux acknowledge the two small segments it took (the lone NO_JOB
@@ -143,9 +169,13 @@ class GearmandConnection:
             return False  # the bytes waiting continue a packet
         try:
             size = self.sock.recv_into(buffer, p.WAKE_UP_SIZE, socket.MSG_PEEK)  # type: ignore[union-attr]  # connected: sock is set
+        except BlockingIOError:
+            return None
         except OSError as err:
             raise _lost(err, "receive") from None
-        return size == p.WAKE_UP_SIZE and view[:size] == p.NO_JOB_THEN_NOOP
+        if size == p.WAKE_UP_SIZE:
+            return view[:size] == p.NO_JOB_THEN_NOOP
+        return None if 0 < size < DOZING_LOW_WATER else False
 
     def skip_woken(self, buffer: bytearray) -> None:
         """Read the wake-up that peek_woken() found, once it is answered."""
@@ -160,15 +190,18 @@ class GearmandConnection:
         """After GRAB and PRE_SLEEP went out together: the usual answer, a
         lone NO_JOB, needs nothing from us, so it should not wake us. Raise
         the socket's low-water mark until the next read (undoze): the child
-        then wakes once per job, for the NO_JOB and the NOOP together."""
-        self._set_low_water(DOZING_LOW_WATER)
+        then wakes once per job, for the NO_JOB and the NOOP together.
+        A blocking read waits DOZING_TIMEOUT at most: what the child waits
+        in while dozing (see peek_woken)."""
+        self._set_low_water(DOZING_LOW_WATER, self.receive_timeouts[1])
 
     def undoze(self) -> None:
-        self._set_low_water(1)
+        self._set_low_water(1, self.receive_timeouts[0])
 
-    def _set_low_water(self, size: int) -> None:
+    def _set_low_water(self, size: int, timeout: bytes) -> None:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)  # type: ignore[union-attr]  # connected: sock is set
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)  # type: ignore[union-attr]
         except OSError as err:
             raise _lost(err, "setsockopt") from None
 
