@@ -163,18 +163,16 @@ def test_a_child_fed_one_job_at_a_time_answers_the_wake_up_before_reading_it(gea
         assert bare_acks_from(child, gearmand.port) - before < jobs // 3
 
 
-class TailHoldingRelay:
-    """Between one child and gearmand: every JOB_ASSIGN reaches the child
-    without its last bytes until the child has read the rest, as the last
-    segment of a big job can trail the others across a real network."""
-
-    TAIL = 5  # fewer bytes than any packet but a bare header: below a dozing socket's low-water mark
+class ChildRelay:
+    """Between a pool's children and gearmand, on loopback: what the
+    children send goes through as it is; what gearmand sends, as
+    _to_child() passes it on."""
 
     def __init__(self, gearmand_port: int) -> None:
         self.gearmand_port = gearmand_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.held = 0  # JOB_ASSIGNs whose tail was held back
+        self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -182,8 +180,9 @@ class TailHoldingRelay:
             while True:
                 child, _ = self.listener.accept()
                 upstream = socket.create_connection(("127.0.0.1", self.gearmand_port))
+                self.connections += 1
                 threading.Thread(target=self._pipe, args=(child, upstream), daemon=True).start()
-                threading.Thread(target=self._hold_tails, args=(upstream, child), daemon=True).start()
+                threading.Thread(target=self._to_child, args=(upstream, child), daemon=True).start()
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
@@ -193,7 +192,25 @@ class TailHoldingRelay:
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_RDWR)
 
-    def _hold_tails(self, upstream: socket.socket, child: socket.socket) -> None:
+    def _to_child(self, upstream: socket.socket, child: socket.socket) -> None:
+        self._pipe(upstream, child)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class TailHoldingRelay(ChildRelay):
+    """Every JOB_ASSIGN reaches the child without its last bytes until the
+    child has read the rest, as the last segment of a big job can trail
+    the others across a real network."""
+
+    TAIL = 5  # fewer bytes than any packet but a bare header: below a dozing socket's low-water mark
+
+    def __init__(self, gearmand_port: int) -> None:
+        self.held = 0  # JOB_ASSIGNs whose tail was held back
+        super().__init__(gearmand_port)
+
+    def _to_child(self, upstream: socket.socket, child: socket.socket) -> None:
         child_port = child.getpeername()[1]
         stream = b""
         with contextlib.suppress(OSError):
@@ -215,8 +232,15 @@ class TailHoldingRelay:
         with contextlib.suppress(OSError):
             child.shutdown(socket.SHUT_RDWR)
 
-    def close(self) -> None:
-        self.listener.close()
+
+class MutedRelay(ChildRelay):
+    """Nothing gearmand sends reaches the child, and the connection stays
+    up: a gearmand host cut off without a reset."""
+
+    def _to_child(self, upstream: socket.socket, child: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while upstream.recv(65536):
+                pass
 
 
 def unread_at(local_port: int, remote_port: int) -> int | None:
@@ -240,6 +264,21 @@ def test_a_job_whose_last_bytes_come_late_is_still_run(gearmand: Gearmand, tmp_p
                 payload = bytes([number]) * size
                 assert submit(gearmand, "echo", payload).result == payload
             assert relay.held == 3
+    finally:
+        relay.close()
+
+
+def test_a_gearmand_silent_while_it_owes_an_answer_is_left_and_connected_again(gearmand: Gearmand,
+                                                                             tmp_path: Path) -> None:
+    # gearmand answers a GRAB at once. One that owes the answer for
+    # connect_timeout is gone (its host cut off without a reset): the child
+    # leaves the connection and makes a new one, rather than wait forever.
+    relay = MutedRelay(gearmand.port)
+    try:
+        with running(Pool(gearmand, tmp_path, "--servers", f"127.0.0.1:{relay.port}", "--connect-timeout", "1",
+                          processes=1)) as pool:
+            wait_for(lambda: relay.connections >= 2, what="the child to connect again")
+            assert "gearmand sent nothing for 1 s while it owed an answer" in pool.log()
     finally:
         relay.close()
 
