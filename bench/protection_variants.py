@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gearman_workers.child import IDLE_TITLE_AFTER
+from gearman_workers.child import IDLE_TITLE_AFTER, Worker
 from gearman_workers.poison import PoisonCheck
 from gearman_workers.scoreboard import SlotWriter
 from gearman_workers.titles import Title
 
 if TYPE_CHECKING:
-    from gearman_workers.child import Worker
     from gearman_workers.session import Session
 
 
@@ -57,7 +56,6 @@ def floor_job_path() -> None:
     --variant floor_job_path tells what the job path costs from what the
     rest does."""
     from gearman_workers import protocol as p
-    from gearman_workers.child import Worker
     from gearman_workers.job import Job
 
     general = Worker._on_readable
@@ -95,8 +93,6 @@ def floor_in_child() -> None:
     import sys
     from pathlib import Path
 
-    from gearman_workers.child import Worker
-
     def run_the_floor(self: Worker) -> int:
         server, task = self.config.servers[0], next(iter(self.routes)).decode()
         sys.argv = ["python_floor_worker.py", f"{server.host}:{server.port}", task]
@@ -120,8 +116,6 @@ def wait_in_poll() -> None:
     """A dozing child waits for its next job in poll, then reads, as the
     pool did before stop 38: a system call more per wait, two per job fed
     one at a time (bench/hops --variant wait_in_poll)."""
-    from gearman_workers.child import Worker
-
     Worker._wait_dozing = _poll_then_read  # type: ignore[method-assign]
 
 
