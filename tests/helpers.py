@@ -431,7 +431,9 @@ class RedisServer(LoopbackServer):
 
 class Relay:
     """A TCP relay the test can cut and restore: a network outage between
-    one pool and Redis, while everyone else still reaches Redis."""
+    one pool and a server (Redis, gearmand), while everyone else still
+    reaches it. A subclass may change what the server sends on its way
+    (_to_client)."""
 
     def __init__(self, target_port: int) -> None:
         import threading
@@ -442,6 +444,7 @@ class Relay:
         self.open = threading.Event()
         self.open.set()
         self.sockets: list[socket.socket] = []
+        self.connections = 0  # made through the relay so far
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -459,8 +462,12 @@ class Relay:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:
                 self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                self.connections += 1
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(upstream, client), daemon=True).start()
+
+    def _to_client(self, upstream: socket.socket, client: socket.socket) -> None:
+        self._pipe(upstream, client)
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from gearman_workers import identities
 from gearman_workers import protocol as p
-from helpers import EXAMPLES, Gearmand, Pool, pid_alive, run_cli, running, submit, wait_for
+from helpers import EXAMPLES, Gearmand, Pool, Relay, pid_alive, run_cli, running, submit, wait_for
 
 
 def test_children_register_every_task(gearmand: Gearmand, tmp_path: Path) -> None:
@@ -163,46 +163,11 @@ def test_a_child_fed_one_job_at_a_time_answers_the_wake_up_before_reading_it(gea
         assert bare_acks_from(child, gearmand.port) - before < jobs // 3
 
 
-class ChildRelay:
-    """Between a pool's children and gearmand, on loopback: what the
-    children send goes through as it is; what gearmand sends, as
-    _to_child() passes it on."""
-
-    def __init__(self, gearmand_port: int) -> None:
-        self.gearmand_port = gearmand_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                child, _ = self.listener.accept()
-                upstream = socket.create_connection(("127.0.0.1", self.gearmand_port))
-                self.connections += 1
-                threading.Thread(target=self._pipe, args=(child, upstream), daemon=True).start()
-                threading.Thread(target=self._to_child, args=(upstream, child), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_RDWR)
-
-    def _to_child(self, upstream: socket.socket, child: socket.socket) -> None:
-        self._pipe(upstream, child)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-class TailHoldingRelay(ChildRelay):
-    """Every JOB_ASSIGN reaches the child without its last bytes until the
-    child has read the rest, as the last segment of a big job can trail
-    the others across a real network."""
+class TailHoldingRelay(Relay):
+    """Between a pool's child and gearmand: every JOB_ASSIGN reaches the
+    child without its last bytes until the child has read the rest, as
+    the last segment of a big job can trail the others across a real
+    network."""
 
     TAIL = 5  # fewer bytes than any packet but a bare header: below a dozing socket's low-water mark
 
@@ -210,7 +175,7 @@ class TailHoldingRelay(ChildRelay):
         self.held = 0  # JOB_ASSIGNs whose tail was held back
         super().__init__(gearmand_port)
 
-    def _to_child(self, upstream: socket.socket, child: socket.socket) -> None:
+    def _to_client(self, upstream: socket.socket, child: socket.socket) -> None:
         child_port = child.getpeername()[1]
         stream = b""
         with contextlib.suppress(OSError):
@@ -233,11 +198,12 @@ class TailHoldingRelay(ChildRelay):
             child.shutdown(socket.SHUT_RDWR)
 
 
-class MutedRelay(ChildRelay):
-    """Nothing gearmand sends reaches the child, and the connection stays
-    up: a gearmand host cut off without a reset."""
+class MutedRelay(Relay):
+    """Between a pool's child and gearmand: nothing gearmand sends reaches
+    the child, and the connection stays up (a gearmand host cut off
+    without a reset)."""
 
-    def _to_child(self, upstream: socket.socket, child: socket.socket) -> None:
+    def _to_client(self, upstream: socket.socket, child: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while upstream.recv(65536):
                 pass
