@@ -483,12 +483,14 @@ class Worker:
 
     # --- packets ----------------------------------------------------------
 
-    def _on_readable(self, session: Session) -> None:
+    def _on_readable(self, session: Session, peeked: bool = False) -> None:
+        """PEEKED: the caller has already looked, and found no wake-up."""
         link = session.link
         try:
             # Dozing after a job's answer, the read is almost always gearmand's
             # wake-up: answered before it is read (see GearmandConnection.peek_woken).
-            if session.dozing and not session.grabbed_on_noop and link.peek_woken(self._buffer, self._view):
+            if session.dozing and not session.grabbed_on_noop and not peeked \
+                    and link.peek_woken(self._buffer, self._view):
                 self._on_woken_unread(session)
                 return
             packets = link.receive(self._buffer, self._view)
@@ -558,7 +560,7 @@ class Worker:
         elif woken is None:
             self._on_idle_tick()
         else:
-            self._on_readable(session)
+            self._on_readable(session, peeked=True)  # a job that answered the GRAB sent with the last answer
 
     def _on_other_packet(self, session: Session, kind: int, body: bytes) -> None:
         """Any packet but a job (a kind the worker side never gets is ignored)."""
