@@ -68,13 +68,14 @@ def _lost(err: OSError, doing: str) -> Exception:
 
 class GearmandConnection:
     __slots__ = (
+        "awake_timeout",
         "backoff",
         "connect_deadline",
         "connect_timeout",
         "down_since",
+        "dozing_timeout",
         "index",
         "reader",
-        "receive_timeouts",
         "retry_at",
         "server",
         "sock",
@@ -85,8 +86,8 @@ class GearmandConnection:
         self.server = server
         self.index = index  # position in the pool's server list (names the server in the scoreboard)
         self.connect_timeout = connect_timeout
-        # SO_RCVTIMEO awake (see finish_connect) and dozing (see doze).
-        self.receive_timeouts = (_timeval(connect_timeout), _timeval(DOZING_TIMEOUT))
+        # SO_RCVTIMEO (and awake SO_SNDTIMEO) as setsockopt takes them: see finish_connect and doze.
+        self.awake_timeout, self.dozing_timeout = _timeval(connect_timeout), _timeval(DOZING_TIMEOUT)
         self.sock: socket.socket | None = None
         self.reader = p.PacketReader()
         self.status = DOWN
@@ -120,7 +121,7 @@ class GearmandConnection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Blocking sends and receives, but never forever: a gearmand that
         # stays silent for connect_timeout while it owes us an answer is gone.
-        timeout = self.receive_timeouts[0]
+        timeout = self.awake_timeout
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         self.status = UP
@@ -193,10 +194,10 @@ class GearmandConnection:
         then wakes once per job, for the NO_JOB and the NOOP together.
         A blocking read waits DOZING_TIMEOUT at most: what the child waits
         in while dozing (see peek_woken)."""
-        self._set_low_water(DOZING_LOW_WATER, self.receive_timeouts[1])
+        self._set_low_water(DOZING_LOW_WATER, self.dozing_timeout)
 
     def undoze(self) -> None:
-        self._set_low_water(1, self.receive_timeouts[0])
+        self._set_low_water(1, self.awake_timeout)
 
     def _set_low_water(self, size: int, timeout: bytes) -> None:
         try:
