@@ -48,3 +48,50 @@ def test_the_master_never_reads_a_half_written_heartbeat() -> None:
     finally:
         os.waitpid(child, 0)
     assert all(info.heartbeat > 0 and info.pid in (0, 4242) for info in reads)
+
+
+def test_the_poison_check_finds_exactly_the_busy_slots_that_name_the_job() -> None:
+    """A child that receives a job asks whether some slot in use names it
+    (a child that died holding it, not yet reaped): a handle that only
+    starts like it, an idle slot, another server or a free slot is no match."""
+    from gearman_workers.scoreboard import HANDLE_FIELD, ChildState, Scoreboard
+
+    board = Scoreboard(6)
+    board.set_slots_in_use(5)
+    long_handle = b"H:host:" + b"9" * (HANDLE_FIELD - 7)  # fills its field: no NUL after it
+    named = [(b"H:host:12", 0), (b"H:host:123", 0), (b"H:host:12", 1), (b"H:host:12", 0), (long_handle, 0)]
+    for slot, (handle, server) in enumerate(named):
+        board.reset(slot)
+        writer = board.writer(slot, 100 + slot)
+        writer.publish(ChildState.IDLE)
+        writer.busy(1.0, 0.0, server, b"echo", b"", handle)
+    board.writer(3, 103).between_jobs(ChildState.IDLE, 2.0)  # its job is over: the handle stays, idle
+    board.reset(5)
+    board.writer(5, 105).busy(1.0, 0.0, 0, b"echo", b"", b"H:host:77")  # beyond the slots in use
+
+    assert board.busy_with(0, b"H:host:12") == [100]
+    assert board.busy_with(1, b"H:host:12") == [102]
+    assert board.busy_with(0, long_handle) == [104]
+    assert board.busy_with(0, b"H:host:1") == []
+    assert board.may_name_job(b"H:host:12") and not board.may_name_job(b"H:host:77")
+    assert board.read(1).job_handle == "H:host:123"
+
+
+def test_no_two_children_write_the_same_cache_line() -> None:
+    """Every child rewrites its slot twice a job while the others search
+    the handles: a line two children wrote would bounce between their CPUs
+    on every job (bench/protections --n 4)."""
+    from gearman_workers.scoreboard import Scoreboard
+
+    board = Scoreboard(5)
+
+    def lines(part: slice) -> set[int]:
+        return set(range(part.start // 64, -(-part.stop // 64)))
+
+    written = []
+    for slot in range(5):
+        writer = board.writer(slot, 100 + slot)
+        written.append(lines(writer._handle) | lines(writer._setup) | lines(writer._job))
+    for slot, mine in enumerate(written):
+        for other in written[slot + 1:]:
+            assert not mine & other

@@ -57,7 +57,7 @@ class PoisonCheck:
     Asked before every job, and the answer is almost always none: so
     ``clear()`` costs one comparison of the table's version, one set lookup
     while the table holds anything, and one search in C of the slots'
-    handle fields (a child that died holding the job and is not yet reaped
+    handles (a child that died holding the job and is not yet reaped
     still names it there). Only a job that is found somewhere goes on to
     ``kills()``."""
 

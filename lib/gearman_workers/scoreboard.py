@@ -22,21 +22,38 @@ import time
 # reads one with an index into a memoryview (see Scoreboard.words)
 _HEADER = struct.Struct("<QQQ")
 DATA_VERSION, POISON_VERSION, SLOTS_IN_USE = range(3)
-# A slot is two records. What a child writes when it starts or its
-# registration changes: pid, registered once, recycle, the servers it is
-# registered with (bit I: server I), started.
+# A slot is two records, and its job's handle kept apart (see _LINE). What
+# a child writes when it starts or its registration changes: pid,
+# registered once, recycle, the servers it is registered with (bit I:
+# server I), started.
 _SETUP = struct.Struct("<iBB2xQd")
 # What it writes around every job, in one copy each: state, server of the
 # job, busy since, deadline, heartbeat, jobs done, jobs failed, task, job
-# unique (cancel finds a job by it), job handle. Between jobs only the head up to the counts (_BETWEEN): the task
-# and handle of the last job stay, and the state says they are over.
-HANDLE_FIELD = 64  # bytes of a job handle kept in a slot
-_JOB = struct.Struct(f"<BB6xdddQQ64s64s{HANDLE_FIELD}s")
+# unique (cancel finds a job by it). Between jobs only the head up to the
+# counts (_BETWEEN): the task of the last job stays, and the state says it
+# is over.
+_JOB = struct.Struct("<BB6xdddQQ64s64s")
 _BETWEEN = struct.Struct("<BB6xdddQQ")
 _SLOT_SIZE = _SETUP.size + _JOB.size
 _BEAT = struct.Struct("<d")
 _BEAT_OFFSET = _SETUP.size + struct.calcsize("<BB6xdd")
-_HANDLE_OFFSET = _SLOT_SIZE - HANDLE_FIELD
+# Every child searches the handles of every slot before each job (the
+# poison check), while each child rewrites its own slot twice a job. So the
+# handles live apart, a cache line each, and each slot starts on a line of
+# its own: the search reads one line per child, not every slot's hot
+# fields, and no two children ever write the same line (bench/README.md,
+# "Cache lines shared between children").
+_LINE = 64
+HANDLE_FIELD = _LINE  # bytes of a job handle kept for a slot
+_HANDLE = struct.Struct(f"{HANDLE_FIELD}s")
+
+
+def _lines(size: int) -> int:
+    """SIZE rounded up to whole cache lines."""
+    return -(-size // _LINE) * _LINE
+
+
+_SLOT_STRIDE = _lines(_SLOT_SIZE)
 # server, kills, pid of the last child it killed, job handle, why
 _POISON = struct.Struct("<B3xIi64s48s")
 POISON_ENTRIES = 64
@@ -112,13 +129,18 @@ def _text(raw: bytes) -> str:
 class Scoreboard:
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._slots_at = _HEADER.size + POISON_ENTRIES * _POISON.size
-        self._mem = mmap.mmap(-1, self._slots_at + slots * _SLOT_SIZE)
+        # The mapping starts on a page: offsets that are whole lines are lines.
+        self._handles_at = _lines(_HEADER.size + POISON_ENTRIES * _POISON.size)
+        self._slots_at = self._handles_at + slots * HANDLE_FIELD
+        self._mem = mmap.mmap(-1, self._slots_at + slots * _SLOT_STRIDE)
         # The header as words: a child compares a version on every job.
         self.words = memoryview(self._mem)[:_HEADER.size].cast("Q")
 
     def _offset(self, slot: int) -> int:
-        return self._slots_at + slot * _SLOT_SIZE
+        return self._slots_at + slot * _SLOT_STRIDE
+
+    def _handle_offset(self, slot: int) -> int:
+        return self._handles_at + slot * HANDLE_FIELD
 
     # --- the header (master writes, children read) ---------------------
 
@@ -159,23 +181,23 @@ class Scoreboard:
         return table
 
     def may_name_job(self, handle: bytes) -> bool:
-        """Might some slot in use name job HANDLE? One search in C for the
-        handle as a slot keeps it, made before every job; a match (now and
-        then a longer handle that starts with it, or bytes of another field)
-        is settled by busy_with."""
-        start = self._slots_at  # _find written out: a call less on every job's path
-        return self._mem.find(handle[:HANDLE_FIELD], start, start + self.words[SLOTS_IN_USE] * _SLOT_SIZE) >= 0
+        """Might some slot in use name job HANDLE? One search in C through
+        the slots' handles, made before every job; a match (now and then a
+        longer handle that starts with it, or one across two fields) is
+        settled by busy_with."""
+        start = self._handles_at  # _find written out: a call less on every job's path
+        return self._mem.find(handle[:HANDLE_FIELD], start, start + self.words[SLOTS_IN_USE] * HANDLE_FIELD) >= 0
 
     def busy_with(self, server: int, handle: bytes) -> list[int]:
         """PIDs of the slots that say they run job HANDLE of SERVER: a
         child that just received HANDLE finds here a child that died holding
         it and that the master has not yet reaped."""
-        needle, size, base = _needle(handle), _SLOT_SIZE, self._slots_at
+        needle, base = _needle(handle), self._handles_at
         found = []
         at = self._find(needle, base)
         while at >= 0:
-            slot, where = divmod(at - base, size)
-            if where == _HANDLE_OFFSET:
+            slot, where = divmod(at - base, HANDLE_FIELD)
+            if where == 0:
                 info = self.read(slot)
                 if info.state == ChildState.BUSY and info.server == server:
                     found.append(info.pid)
@@ -183,16 +205,17 @@ class Scoreboard:
         return found
 
     def _find(self, needle: bytes, start: int) -> int:
-        """NEEDLE's offset from START on in the slots in use (not the free slots' zeros), or -1."""
-        return self._mem.find(needle, start, self._slots_at + self.words[SLOTS_IN_USE] * _SLOT_SIZE)
+        """NEEDLE's offset from START on in the handles of the slots in use (not the free slots' zeros), or -1."""
+        return self._mem.find(needle, start, self._handles_at + self.words[SLOTS_IN_USE] * HANDLE_FIELD)
 
     # --- slots -------------------------------------------------------------
 
     def read(self, slot: int) -> SlotInfo:
         offset = self._offset(slot)
         pid, once, recycle, registered_with, started = _SETUP.unpack_from(self._mem, offset)
-        state, server, busy, deadline, beat, done, failed, task, unique, handle = _JOB.unpack_from(
+        state, server, busy, deadline, beat, done, failed, task, unique = _JOB.unpack_from(
             self._mem, offset + _SETUP.size)
+        (handle,) = _HANDLE.unpack_from(self._mem, self._handle_offset(slot))
         return SlotInfo(pid, ChildState(state), bool(once), Recycle(recycle), server, registered_with, started, busy,
                         deadline, beat, done, failed, _text(task), unique.rstrip(b"\0"), _text(handle))
 
@@ -200,28 +223,30 @@ class Scoreboard:
         """Master, before a fork: the slot now belongs to a child being born."""
         now = time.monotonic()
         self._fill(slot, _SETUP.pack(0, 0, 0, 0, now),
-                   _JOB.pack(ChildState.STARTING, 0, 0.0, 0.0, now, 0, 0, b"", b"", b""))
+                   _JOB.pack(ChildState.STARTING, 0, 0.0, 0.0, now, 0, 0, b"", b""))
 
     def clear(self, slot: int) -> None:
         self._fill(slot, _SETUP.pack(0, 0, 0, 0, 0.0),
-                   _JOB.pack(ChildState.EMPTY, 0, 0.0, 0.0, 0.0, 0, 0, b"", b"", b""))
+                   _JOB.pack(ChildState.EMPTY, 0, 0.0, 0.0, 0.0, 0, 0, b"", b""))
 
     def _fill(self, slot: int, setup: bytes, job: bytes) -> None:
-        offset = self._offset(slot)
+        offset, handle_at = self._offset(slot), self._handle_offset(slot)
         self._mem[offset:offset + _SLOT_SIZE] = setup + job
+        self._mem[handle_at:handle_at + HANDLE_FIELD] = bytes(HANDLE_FIELD)
 
     def writer(self, slot: int, pid: int) -> SlotWriter:
-        return SlotWriter(self._mem, self._offset(slot), pid)
+        return SlotWriter(self._mem, self._offset(slot), self._handle_offset(slot), pid)
 
 
 class SlotWriter:
     """The child's side: cheap writes on the job path."""
 
-    __slots__ = ("_between", "_job", "_mem", "_setup", "jobs_done", "jobs_failed", "pid", "recycle",
+    __slots__ = ("_between", "_handle", "_job", "_mem", "_setup", "jobs_done", "jobs_failed", "pid", "recycle",
                  "registered_once", "registered_with", "started")
 
-    def __init__(self, mem: mmap.mmap, offset: int, pid: int) -> None:
+    def __init__(self, mem: mmap.mmap, offset: int, handle_at: int, pid: int) -> None:
         self._mem = mem
+        self._handle = slice(handle_at, handle_at + HANDLE_FIELD)
         self._setup = slice(offset, offset + _SETUP.size)
         self._job = slice(offset + _SETUP.size, offset + _SLOT_SIZE)
         self._between = slice(offset + _SETUP.size, offset + _SETUP.size + _BETWEEN.size)
@@ -248,9 +273,11 @@ class SlotWriter:
                                              self.started)
 
     def busy(self, since: float, deadline: float, server: int, task: bytes, unique: bytes, handle: bytes) -> None:
-        """A job starts (DEADLINE 0: no time limit): the master now counts it as this child's."""
-        self._mem[self._job] = _JOB.pack(BUSY, server, since, deadline, since, self.jobs_done,
-                                         self.jobs_failed, task, unique, handle)
+        """A job starts (DEADLINE 0: no time limit): the master now counts it
+        as this child's. The handle first: a slot that says busy names its job."""
+        mem = self._mem
+        mem[self._handle] = _HANDLE.pack(handle)
+        mem[self._job] = _JOB.pack(BUSY, server, since, deadline, since, self.jobs_done, self.jobs_failed, task, unique)
 
     def between_jobs(self, state: ChildState, now: float) -> None:
         """No job held: STATE, the heartbeat NOW and the counts."""
