@@ -82,6 +82,45 @@ def floor_job_path() -> None:
     Worker._wait_dozing = _poll_then_read  # type: ignore[method-assign]  # the floor's reads: nothing peeked
 
 
+def floor_streaming() -> None:
+    """A child fed jobs back to back handles each read that is one whole
+    job as the bare Python floor does: the task run and answered with the
+    next GRAB, nothing around it (no poison check, slot, timer, title or
+    count, and no calls in between). Any other read goes the pool's way.
+    bench/protections: against the floor, what the pool's process costs a
+    streaming job; against "all on", what its job path costs."""
+    from gearman_workers import protocol as p
+    from gearman_workers.job import Job
+
+    general = Worker._on_readable
+
+    def like_the_floor(self: Worker, session: Session, peeked: bool = False) -> None:
+        link = session.link
+        if not session.registered or session.dozing or session.sleep_sent or link.reader.pending:
+            general(self, session, peeked)
+            return
+        view, sock = self._view, link.sock
+        assert sock is not None  # registered: connected
+        size = sock.recv_into(self._buffer)
+        if not size:
+            self._lost(session, "connection closed by gearmand")
+            return
+        _, kind, length = p.HEADER.unpack_from(view, 0) if size >= p.HEADER_SIZE else (b"", 0, 0)
+        if kind != p.JOB_ASSIGN_UNIQ or p.HEADER_SIZE + length != size:  # not one whole job: the pool's way
+            for kind, body in link.reader.feed_received(view, size):
+                if kind == p.JOB_ASSIGN_UNIQ:
+                    self._run_job(session, body)
+                else:
+                    self._on_other_packet(session, kind, body)
+            return
+        handle, task, unique, data = bytes(view[p.HEADER_SIZE:size]).split(b"\0", 3)
+        route = self.routes[task]
+        result = route.call(self, Job(handle, route.name, unique, data, session))
+        sock.sendall(p.work_complete(handle, result) + session.after_job(True))
+
+    Worker._on_readable = like_the_floor  # type: ignore[method-assign]
+
+
 def floor_in_child() -> None:
     """Each child runs the bare Python floor's own loop
     (python_floor_worker.py) on a connection of its own, in place of the
