@@ -546,13 +546,16 @@ class Worker:
             self._on_readable(session)
             return
         try:
-            self.waiting_in_socket = True
-            woken = session.link.peek_woken(self._buffer, self._view)
-            self.waiting_in_socket = False
+            # The flag is cleared before either handler below runs: a signal
+            # inside the ConnectionLost handler must not raise past it.
+            try:
+                self.waiting_in_socket = True
+                woken = session.link.peek_woken(self._buffer, self._view)
+            finally:
+                self.waiting_in_socket = False
         except WaitBroken:
-            return  # the loop acts on the signal; the bytes wait
+            return  # the loop acts on the signal; the bytes wait (a lost link is found on the next read)
         except ConnectionLost as err:
-            self.waiting_in_socket = False
             self._lost(session, str(err))
             return
         if woken:
