@@ -8,6 +8,8 @@ import importlib.machinery
 import importlib.util
 import os
 import platform
+import random
+import statistics
 import subprocess
 import sys
 import time
@@ -51,6 +53,15 @@ def percentile(values: list[float], p: float) -> float:
     """The P-th percentile (0-100), nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
+
+
+def median_interval(values: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 95 % interval for the median of VALUES (bootstrap: the median of
+    VALUES drawn again with replacement, DRAWS times; seeded, so one set of
+    values always gives the same interval). Few values give a wide one."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(draws * 0.025)], medians[int(draws * 0.975) - 1]
 
 
 def wait_until(predicate: object, timeout: float, what: str, step: float = 0.001) -> None:

@@ -35,3 +35,19 @@ def test_jobpath_times_every_variant_it_knows(woken: bool) -> None:
 def test_jobpath_counts_instructions_and_a_protection_taken_away_saves_some(valgrind: None) -> None:
     rows = jobpath("--instructions", "--woken", timeout=600)
     assert rows["none"] < rows["all on"] and rows["floor"] < rows["none"]
+
+
+def test_a_ratio_to_c_comes_with_an_interval_that_holds_its_median() -> None:
+    """bench/run quotes each ratio with a 95 % interval for its median: the
+    same rounds always give the same interval, it holds the median, and
+    rounds that all agree leave no doubt."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import median_interval
+    finally:
+        sys.path.remove(str(BENCH))
+    rounds = [0.97, 1.04, 0.99, 1.08, 0.93, 1.01, 1.02]
+    low, high = median_interval(rounds)
+    assert low < 1.01 < high and (low, high) == median_interval(rounds)
+    assert min(rounds) <= low and high <= max(rounds)
+    assert median_interval([1.02] * 5) == (1.02, 1.02)
