@@ -121,6 +121,106 @@ def floor_streaming() -> None:
     Worker._on_readable = like_the_floor  # type: ignore[method-assign]
 
 
+def inlined_job_path() -> None:  # noqa: C901 (one function is what it measures)
+    """Every protection kept, and a streaming child's whole job written out
+    as one function, the protections' own bodies included: the read, the
+    poison check, the slot, title and timer, the task, the answer, the
+    counts. A design not taken (it reaches into the private state of six
+    modules); measured to know what all the calls and layers cost together.
+    Any read that is not one whole job of a task without a record, any
+    job a child may have died holding, goes the pool's way."""
+    import _signal  # type: ignore[import-not-found]
+    import signal
+    import time
+
+    from gearman_workers import protocol as p
+    from gearman_workers import scoreboard as sb
+    from gearman_workers.job import Job, encode_result
+    from gearman_workers.jobstats import _FIRST_BUCKET, DONE, FASTEST
+
+    general, monotonic, getsignal, alarm = Worker._on_readable, time.monotonic, _signal.getsignal, signal.SIGALRM
+    unpack, header_size = p.HEADER.unpack_from, p.HEADER_SIZE
+
+    def inlined(self: Worker, session: Session, peeked: bool = False) -> None:  # noqa: C901 (as above)
+        link = session.link
+        if session.dozing or session.sleep_sent or session.grabbed_on_noop or link.reader.pending \
+                or not session.registered or self.before_job_hook or self.after_job_hook or self.recycling_limits:
+            general(self, session, peeked)
+            return
+        view = self._view
+        size = link.sock.recv_into(self._buffer)  # type: ignore[union-attr]  # registered: connected
+        magic, kind, length = unpack(view, 0) if size >= header_size else (b"", 0, 0)
+        if kind != p.JOB_ASSIGN_UNIQ or header_size + length != size or magic != p.RES:
+            if not size:
+                self._lost(session, "connection closed by gearmand")
+                return
+            for kind, body in link.reader.feed_received(view, size):
+                if kind == p.JOB_ASSIGN_UNIQ:
+                    self._run_job(session, body)
+                else:
+                    self._on_other_packet(session, kind, body)
+            return
+        body = bytes(view[header_size:size])
+        handle, task, unique, data = body.split(b"\0", 3)
+        route, words, board, poison = self.routes[task], self.header, self.board, self.poison
+        start = board._handles_at
+        if words[sb.DATA_VERSION] != self.data_version or route.metered or route.life is not None \
+                or self.late_life is not None or words[sb.POISON_VERSION] != poison._version \
+                or (poison._handles and handle in poison._handles) \
+                or board._mem.find(handle[:sb.HANDLE_FIELD], start,
+                                   start + words[sb.SLOTS_IN_USE] * sb.HANDLE_FIELD) >= 0:
+            self._run_job(session, body)
+            return
+        self.holding_job, self.job_handle = True, handle
+        started, limit, slot, timer, title = monotonic(), route.limit, self.slot, self.timer, self.title
+        mem = slot._mem
+        mem[slot._handle] = sb._HANDLE.pack(handle)
+        mem[slot._job] = sb._JOB.pack(sb.BUSY, link.index, started, started + limit if limit else 0.0, started,
+                                      slot.jobs_done, slot.jobs_failed, route.field, unique)
+        if title._doing != route.title:
+            title.show(route.title)
+        job = Job(handle, route.name, unique, data, session)
+        try:
+            try:
+                self.in_task = True
+                if limit:
+                    timer.expired, timer._task, timer._limit = False, route.name, limit
+                    deadline = timer.deadline = started + limit
+                    if not started < timer._alarm_at <= deadline:
+                        timer.arm(route.name, limit, started)
+                result = route.call(self, job)
+            finally:
+                self.in_task, timer.deadline = False, 0.0
+                if getsignal(alarm) is not timer._handler:
+                    timer.job_over()
+            if limit and timer.expired:
+                timer.check()
+            if type(result) is not bytes:
+                result = encode_result(result)
+            slot.jobs_done += 1
+            reply, outcome, fatal = p.work_complete(handle, result), DONE, None
+        except BaseException as err:
+            reply, outcome, fatal = self._failed(job, route, err)
+        finished = monotonic()
+        self._send(session, reply + session.after_job(fatal is None and self.accepting))
+        self.holding_job = False
+        counter, seconds = self.counter, finished - started
+        if counter is not None and seconds <= FASTEST:
+            counts_at, seconds_at = counter._rows[task]
+            counts = counter._counts
+            counts[counts_at + outcome] += 1
+            counts[counts_at + _FIRST_BUCKET] += 1
+            counter._seconds[seconds_at] += seconds
+        elif counter is not None:  # a slower job: its bucket is searched for
+            counter.count(task, outcome, seconds)
+        mem[slot._between] = sb._BETWEEN.pack(sb.IDLE, 0, 0.0, 0.0, finished, slot.jobs_done, slot.jobs_failed)
+        self.idle_title_due = True
+        if fatal is not None:
+            raise fatal
+
+    Worker._on_readable = inlined  # type: ignore[method-assign]
+
+
 def floor_in_child() -> None:
     """Each child runs the bare Python floor's own loop
     (python_floor_worker.py) on a connection of its own, in place of the
