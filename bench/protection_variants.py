@@ -107,11 +107,7 @@ def floor_streaming() -> None:
             return
         _, kind, length = p.HEADER.unpack_from(view, 0) if size >= p.HEADER_SIZE else (b"", 0, 0)
         if kind != p.JOB_ASSIGN_UNIQ or p.HEADER_SIZE + length != size:  # not one whole job: the pool's way
-            for kind, body in link.reader.feed_received(view, size):
-                if kind == p.JOB_ASSIGN_UNIQ:
-                    self._run_job(session, body)
-                else:
-                    self._on_other_packet(session, kind, body)
+            _the_pools_way(self, session, view, size)
             return
         handle, task, unique, data = bytes(view[p.HEADER_SIZE:size]).split(b"\0", 3)
         route = self.routes[task]
@@ -154,11 +150,7 @@ def inlined_job_path() -> None:  # noqa: C901 (one function is what it measures)
             if not size:
                 self._lost(session, "connection closed by gearmand")
                 return
-            for kind, body in link.reader.feed_received(view, size):
-                if kind == p.JOB_ASSIGN_UNIQ:
-                    self._run_job(session, body)
-                else:
-                    self._on_other_packet(session, kind, body)
+            _the_pools_way(self, session, view, size)
             return
         body = bytes(view[header_size:size])
         handle, task, unique, data = body.split(b"\0", 3)
@@ -256,6 +248,18 @@ def wait_in_poll() -> None:
     pool did before stop 38: a system call more per wait, two per job fed
     one at a time (bench/hops --variant wait_in_poll)."""
     Worker._wait_dozing = _poll_then_read  # type: ignore[method-assign]
+
+
+def _the_pools_way(worker: Worker, session: Session, view: memoryview, size: int) -> None:
+    """A read that is not one whole job (the wake-up, a job in pieces, two
+    jobs at once), handled as the pool handles it."""
+    from gearman_workers import protocol as p
+
+    for kind, body in session.link.reader.feed_received(view, size):
+        if kind == p.JOB_ASSIGN_UNIQ:
+            worker._run_job(session, body)
+        else:
+            worker._on_other_packet(session, kind, body)
 
 
 def _poll_then_read(self: Worker, session: Session) -> None:
